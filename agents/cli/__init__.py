@@ -1,0 +1,76 @@
+"""The `loopbus` command line: a thin click layer over the library.
+
+Commands live in small modules and are imported only when invoked, so bus
+commands never pay for mlx, baml or wasmtime imports.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import click
+
+# command name -> "module:attribute"; each module owns its commands.
+COMMANDS: dict[str, str] = {
+    "publish": "agents.cli.bus_cmds:publish",
+    "tail": "agents.cli.bus_cmds:tail",
+    "sql": "agents.cli.bus_cmds:sql",
+    "cursors": "agents.cli.bus_cmds:cursors",
+    "prune": "agents.cli.bus_cmds:prune",
+    "models": "agents.cli.models_cmds:models",
+    "sandbox": "agents.cli.sandbox_cmds:sandbox",
+    "run": "agents.cli.run_cmds:run",
+    "replay": "agents.cli.run_cmds:replay",
+    "export": "agents.cli.run_cmds:export",
+    "agents": "agents.cli.run_cmds:agents_cmd",
+    "agent": "agents.cli.chain_cmds:agent",
+    "up": "agents.cli.chain_cmds:up",
+}
+
+
+class LazyGroup(click.Group):
+    """A group whose subcommands are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(name for name in COMMANDS if self._load(name) is not None)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        return self._load(cmd_name)
+
+    @staticmethod
+    def _load(name: str) -> click.Command | None:
+        target = COMMANDS.get(name)
+        if target is None:
+            return None
+        module_name, attr = target.split(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            # A command whose module is not written yet is simply absent.
+            if exc.name == module_name:
+                return None
+            raise
+        return getattr(module, attr)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--bus",
+    "bus_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Bus file (default: $LOOPBUS_BUS, else ./loopbus.db).",
+)
+@click.version_option(package_name="loopbus")
+@click.pass_context
+def main(ctx: click.Context, bus_path: str | None) -> None:
+    """loopbus: local agents chained through a SQLite event bus.
+
+    \b
+    Example:
+      loopbus publish file.found '{"path": "README.md"}'
+      loopbus tail --follow
+      loopbus sql "SELECT event_type, count(*) FROM outbox GROUP BY 1"
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["bus_path"] = bus_path
