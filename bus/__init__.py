@@ -1,1 +1,56 @@
+"""loopbus's SQLite event bus: durable, ordered, multi-process, with per-consumer cursors.
 
+Public API::
+
+    from bus import Bus, SyncBus, Event, NewEvent, query, default_bus_path
+    from bus.errors import BusError, InvalidEventType, PayloadTooLarge, InvalidPayload
+    from bus.errors import BusNotFound, SchemaTooNew, ReadOnlyViolation
+
+Names are imported lazily so that ``import bus.errors`` (the CLI's error mapping) stays cheap.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bus.core import Bus, Transaction, default_bus_path
+    from bus.events import CursorInfo, Event, NewEvent, PruneReport
+    from bus.readonly import QueryResult, query
+    from bus.sync import SyncBus
+
+_LAZY = {
+    "Bus": "bus.core",
+    "Transaction": "bus.core",
+    "default_bus_path": "bus.core",
+    "Event": "bus.events",
+    "NewEvent": "bus.events",
+    "CursorInfo": "bus.events",
+    "PruneReport": "bus.events",
+    "query": "bus.readonly",
+    "QueryResult": "bus.readonly",
+    "SyncBus": "bus.sync",
+}
+
+__all__ = [
+    "Bus",
+    "CursorInfo",
+    "Event",
+    "NewEvent",
+    "PruneReport",
+    "QueryResult",
+    "SyncBus",
+    "Transaction",
+    "default_bus_path",
+    "query",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'bus' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

@@ -7,6 +7,7 @@ commands never pay for mlx, baml or wasmtime imports.
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
 import click
 
@@ -36,6 +37,22 @@ class LazyGroup(click.Group):
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         return self._load(cmd_name)
+
+    # A usage mistake (unknown option or command, bad value) is a user error like
+    # any other: click prints usage + `Error: ...`; exit 1 instead of click's 2.
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        try:
+            return super().make_context(*args, **kwargs)
+        except click.UsageError as exc:
+            exc.exit_code = 1  # type: ignore[misc]
+            raise
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as exc:
+            exc.exit_code = 1  # type: ignore[misc]
+            raise
 
     @staticmethod
     def _load(name: str) -> click.Command | None:

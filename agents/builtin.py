@@ -1,0 +1,118 @@
+"""The agent registry: an agent is a BAML decision function plus the tools of its return union.
+
+Built-in agents:
+
+* ``assistant`` (``Assistant``: ListDir | ReadFile | Done) answers a question about a workspace;
+* ``coder`` (``Coder``: RunPython | Done) solves a task with small MicroPython programs.
+
+Other modules add agents the same way (their ``baml_src/<agent>.baml`` defines the function)::
+
+    from agents.builtin import register_agent
+    register_agent("reviewer", "Reviewer", "reads a file and publishes findings")
+
+The tool names are derived from the function's return type in ``baml_client`` so the registry
+cannot disagree with the prompt; every member except Done must have a registered tool.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+from dataclasses import dataclass
+
+from agents.errors import AgentError
+
+
+class UnknownAgent(AgentError):
+    """No agent is registered under this name."""
+
+
+@dataclass(frozen=True)
+class AgentDef:
+    """A registered agent: its name, what it does, its BAML function and its tool names."""
+
+    name: str
+    description: str
+    function: str
+    tools: tuple[str, ...]
+    max_tokens: int = 256
+
+
+_AGENTS: dict[str, AgentDef] = {}
+#: ``module:function`` hooks that register more agents, loaded with the built-ins when present
+#: (so `loopbus agents`, `loopbus run NAME` and resume in a fresh process know them).
+AGENT_PLUGINS: tuple[str, ...] = ("agents.chain_agents:register",)
+_loaded = False
+
+
+def register_agent(
+    name: str, function: str, description: str, *, max_tokens: int = 256, replace: bool = True
+) -> AgentDef:
+    """Register agent ``name`` driven by BAML function ``function``; returns its AgentDef."""
+    from agents.decide import Decider
+
+    _ensure_builtin_tools()
+    decider = Decider(function)
+    from agents.tools import action_name, tool_for
+
+    for cls in decider.classes:
+        tool_for(cls)  # raises UnknownTool with a clear message
+    agent = AgentDef(
+        name, description, function, tuple(action_name(c) for c in decider.classes), max_tokens
+    )
+    if name in _AGENTS and not replace:
+        raise AgentError(f"agent {name!r} is already registered")
+    _AGENTS[name] = agent
+    return agent
+
+
+def get_agent(name: str) -> AgentDef:
+    """The agent registered under ``name`` (built-ins are registered on first use)."""
+    _ensure_builtin_agents()
+    try:
+        return _AGENTS[name]
+    except KeyError:
+        known = ", ".join(sorted(_AGENTS))
+        raise UnknownAgent(f"unknown agent {name!r}; available agents: {known}") from None
+
+
+def list_agents() -> list[AgentDef]:
+    """Every registered agent, by name."""
+    _ensure_builtin_agents()
+    return [_AGENTS[name] for name in sorted(_AGENTS)]
+
+
+@functools.cache
+def _ensure_builtin_tools() -> None:
+    from agents.tools import register_builtins
+
+    register_builtins()
+
+
+def _ensure_builtin_agents() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True  # set first: plugins call list_agents() while registering
+    register_agent(
+        "assistant",
+        "Assistant",
+        "answers a question about the files of a workspace (lists and reads files)",
+        replace=False,
+    )
+    register_agent(
+        "coder",
+        "Coder",
+        "solves a task by running small MicroPython programs in the sandbox",
+        max_tokens=384,
+        replace=False,
+    )
+    for plugin in AGENT_PLUGINS:
+        module_name, attr = plugin.split(":")
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            continue
+        getattr(module, attr)()

@@ -1,0 +1,405 @@
+"""Bus commands: publish, tail, sql, cursors, prune.
+
+A thin layer over `bus`: parse options, call SyncBus / query, print. Only light
+modules are imported here so that these commands start fast; `rich` is imported
+lazily where a table is printed.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+
+import click
+
+from agents.cli.common import bus_path, fail, handle_errors
+
+# Readable `tail` lines cut long payloads; --json always prints them whole.
+_PAYLOAD_PREVIEW_CHARS = 200
+# Default number of most recent events `tail` shows when --since is not given.
+_DEFAULT_TAIL = 20
+
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$", re.IGNORECASE)
+_DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _reject_constant(name: str) -> Any:
+    # Python's json accepts NaN/Infinity, SQLite's json_valid() does not.
+    raise ValueError(f"{name} is not allowed in JSON")
+
+
+def parse_payload(text: str) -> Any:
+    """Parse a payload given on the command line; `Error:` + exit 1 when it is not JSON."""
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except ValueError as exc:  # json.JSONDecodeError is a ValueError
+        fail(f"payload is not valid JSON: {exc}")
+
+
+class Duration(click.ParamType):
+    """A duration such as `7d`, `12h`, `30m`, `3600s` or a plain number of seconds."""
+
+    name = "duration"
+
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> float:
+        if isinstance(value, int | float):
+            return float(value)
+        match = _DURATION_RE.match(str(value))
+        if match is None:
+            self.fail(
+                f"{value!r} is not a duration; use a number with a unit, e.g. 7d, 12h, 30m, 3600s",
+                param,
+                ctx,
+            )
+        return float(match.group(1)) * _DURATION_UNITS[match.group(2).lower()]
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def event_to_dict(event: Any) -> dict[str, Any]:
+    """The JSON-lines form of an event (what `tail --json` prints)."""
+    return {
+        "id": event.id,
+        "agent": event.agent,
+        "event_type": event.event_type,
+        "payload": event.payload,
+        "created_at": event.created_at,
+        "run_id": event.run_id,
+        "caused_by": event.caused_by,
+    }
+
+
+def format_event(event: Any) -> str:
+    """One readable line: id, time, agent, type, compact payload (+ run / cause when set)."""
+    payload = _compact(event.payload)
+    if len(payload) > _PAYLOAD_PREVIEW_CHARS:
+        payload = payload[: _PAYLOAD_PREVIEW_CHARS - 1] + "…"
+    extra = ""
+    if event.run_id is not None:
+        extra += f"  run={event.run_id}"
+    if event.caused_by is not None:
+        extra += f"  caused_by={event.caused_by}"
+    return (
+        f"{event.id:>6}  {event.created_at}  {event.agent:<10}  {event.event_type:<16}  "
+        f"{payload}{extra}"
+    )
+
+
+def _emit_event(event: Any, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(event_to_dict(event), ensure_ascii=False))
+    else:
+        click.echo(format_event(event))
+
+
+def _last_events(bus: Any, types: list[str] | None, count: int) -> list[Any]:
+    """The `count` most recent events matching `types` (0 = all of them), oldest first.
+
+    The bus reads forwards from an id, so look back through a window of ids that
+    grows until it holds enough matching events or reaches the first id.
+    """
+    if count == 0:
+        return list(bus.events(since_id=0, types=types))
+    last = bus.last_id()
+    window = max(count, 256)
+    while True:
+        since = max(0, last - window)
+        found = list(bus.events(since_id=since, types=types))
+        if len(found) >= count or since == 0:
+            return found[-count:]
+        window *= 8
+
+
+def follow_events(bus: Any, since_id: int, types: list[str] | None) -> Iterator[Any]:
+    """Events with id > since_id as they are published, forever; registers no consumer.
+
+    Waits on the bus's cross-process wake-up (with its safety poll), never busy-polls.
+    """
+    follow = getattr(bus, "follow", None)
+    if callable(follow):
+        yield from follow(since_id=since_id, types=types or ("*",))
+        return
+    yield from _follow_without_cursor(bus, since_id, types)
+
+
+def _follow_without_cursor(bus: Any, since_id: int, types: list[str] | None) -> Iterator[Any]:
+    # Stop-gap while bus has no cursor-less follow: SyncBus.subscribe() registers a consumer
+    # cursor (a write that would hold back prune forever), so drive an un-started
+    # Subscription instead: same wake-up + safety poll, but no REGISTER. Uses bus internals
+    # (SyncBus._call, Bus._listener); delete once SyncBus.follow() exists.
+    from bus.core import Subscription
+
+    inner = bus.bus
+    sub = Subscription(inner, "loopbus-tail", types or ("*",), batch_size=100)
+    sub.position = since_id
+
+    async def bind() -> None:
+        # Bound before the first query, so an event committed after it rings us.
+        inner._listener.bind()
+
+    bus._call(bind())
+    while True:
+        yield from bus._call(sub.next_batch(None))
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "NULL"
+    if isinstance(value, bytes):
+        return "x'" + value.hex() + "'"
+    return str(value)
+
+
+def _json_value(value: Any) -> Any:
+    # Blobs have no JSON form; hex keeps them lossless and readable.
+    if isinstance(value, bytes):
+        return value.hex()
+    return value
+
+
+def _unique_columns(columns: Sequence[str]) -> list[str]:
+    """Column names made unique (`SELECT 1, 1` must not lose a value in JSON output)."""
+    seen: dict[str, int] = {}
+    names: list[str] = []
+    for column in columns:
+        count = seen.get(column, 0) + 1
+        seen[column] = count
+        names.append(column if count == 1 else f"{column}_{count}")
+    return names
+
+
+def _print_table(columns: Sequence[str], rows: Iterable[Sequence[Any]], empty: str) -> None:
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    rows = list(rows)
+    if not rows:
+        click.echo(empty)
+        return
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*(_cell(value) for value in row))
+    # Not a terminal (pipes, tests): no colours and a wide page, so rows stay whole.
+    console = Console(width=None if sys.stdout.isatty() else 200, highlight=False)
+    console.print(table)
+
+
+# --------------------------------------------------------------------------- commands
+
+
+@click.command()
+@click.argument("event_type", metavar="TYPE")
+@click.argument("payload_json", metavar="JSON")
+@click.option(
+    "--agent", default="cli", show_default=True, help="Agent name recorded with the event."
+)
+@click.pass_context
+@handle_errors
+def publish(ctx: click.Context, event_type: str, payload_json: str, agent: str) -> None:
+    """Publish one event and print its id.
+
+    TYPE is lowercase dot-separated segments (e.g. file.found, run.decision).
+    JSON is the payload; `-` reads it from stdin.
+
+    \b
+    Example:
+      loopbus publish file.found '{"path": "README.md"}'
+      echo '{"n": 1}' | loopbus publish tick - --agent clock
+    """
+    from bus import NewEvent, SyncBus
+
+    text = click.get_text_stream("stdin").read() if payload_json == "-" else payload_json
+    payload = parse_payload(text)
+    # Validate type and size before opening, so a bad event never creates or touches a file.
+    event = NewEvent(event_type=event_type, payload=payload, agent=agent)
+    with SyncBus(bus_path(ctx)) as bus:
+        event_id = bus.publish(event.event_type, event.payload, agent=event.agent)
+    click.echo(event_id)
+
+
+@click.command()
+@click.option(
+    "--type",
+    "types",
+    multiple=True,
+    metavar="GLOB",
+    help="Only events whose type matches GLOB (repeatable), e.g. 'file.*'.",
+)
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new events as they arrive.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+@click.option(
+    "--since",
+    "since_id",
+    type=click.IntRange(min=0),
+    default=None,
+    metavar="ID",
+    help="Events with id > ID (all of them unless --limit).",
+)
+@click.option(
+    "-n",
+    "--limit",
+    type=click.IntRange(min=0),
+    default=None,
+    metavar="N",
+    help=f"At most N events; without --since the last N (default {_DEFAULT_TAIL}, 0 = all).",
+)
+@click.pass_context
+@handle_errors
+def tail(
+    ctx: click.Context,
+    types: tuple[str, ...],
+    follow: bool,
+    as_json: bool,
+    since_id: int | None,
+    limit: int | None,
+) -> None:
+    """Print events from the bus, oldest first; --follow waits for new ones.
+
+    Following registers no consumer cursor, so it never holds back `prune`.
+    Ctrl-C stops it.
+
+    \b
+    Example:
+      loopbus tail -n 5
+      loopbus tail --type 'run.*' --since 120 --json
+      loopbus tail --follow --type 'file.*'
+    """
+    from bus import SyncBus
+
+    type_list = list(types) or None
+    try:
+        with SyncBus(bus_path(ctx), create=False) as bus:
+            if since_id is None:
+                events = _last_events(bus, type_list, _DEFAULT_TAIL if limit is None else limit)
+                position = events[-1].id if events else bus.last_id()
+            else:
+                events = list(bus.events(since_id=since_id, types=type_list, limit=limit or None))
+                position = events[-1].id if events else since_id
+            for event in events:
+                _emit_event(event, as_json)
+            if follow:
+                for event in follow_events(bus, position, type_list):
+                    _emit_event(event, as_json)
+    except KeyboardInterrupt:
+        # Ctrl-C is how a follower is meant to stop: quietly, with success.
+        raise SystemExit(0) from None
+
+
+@click.command()
+@click.argument("statement", metavar="SQL")
+@click.option(
+    "-p",
+    "--param",
+    "params",
+    multiple=True,
+    metavar="VALUE",
+    help="Value for a `?` placeholder (repeatable, in order).",
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per row (JSON lines).")
+@click.option("--csv", "as_csv", is_flag=True, help="CSV with a header row.")
+@click.pass_context
+@handle_errors
+def sql(
+    ctx: click.Context, statement: str, params: tuple[str, ...], as_json: bool, as_csv: bool
+) -> None:
+    """Run a read-only SQL query against the bus and print the rows.
+
+    The file is opened read-only: INSERT, UPDATE, DELETE, DROP, ATTACH and
+    writing PRAGMAs are refused. Tables: outbox, cursors; view: consumer_lag.
+
+    \b
+    Example:
+      loopbus sql "SELECT event_type, count(*) AS n FROM outbox GROUP BY 1"
+      loopbus sql "SELECT id, payload FROM outbox WHERE agent = ?" -p cli --json
+      loopbus sql "SELECT * FROM consumer_lag" --csv > lag.csv
+    """
+    if as_json and as_csv:
+        fail("choose one of --json and --csv")
+    from bus import query
+
+    result = query(bus_path(ctx), statement, params)
+    if as_json:
+        names = _unique_columns(result.columns)
+        for row in result.rows:
+            record = {name: _json_value(value) for name, value in zip(names, row, strict=True)}
+            click.echo(json.dumps(record, ensure_ascii=False))
+    elif as_csv:
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(result.columns)
+        for row in result.rows:
+            writer.writerow(["" if v is None else _json_value(v) for v in row])
+    else:
+        _print_table(result.columns, result.rows, empty="(no rows)")
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per consumer.")
+@click.pass_context
+@handle_errors
+def cursors(ctx: click.Context, as_json: bool) -> None:
+    """Show each registered consumer: last_seen_id, lag (unread events), updated_at.
+
+    \b
+    Example:
+      loopbus cursors
+      loopbus cursors --json
+    """
+    from bus import SyncBus
+
+    with SyncBus(bus_path(ctx), create=False) as bus:
+        infos = list(bus.cursors())
+    fields = ("consumer", "last_seen_id", "lag", "updated_at")
+    if as_json:
+        for info in infos:
+            click.echo(json.dumps({f: getattr(info, f) for f in fields}, ensure_ascii=False))
+    else:
+        rows = [[getattr(info, f) for f in fields] for info in infos]
+        _print_table(fields, rows, empty="(no consumers)")
+
+
+@click.command()
+@click.option("--dry-run", is_flag=True, help="Only report what would be deleted.")
+@click.option(
+    "--max-age",
+    type=Duration(),
+    default=None,
+    metavar="DURATION",
+    help="Also delete events older than this (7d, 12h, 30m, 3600s), even unread ones.",
+)
+@click.pass_context
+@handle_errors
+def prune(ctx: click.Context, dry_run: bool, max_age: float | None) -> None:
+    """Delete events every registered consumer has already read.
+
+    Without --max-age, only events at or below the slowest consumer's cursor
+    go. With --max-age, older events go too and each consumer that loses
+    unread events is reported with a warning. Ids are never reused.
+
+    \b
+    Example:
+      loopbus prune --dry-run
+      loopbus prune --max-age 7d
+    """
+    from bus import SyncBus
+
+    with SyncBus(bus_path(ctx), create=False) as bus:
+        report = bus.prune(dry_run=dry_run, max_age_s=max_age)
+    for warning in report.warnings:
+        click.echo(f"Warning: {warning}", err=True)
+    noun = "event" if report.deleted == 1 else "events"
+    verb = "would be deleted" if dry_run else "deleted"
+    click.echo(f"{report.deleted} {noun} {verb}")

@@ -1,0 +1,117 @@
+"""The LLM boundary: BAML renders the prompt and parses the answer; the model call is ours.
+
+For one BAML decision function (``Assistant(events: string) -> ListDir | ReadFile | Done``):
+
+* :meth:`Decider.messages` renders the chat messages with ``b.request.<Fn>(events=...)``;
+* :attr:`Decider.schema` is the JSON schema of the return union, built from the pydantic classes
+  in ``baml_client.types`` (``anyOf`` of each member, discriminated by its literal ``action``),
+  passed to the runtime for constrained decoding when it supports schemas;
+* :meth:`Decider.parse` turns the model's text into the typed object with ``b.parse.<Fn>``.
+
+Every decision function takes exactly one argument, ``events``: the rendered event log.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import hashlib
+import json
+import typing
+from typing import Any
+
+from pydantic import BaseModel
+
+from agents.errors import AgentError
+
+
+class DecisionParseError(AgentError):
+    """The model's output is not one of the function's decision types."""
+
+
+class UnknownFunction(AgentError):
+    """No BAML function of that name exists in baml_client (regenerate it?)."""
+
+
+def prompt_hash(messages: list[dict[str, Any]]) -> str:
+    """sha256 of the rendered chat messages (canonical JSON); recorded for replay."""
+    canonical = json.dumps(messages, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def _text(content: Any) -> str:
+    # openai-generic renders content as a string or as a list of typed parts.
+    if isinstance(content, str):
+        return content
+    return "".join(part.get("text", "") for part in content if isinstance(part, dict))
+
+
+def _union_schema(classes: tuple[type[BaseModel], ...]) -> dict[str, Any]:
+    """``anyOf`` the members' schemas; nested definitions hoisted to one top-level ``$defs``."""
+    members: list[dict[str, Any]] = []
+    defs: dict[str, Any] = {}
+    for cls in classes:
+        schema = copy.deepcopy(cls.model_json_schema())
+        defs.update(schema.pop("$defs", {}))
+        schema["additionalProperties"] = False
+        members.append(schema)
+    union: dict[str, Any] = {"anyOf": members}
+    if defs:
+        union["$defs"] = defs
+    return union
+
+
+class Decider:
+    """Render / schema / parse for one BAML decision function."""
+
+    def __init__(self, function: str) -> None:
+        from baml_client import b
+        from baml_client.sync_client import BamlSyncClient
+
+        method = getattr(BamlSyncClient, function, None)
+        if method is None:
+            raise UnknownFunction(
+                f"baml_client has no function {function!r}; add it to baml_src/ and run "
+                "`make generate`"
+            )
+        self.function = function
+        self._request = getattr(b.request, function)
+        self._parse = getattr(b.parse, function)
+        returned = typing.get_type_hints(method)["return"]
+        members = typing.get_args(returned) or (returned,)
+        self.classes: tuple[type[BaseModel], ...] = tuple(members)
+
+    @functools.cached_property
+    def schema(self) -> dict[str, Any]:
+        """The JSON schema constrained decoding follows (a union of the decision classes)."""
+        return _union_schema(self.classes)
+
+    def messages(self, events: str) -> list[dict[str, Any]]:
+        """The chat messages BAML renders for this event log."""
+        body = self._request(events=events).body.json()
+        return [{"role": m["role"], "content": _text(m["content"])} for m in body["messages"]]
+
+    def parse(self, text: str) -> BaseModel:
+        """The typed decision in ``text``; DecisionParseError when there is none."""
+        try:
+            decision = self._parse(text)
+        except Exception as exc:  # baml_py.BamlError and friends
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise DecisionParseError(first[:300]) from None
+        if not isinstance(decision, self.classes):
+            raise DecisionParseError(f"parsed {type(decision).__name__}, not a decision type")
+        return decision
+
+    def load(self, data: dict[str, Any]) -> BaseModel:
+        """Rebuild a recorded decision (its ``model_dump``) into its class, matched by ``action``."""
+        for cls in self.classes:
+            info = cls.model_fields.get("action")
+            if info is not None and typing.get_args(info.annotation) == (data.get("action"),):
+                return cls.model_validate(data)
+        raise DecisionParseError(f"recorded decision {data!r} matches no decision type")
+
+    def actions(self) -> list[str]:
+        """The action names the model may choose."""
+        from agents.tools import action_name
+
+        return [action_name(cls) for cls in self.classes]

@@ -1,0 +1,116 @@
+"""The agent loop: ``decision = decide(context)``; Done ends the run, any other decision is a typed
+tool call whose result joins the context; repeat. :func:`step` is exactly one turn, :func:`run`
+the bare while-loop around it.
+
+Public API (used by the CLI and by chains of agent processes)::
+
+    run_agent(agent: str, task: str, *, runtime, bus: SyncBus, workspace: Path | None = None,
+              max_turns: int = 12, budget: float = 0.4, elide: bool = False,
+              run_id: str | None = None, caused_by: int | None = None,
+              on_event: Callable[[Event], None] | None = None) -> Outcome
+    resume_run(run_id, *, runtime, bus, workspace=None, on_event=None) -> Outcome
+    unfinished_runs(bus, agent) -> list[str]
+    Outcome(kind: "done" | "budget_exceeded" | "max_turns" | "failed", run_id, summary, reason)
+
+* Every event of a run goes to the bus as it happens (``run.*`` types, ``run_id`` and the agent
+  name on each; see :mod:`agents.runstate`); ``on_event`` sees each one after it is committed.
+* ``caused_by`` is the event that triggered the run: ``run.task``, ``run.outcome`` and every
+  event the Publish tool emits carry it (or the ``run.task`` id when there is no trigger).
+* ``run_agent`` with the ``run_id`` of a run already on the bus resumes it instead of starting
+  a second one, so a deterministic run id per trigger makes redelivery safe.
+* ``resume_run`` continues from the first step without a recorded result: recorded decisions are
+  not asked of the model again; a ``run.tool_call`` without a result is re-run when the tool is
+  idempotent, else reported to the model as "outcome unknown after crash"; a run that already
+  has an outcome returns it without publishing anything.
+* ``budget``: before each model call the rendered prompt is counted with
+  ``runtime.count_tokens``; over ``budget * runtime.context_window`` the run ends with
+  ``budget_exceeded`` unless ``elide`` drops the oldest unpinned events first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from agents import turn
+from agents.decide import Decider
+from agents.runstate import Outcome, RunSettings, RunState
+
+__all__ = ["Outcome", "resume_run", "run", "run_agent", "step", "unfinished_runs"]
+
+
+def step(state: RunState, runtime: Any, decider: Decider) -> Outcome | None:
+    """Exactly one turn; returns the outcome once the run has ended, else None."""
+    from baml_client.types import Done
+
+    if state.outcome is not None:
+        return state.outcome
+    if state.pending_call is not None:  # resumed: a tool call without a recorded result
+        turn.recover_call(state, decider)
+        return None
+    if state.pending is None:
+        if state.turn >= state.settings.max_turns:
+            return turn.finish(state, "max_turns", reason=f"no answer after {state.turn} turns")
+        if (ended := turn.ask_model(state, runtime, decider)) is not None:
+            return ended
+        if state.pending is None:  # unparseable answer, error fed back; retry next turn
+            return None
+    match state.pending:
+        case Done(summary=summary):
+            return turn.finish(state, "done", summary=summary)
+        case decision:
+            turn.call_tool(state, decision)
+            return None
+
+
+def run(state: RunState, runtime: Any, decider: Decider) -> Outcome:
+    """Step until the run has its outcome; per-run resources are closed at the end."""
+    try:
+        while (outcome := step(state, runtime, decider)) is None:
+            pass
+        return outcome
+    finally:
+        state.ctx.close()
+
+
+def run_agent(agent: str, task: str, *, runtime: Any, bus: Any, workspace: Path | None = None,
+              max_turns: int = 12, budget: float = 0.4, elide: bool = False,
+              run_id: str | None = None, caused_by: int | None = None,
+              on_event: Callable[[Any], None] | None = None) -> Outcome:
+    """Run ``agent`` on ``task`` to its outcome (or resume ``run_id`` if it is already on the bus)."""
+    from agents.builtin import get_agent
+
+    if run_id is not None and bus.events(run_id=run_id, limit=1):
+        return resume_run(run_id, runtime=runtime, bus=bus, workspace=workspace,
+                          on_event=on_event)
+    spec = get_agent(agent)
+    settings = RunSettings(
+        agent=spec.name, function=spec.function, max_turns=max_turns, budget=budget,
+        elide=elide, workspace=str(Path(workspace).resolve()) if workspace else None,
+        model=runtime.spec, context_window=runtime.context_window,
+        supports_schema=runtime.supports_schema, max_tokens=spec.max_tokens)
+    decider = Decider(spec.function)
+    state = turn.new_run(settings, task, runtime=runtime, bus=bus, run_id=run_id,
+                         caused_by=caused_by, on_event=on_event)
+    return run(state, runtime, decider)
+
+
+def resume_run(run_id: str, *, runtime: Any, bus: Any, workspace: Path | None = None,
+               on_event: Callable[[Any], None] | None = None) -> Outcome:
+    """Continue a run from the bus (see the module docstring); never re-asks recorded decisions."""
+    from agents.builtin import get_agent
+
+    state, decider = turn.rebuild(bus, run_id, runtime=runtime, workspace=workspace,
+                                  on_event=on_event)
+    if state.outcome is not None:
+        return state.outcome
+    get_agent(state.settings.agent)  # its module registered the agent's tools
+    return run(state, runtime, decider)
+
+
+def unfinished_runs(bus: Any, agent: str) -> list[str]:
+    """Run ids of ``agent`` that have a ``run.task`` on the bus but no ``run.outcome``."""
+    started = [e.run_id for e in bus.events(types=["run.task"]) if e.agent == agent]
+    ended = {e.run_id for e in bus.events(types=["run.outcome"]) if e.agent == agent}
+    return [run_id for run_id in started if run_id not in ended]

@@ -1,0 +1,49 @@
+"""The ``RunPython`` tool: agent-written code runs in the MicroPython/WASI sandbox (agents.sandbox).
+
+One sandbox session per run (variables survive between turns, like a notebook), kept in the
+run's ``ToolContext.resources`` and closed with the run. A snippet that traps (fuel, memory,
+wall clock) discards the session: the model gets an error event saying so and the next snippet
+starts fresh. Markdown fences around the code are stripped first (small models add them).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agents.tools import ToolContext, ToolError, register_tool
+
+
+def _llm(runtime: Any) -> Any:
+    # Sandbox llm() calls are not recorded, so a replay must not answer them from the recording.
+    if runtime is None or str(getattr(runtime, "spec", "")).startswith("replay:"):
+        return None
+
+    def llm(prompt: str) -> str:
+        return runtime.generate([{"role": "user", "content": str(prompt)}], max_tokens=256).text
+
+    return llm
+
+
+def run_python(call: Any, ctx: ToolContext) -> str:
+    """Run ``call.code`` in the run's sandbox session; its output is the tool result."""
+    from agents.sandbox import Sandbox, extract_code
+
+    sandbox = ctx.resources.get("sandbox")
+    if sandbox is None:
+        sandbox = Sandbox(workspace=ctx.workspace, publish=ctx.publish, llm=_llm(ctx.runtime))
+        ctx.resources["sandbox"] = sandbox
+    result = sandbox.run(extract_code(call.code))
+    if result.trapped:
+        raise ToolError(result.to_text(max_chars=2000) + "\n[the sandbox was restarted: "
+                        "variables from earlier turns are gone]")
+    if not result.ok:
+        raise ToolError(result.to_text(max_chars=2000))
+    return result.to_text()
+
+
+def register_run_python() -> None:
+    """Register RunPython (not idempotent: a snippet may publish, and the session is stateful)."""
+    from baml_client import types
+
+    register_tool(types.RunPython, run_python, idempotent=False, replace=True,
+                  description="run MicroPython code in the sandbox")

@@ -1,0 +1,329 @@
+"""Record and replay: export a run as a self-contained XML recording, re-run it without a model.
+
+A recording is the run's events (from the bus, or an exported file)::
+
+    <?xml version="1.0" encoding="utf-8"?>
+    <recording format="loopbus-run/1" run_id="assistant-1a2b" agent="assistant">
+    <event type="run.task" ts="..." id="1">{"task":"...","settings":{...}}</event>
+    <event type="run.model_call" ts="..." id="2">{"raw":"...","prompt_sha256":"...",...}</event>
+    ...
+    </recording>
+
+Event bodies use the event log's injection-safe JSON, so the file is well-formed XML. The
+``run.task`` settings (agent, BAML function, limits, context window) and the token counts of
+every prompt (``counts`` in ``run.model_call`` / ``run.outcome``) make it replayable without the
+model or its tokenizer.
+
+:func:`replay` re-runs the loop on a scratch bus with :class:`ReplayRuntime`, which returns the
+recorded raw outputs (and checks each prompt's sha256), re-executes the tools, and compares every
+event with the recording; the first divergence becomes a readable diff.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from agents.decide import prompt_hash
+from agents.errors import AgentError
+from agents.eventlog import EventLogError, LogEvent, iter_log
+from agents.runstate import Outcome, RunSettings
+
+FORMAT = "loopbus-run/1"
+_HEADER = re.compile(r'<recording\s+format="([^"]*)"\s+run_id="([^"]*)"\s+agent="([^"]*)">')
+
+
+class ReplayDivergence(AgentError):
+    """The replayed run differs from its recording; the message is the readable diff."""
+
+
+class RecordedEvent(BaseModel):
+    """One event of a recording."""
+
+    type: str
+    ts: str
+    payload: Any
+    id: int | None = None
+    caused_by: int | None = None
+
+
+class Recording(BaseModel):
+    """A run's events plus what replaying them needs (settings, task, trigger)."""
+
+    run_id: str
+    events: list[RecordedEvent]
+
+    @property
+    def task_event(self) -> RecordedEvent:
+        return self.events[0]
+
+    @property
+    def task(self) -> str:
+        return self.task_event.payload["task"]
+
+    @property
+    def settings(self) -> RunSettings:
+        return RunSettings.model_validate(self.task_event.payload["settings"])
+
+    @classmethod
+    def from_events(cls, run_id: str, events: list[Any]) -> Recording:
+        """From bus ``Event`` objects of one run (the first must be its ``run.task``)."""
+        if not events or events[0].event_type != "run.task":
+            raise AgentError(f"no run {run_id!r} on this bus (no run.task event)")
+        return cls(run_id=run_id, events=[
+            RecordedEvent(type=e.event_type, ts=e.created_at, payload=e.payload, id=e.id,
+                          caused_by=e.caused_by) for e in events])
+
+    @classmethod
+    def from_bus(cls, bus: Any, run_id: str) -> Recording:
+        return cls.from_events(run_id, bus.events(run_id=run_id))
+
+    def to_xml(self) -> str:
+        """The export format (see the module docstring)."""
+        lines = ['<?xml version="1.0" encoding="utf-8"?>',
+                 f'<recording format="{FORMAT}" run_id="{_attr(self.run_id)}" '
+                 f'agent="{_attr(self.settings.agent)}">']
+        for e in self.events:
+            attrs = [("id", str(e.id))] if e.id is not None else []
+            if e.caused_by is not None:
+                attrs.append(("caused_by", str(e.caused_by)))
+            lines.append(LogEvent(e.type, e.ts, e.payload, tuple(attrs)).render())
+        lines.append("</recording>")
+        return "\n".join(lines) + "\n"
+
+    @classmethod
+    def from_xml(cls, text: str) -> Recording:
+        """Parse an exported recording."""
+        match = _HEADER.search(text)
+        end = text.rfind("</recording>")
+        if match is None or end < match.end():
+            raise AgentError("not a loopbus recording (expected <recording format=...>)")
+        if match.group(1) != FORMAT:
+            raise AgentError(f"unsupported recording format {match.group(1)!r}; want {FORMAT}")
+        events = []
+        try:
+            for item in iter_log(text[match.end():end]):
+                if not isinstance(item, LogEvent):
+                    raise AgentError("a recording cannot contain elision markers")
+                attrs = dict(item.attrs)
+                events.append(RecordedEvent(
+                    type=item.type, ts=item.ts, payload=item.data,
+                    id=int(attrs["id"]) if "id" in attrs else None,
+                    caused_by=int(attrs["caused_by"]) if "caused_by" in attrs else None))
+        except EventLogError as exc:
+            raise AgentError(f"malformed recording: {exc}") from None
+        return cls(run_id=_unattr(match.group(2)), events=events)
+
+
+def _attr(value: str) -> str:
+    return LogEvent("x", value, None).render().split('ts="', 1)[1].split('"', 1)[0]
+
+
+def _unattr(value: str) -> str:
+    return value.replace("&quot;", '"').replace("&lt;", "<").replace("&gt;", ">").replace(
+        "&amp;", "&")
+
+
+def export_run(bus: Any, run_id: str) -> str:
+    """The XML recording of ``run_id`` on ``bus``."""
+    return Recording.from_bus(bus, run_id).to_xml()
+
+
+def load_recording(source: str | Path, *, bus_path: str | Path | None = None) -> Recording:
+    """A recording from an exported file, else from the run id ``source`` on the bus."""
+    path = Path(source)
+    if path.is_file():
+        return Recording.from_xml(path.read_text(encoding="utf-8"))
+    from bus import SyncBus
+
+    with SyncBus(bus_path, create=False) as bus:
+        return Recording.from_bus(bus, str(source))
+
+
+@dataclass
+class ReplayGeneration:
+    """The shape of ``models.Generation`` the loop reads, filled from the recording."""
+
+    text: str
+    prompt_tokens: int
+    finish_reason: str | None = None
+    completion_tokens: int | None = None
+    cached_tokens: int | None = None
+    prefill_s: float | None = None
+    decode_s: float | None = None
+
+
+class ReplayRuntime:
+    """A model runtime that answers with a recording's raw outputs; no model is loaded.
+
+    Token counts come from the recording (looked up by prompt sha256), so the budget check needs
+    no tokenizer. A prompt whose hash differs from the recorded one is a divergence.
+    """
+
+    def __init__(self, recording: Recording) -> None:
+        settings = recording.settings
+        self.spec = f"replay:{recording.run_id}"
+        self.context_window = settings.context_window
+        self.supports_schema = settings.supports_schema
+        self.calls = [e.payload for e in recording.events if e.type == "run.model_call"]
+        self.counts: dict[str, int] = {}
+        for e in recording.events:
+            if e.type in ("run.model_call", "run.outcome"):
+                self.counts.update(e.payload.get("counts") or {})
+        self.used = 0
+
+    def count_tokens(self, messages: list[dict[str, Any]]) -> int:
+        sha = prompt_hash(messages)
+        if sha not in self.counts:
+            raise ReplayDivergence(
+                f"replay diverged before model call {self.used + 1}: the prompt hash "
+                f"{sha[:16]} is not in the recording, so the prompt template or the context "
+                "changed")
+        return self.counts[sha]
+
+    def count_text(self, text: str) -> int:
+        raise AgentError("a replay runtime has no tokenizer")
+
+    def new_cache(self) -> object | None:
+        return None
+
+    def generate(self, messages: list[dict[str, Any]], **_: Any) -> ReplayGeneration:
+        if self.used >= len(self.calls):
+            raise ReplayDivergence(
+                f"replay diverged: it asked the model {self.used + 1} times, the recording has "
+                f"only {len(self.calls)} model calls")
+        call = self.calls[self.used]
+        self.used += 1
+        sha = prompt_hash(messages)
+        if sha != call["prompt_sha256"]:
+            raise ReplayDivergence(
+                f"replay diverged at model call {self.used} (turn {call['turn']}): prompt hash "
+                f"changed\n  recorded: {call['prompt_sha256']}\n  replayed: {sha}\n"
+                "the prompt template (baml_src) or the context changed")
+        return ReplayGeneration(call["raw"], call["prompt_tokens"], call.get("finish_reason"),
+                                call.get("completion_tokens"))
+
+
+def essence(event_type: str, payload: Any) -> Any:
+    """The parts of an event that must match in a replay (not timings, ids or paths)."""
+    keep = {
+        "run.task": ("task",),
+        "run.model_call": ("turn", "prompt_sha256", "prompt_tokens", "elided", "raw"),
+        "run.decision": ("turn", "decision"),
+        "run.tool_call": ("turn", "tool", "args"),
+        "run.tool_result": ("turn", "tool", "result"),
+        "run.error": ("turn", "kind", "tool", "error"),
+        "run.outcome": ("kind", "summary", "reason", "turns"),
+    }.get(event_type)
+    if keep is None or not isinstance(payload, dict):
+        return payload
+    return {key: payload.get(key) for key in keep}
+
+
+def _diff(index: int, total: int, recorded: RecordedEvent | None, replayed: Any) -> str:
+    def show(kind: str | None, payload: Any) -> list[str]:
+        if kind is None:
+            return ["(no event)"]
+        text = json.dumps({"type": kind, **{"payload": essence(kind, payload)}}, indent=2,
+                          sort_keys=True, ensure_ascii=False)
+        return text.splitlines()
+
+    old = show(recorded.type, recorded.payload) if recorded else show(None, None)
+    new = show(replayed.event_type, replayed.payload) if replayed else show(None, None)
+    where = recorded.type if recorded else replayed.event_type
+    turn = (recorded.payload if recorded else replayed.payload) or {}
+    turn_text = f", turn {turn['turn']}" if isinstance(turn, dict) and "turn" in turn else ""
+    head = f"replay diverged at event {index + 1} of {total} ({where}{turn_text}):"
+    body = difflib.unified_diff(old, new, "recorded", "replayed", lineterm="", n=2)
+    return "\n".join([head, *body])
+
+
+class Checker:
+    """Compares each replayed event with the recording, in order; raises on the first mismatch."""
+
+    def __init__(self, recording: Recording) -> None:
+        self.expected = recording.events
+        self.seen = 0
+
+    def __call__(self, event: Any) -> None:
+        index = self.seen
+        self.seen += 1
+        recorded = self.expected[index] if index < len(self.expected) else None
+        if recorded is None or recorded.type != event.event_type or essence(
+                recorded.type, recorded.payload) != essence(event.event_type, event.payload):
+            raise ReplayDivergence(_diff(index, len(self.expected), recorded, event))
+
+    def stamp(self, index: int, event: Any) -> str:
+        """The recorded timestamp of the index-th event (prompts then hash the same)."""
+        if index < len(self.expected) and self.expected[index].type == event.event_type:
+            return self.expected[index].ts
+        return event.created_at
+
+    def finish(self) -> None:
+        if self.seen < len(self.expected):
+            raise ReplayDivergence(_diff(self.seen, len(self.expected),
+                                         self.expected[self.seen], None))
+
+
+class ReplayReport(BaseModel):
+    """The result of :func:`replay`: ``ok`` or the first divergence as a diff."""
+
+    ok: bool
+    run_id: str
+    turns: int
+    diff: str | None = None
+    outcome: Outcome | None = None
+
+
+def prepare(recording: Recording, bus: Any, *, workspace: Path | None = None,
+            on_event: Callable[[Any], None] | None = None) -> tuple[Any, Any, Any, Checker]:
+    """(state, runtime, decider, checker) ready for :func:`agents.loop.run` on ``bus``."""
+    from agents import turn
+    from agents.builtin import get_agent
+    from agents.decide import Decider
+
+    settings = recording.settings
+    get_agent(settings.agent)  # registers the agent's tools
+    if workspace is not None:
+        settings = settings.model_copy(update={"workspace": str(Path(workspace).resolve())})
+    runtime, checker = ReplayRuntime(recording), Checker(recording)
+
+    def observe(event: Any) -> None:
+        checker(event)
+        if on_event is not None:
+            on_event(event)
+
+    state = turn.new_run(settings, recording.task, runtime=runtime, bus=bus,
+                         run_id=recording.run_id, caused_by=recording.task_event.caused_by,
+                         on_event=observe, stamp=checker.stamp)
+    return state, runtime, Decider(settings.function), checker
+
+
+def replay(recording: Recording, *, workspace: Path | None = None,
+           on_event: Callable[[Any], None] | None = None) -> ReplayReport:
+    """Re-run ``recording`` on a scratch bus with recorded model outputs and real tools."""
+    from agents.loop import run
+    from bus import SyncBus
+
+    with tempfile.TemporaryDirectory(prefix="loopbus-replay-") as tmp:
+        with SyncBus(Path(tmp) / "replay.db", synchronous="NORMAL") as bus:
+            runtime = None
+            try:
+                state, runtime, decider, checker = prepare(recording, bus, workspace=workspace,
+                                                           on_event=on_event)
+                outcome = run(state, runtime, decider)
+                checker.finish()
+            except ReplayDivergence as exc:
+                turns = runtime.used if runtime is not None else 0
+                return ReplayReport(ok=False, run_id=recording.run_id, turns=turns,
+                                    diff=str(exc))
+            return ReplayReport(ok=True, run_id=recording.run_id, turns=runtime.used,
+                                outcome=outcome)

@@ -1,0 +1,155 @@
+"""A run's state and its recording on the bus.
+
+Every event of a run is published on the bus as it happens, with ``run_id`` and the agent name,
+so the bus alone can rebuild the run (:meth:`RunState.rebuild`) — durable resume and replay rely
+on that. Event types and payloads (all plain JSON; BAML objects are converted with
+``model_dump`` at this boundary):
+
+=================  ==================================================================  =========
+type               payload                                                             caused_by
+=================  ==================================================================  =========
+run.task           task, settings (agent, function, max_turns, budget, elide, ...)     trigger
+run.model_call     turn, prompt_sha256, prompt_tokens, counts {sha: tokens}, elided,   -
+                   raw (the model's text), timings
+run.decision       turn, decision (the parsed object as JSON)                          model_call
+run.tool_call      turn, tool, args, idempotent  (published BEFORE the tool runs)      decision
+run.tool_result    turn, tool, result            (published AFTER it ran)              tool_call
+run.error          turn, error, kind (parse | tool | unknown_outcome), [tool]          call/model
+run.outcome        kind, summary, reason, turns                                        trigger
+<other types>      what the Publish tool emitted                                       trigger
+=================  ==================================================================  =========
+
+Only task, decision, tool_result and error events are part of the model's context.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from agents.eventlog import EventLog, LogEvent
+
+OutcomeKind = Literal["done", "budget_exceeded", "max_turns", "failed"]
+CONTEXT_TYPES = frozenset({"run.task", "run.decision", "run.tool_result", "run.error"})
+
+
+class Outcome(BaseModel):
+    """How a run ended: exactly one of done(summary) | budget_exceeded | max_turns | failed(reason)."""
+
+    kind: OutcomeKind
+    run_id: str
+    summary: str | None = None
+    reason: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.kind == "done"
+
+
+class RunSettings(BaseModel):
+    """Everything needed to re-run a run, recorded in its ``run.task`` event."""
+
+    agent: str
+    function: str
+    max_turns: int = 12
+    budget: float = 0.4
+    elide: bool = False
+    workspace: str | None = None
+    model: str = ""
+    context_window: int = 0
+    supports_schema: bool = False
+    max_tokens: int = 256
+    max_parse_failures: int = 2
+    max_result_chars: int = 4000
+
+
+def context_view(event_type: str, payload: Any) -> Any:
+    """What the model sees of a bus event, or None when the event is not part of its context."""
+    if event_type not in CONTEXT_TYPES:
+        return None
+    if event_type == "run.task":
+        return {"task": payload["task"]}
+    if event_type == "run.decision":
+        return payload["decision"]
+    if event_type == "run.tool_result":
+        return {"tool": payload["tool"], "result": payload["result"]}
+    view = {"error": payload["error"]}
+    if payload.get("tool"):
+        view["tool"] = payload["tool"]
+    return view
+
+
+@dataclass
+class PendingCall:
+    """A ``run.tool_call`` whose result is not recorded yet."""
+
+    event_id: int
+    tool: str
+    args: dict[str, Any]
+    idempotent: bool
+
+
+@dataclass
+class RunState:
+    """The mutable state of one run; :mod:`agents.loop` advances it one turn at a time."""
+
+    run_id: str
+    task: str
+    settings: RunSettings
+    bus: Any  # bus.SyncBus
+    trigger: int | None = None  # the event that started the run (outputs are caused_by it)
+    task_event_id: int | None = None
+    log: EventLog = field(default_factory=EventLog)
+    turn: int = 0
+    parse_failures: int = 0
+    last_model_call: int | None = None
+    pending: BaseModel | None = None  # a recorded decision not executed yet
+    pending_id: int | None = None
+    pending_call: PendingCall | None = None
+    outcome: Outcome | None = None
+    on_event: Callable[[Any], None] | None = None
+    # replay maps the n-th event of the run to its recorded timestamp so prompts hash the same
+    stamp: Callable[[int, Any], str] | None = None
+    emitted: int = 0
+    cache: object | None = None
+    ctx: Any = None  # agents.tools.ToolContext, set when the run starts
+
+    @property
+    def origin(self) -> int | None:
+        """The id outputs and the outcome are caused_by: the trigger, else the task event."""
+        return self.trigger if self.trigger is not None else self.task_event_id
+
+    def emit(self, *items: tuple[str, Any, int | None]) -> list[Any]:
+        """Publish ``(type, payload, caused_by)`` events in one transaction; update the context."""
+        from bus import NewEvent
+
+        agent = self.settings.agent
+        new = [
+            NewEvent(event_type=t, payload=p, agent=agent, run_id=self.run_id, caused_by=c)
+            for t, p, c in items
+        ]
+        ids = self.bus.publish_many(new) if len(new) > 1 else [self.bus.publish(
+            new[0].event_type, new[0].payload, agent=agent, run_id=self.run_id,
+            caused_by=new[0].caused_by)]
+        events = self.bus.events(since_id=ids[0] - 1, run_id=self.run_id, limit=len(ids))
+        for event in events:
+            self.observe(event)
+            if self.on_event is not None:
+                self.on_event(event)
+        return events
+
+    def observe(self, event: Any, *, pinned: bool = False) -> None:
+        """Add a bus event of this run to the context (if it belongs there)."""
+        ts = self.stamp(self.emitted, event) if self.stamp else event.created_at
+        self.emitted += 1
+        view = context_view(event.event_type, event.payload)
+        if view is not None:
+            pinned = pinned or event.event_type == "run.task"
+            self.log.append(LogEvent(event.event_type, ts, view), pinned=pinned)
+
+    def workspace_path(self) -> Path | None:
+        return Path(self.settings.workspace) if self.settings.workspace else None

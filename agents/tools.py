@@ -1,0 +1,233 @@
+"""The tool registry: a tool is a BAML-generated class plus a Python handler.
+
+Built-in and user tools register the same way::
+
+    from baml_client import types
+    from agents.tools import register_tool
+
+    def count_lines(call: types.CountLines, ctx: ToolContext) -> str:
+        return str(len(ctx.read_text(call.path).splitlines()))
+
+    register_tool(types.CountLines, count_lines, idempotent=True)
+
+The tool's name is the class's literal ``action`` field (``"count_lines"``), which is also how
+the model picks it. Handlers return a string or any JSON value; exceptions they raise become
+error events the model sees (they never crash the loop), and long results are truncated with a
+marker so one result cannot blow the context budget. ``idempotent`` tells durable resume
+whether a call left without a recorded result may simply be executed again.
+"""
+
+from __future__ import annotations
+
+import json
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from agents import workspace as ws
+from agents.errors import AgentError
+
+#: Default cap on one tool result, in characters (tokenizer-independent, so replay is exact).
+MAX_RESULT_CHARS = 4000
+#: Largest file ReadFile reads before truncating.
+MAX_READ_BYTES = 256 * 1024
+
+Handler = Callable[[Any, "ToolContext"], Any]
+
+
+class ToolError(AgentError):
+    """A tool was used wrongly (the model sees the message as an error event)."""
+
+
+class UnknownTool(AgentError):
+    """No tool is registered under this name or class."""
+
+
+@dataclass(frozen=True)
+class Tool:
+    """A registered tool. ``handler`` is None only for ``Done``, which the loop handles itself."""
+
+    name: str
+    cls: type[BaseModel]
+    handler: Handler | None
+    idempotent: bool
+    description: str = ""
+
+
+@dataclass
+class ToolContext:
+    """What a handler may use: the run's identity, its read-only workspace and a way to publish.
+
+    ``publish`` is provided by the loop: it emits an event attributed to the agent, with the
+    run's ``run_id`` and ``caused_by`` = the event that triggered the run. ``resources`` holds
+    per-run objects (e.g. the sandbox session), closed by :meth:`close` when the run ends.
+    """
+
+    run_id: str
+    agent: str
+    workspace: Path | None = None
+    publish: Callable[[str, Any], int] | None = None
+    runtime: Any = None
+    resources: dict[str, Any] = field(default_factory=dict)
+
+    def path(self, relative: str) -> Path:
+        """Resolve ``relative`` inside the workspace (refusing escapes)."""
+        return ws.resolve(self.workspace, relative)
+
+    def read_text(self, relative: str, limit: int = MAX_READ_BYTES) -> str:
+        """Read a workspace file as text (invalid UTF-8 replaced), at most ``limit`` bytes."""
+        target = self.path(relative)
+        if not target.is_file():
+            raise ToolError(f"{relative!r} is not a file; use list_dir to see what exists")
+        with target.open("rb") as fh:
+            data = fh.read(limit + 1)
+        text = data[:limit].decode("utf-8", errors="replace")
+        if len(data) > limit:
+            text += f"\n...[file longer than {limit} bytes; rest not read]"
+        return text
+
+    def close(self) -> None:
+        """Close per-run resources (those with a ``close()`` method)."""
+        for resource in self.resources.values():
+            closer = getattr(resource, "close", None)
+            if callable(closer):
+                try:
+                    closer()
+                except Exception:  # noqa: BLE001 - closing is best effort
+                    pass
+        self.resources.clear()
+
+
+_BY_NAME: dict[str, Tool] = {}
+_BY_CLASS: dict[type, Tool] = {}
+
+
+def action_name(cls: type[BaseModel]) -> str:
+    """The literal value of a tool class's ``action`` field, else its snake_cased class name."""
+    info = cls.model_fields.get("action")
+    if info is not None:
+        args = typing.get_args(info.annotation)
+        if len(args) == 1 and isinstance(args[0], str):
+            return args[0]
+    name = cls.__name__
+    return "".join("_" + c.lower() if c.isupper() else c for c in name).lstrip("_")
+
+
+def register_tool(
+    cls: type[BaseModel],
+    handler: Handler | None,
+    *,
+    idempotent: bool,
+    name: str | None = None,
+    description: str = "",
+    replace: bool = False,
+) -> Tool:
+    """Register ``cls`` (a class from ``baml_client.types``) with its handler.
+
+    Raises AgentError when the name is taken by another class (pass ``replace=True`` to override).
+    """
+    tool = Tool(name or action_name(cls), cls, handler, idempotent, description or cls.__doc__ or "")
+    existing = _BY_NAME.get(tool.name)
+    if existing is not None and existing.cls is not cls and not replace:
+        raise AgentError(f"tool {tool.name!r} is already registered for {existing.cls.__name__}")
+    if existing is not None:
+        _BY_CLASS.pop(existing.cls, None)
+    _BY_NAME[tool.name] = tool
+    _BY_CLASS[cls] = tool
+    return tool
+
+
+def get_tool(name: str) -> Tool:
+    """The tool registered under ``name``."""
+    try:
+        return _BY_NAME[name]
+    except KeyError:
+        known = ", ".join(sorted(_BY_NAME))
+        raise UnknownTool(f"unknown tool {name!r}; registered tools: {known}") from None
+
+
+def tool_for(decision: BaseModel | type) -> Tool:
+    """The tool for a decision object (or class), looked up by its type."""
+    cls = decision if isinstance(decision, type) else type(decision)
+    try:
+        return _BY_CLASS[cls]
+    except KeyError:
+        raise UnknownTool(f"no tool is registered for {cls.__name__}") from None
+
+
+def list_tools() -> list[Tool]:
+    """Every registered tool, by name."""
+    return [_BY_NAME[name] for name in sorted(_BY_NAME)]
+
+
+def truncate(text: str, limit: int = MAX_RESULT_CHARS) -> str:
+    """``text`` cut to ``limit`` characters with a visible marker saying how much was dropped."""
+    if len(text) <= limit:
+        return text
+    return text[:limit] + f"\n...[truncated {len(text) - limit} chars]"
+
+
+def shape_result(value: Any, limit: int = MAX_RESULT_CHARS) -> Any:
+    """A handler's return value made JSON-safe and bounded (long values become truncated text)."""
+    if value is None:
+        return "ok"
+    if isinstance(value, str):
+        return truncate(value, limit)
+    try:
+        text = json.dumps(value, ensure_ascii=False)
+    except (TypeError, ValueError):
+        return truncate(repr(value), limit)
+    return value if len(text) <= limit else truncate(text, limit)
+
+
+# ---------------------------------------------------------------------------------------------
+# Built-in tools.
+
+
+def list_dir(call: Any, ctx: ToolContext) -> str:
+    """Names in a workspace directory, directories with a trailing ``/``."""
+    target = ctx.path(call.path)
+    if not target.is_dir():
+        raise ToolError(f"{call.path!r} is not a directory; use list_dir with '.' for the root")
+    lines = []
+    for entry in sorted(target.iterdir(), key=lambda p: p.name):
+        if entry.name.startswith("."):
+            continue  # hidden files are noise for small models
+        lines.append(entry.name + "/" if entry.is_dir() else entry.name)
+    return "\n".join(lines) if lines else "(empty directory)"
+
+
+def read_file(call: Any, ctx: ToolContext) -> str:
+    """The text of a workspace file."""
+    return ctx.read_text(call.path)
+
+
+def publish(call: Any, ctx: ToolContext) -> str:
+    """Publish a typed event on the bus for other agents."""
+    if ctx.publish is None:
+        raise ToolError("this run has no bus to publish on")
+    if call.event_type == "run" or call.event_type.startswith("run."):
+        raise ToolError("event types in the 'run.' namespace are reserved for the loop")
+    ctx.publish(call.event_type, dict(call.payload))
+    return f"published {call.event_type}"
+
+
+def register_builtins() -> None:
+    """Register ListDir, ReadFile, Publish, RunPython and Done (idempotent to call twice)."""
+    from baml_client import types
+
+    register_tool(types.ListDir, list_dir, idempotent=True, replace=True,
+                  description="list a workspace directory")
+    register_tool(types.ReadFile, read_file, idempotent=True, replace=True,
+                  description="read a workspace file")
+    register_tool(types.Publish, publish, idempotent=False, replace=True,
+                  description="publish an event for other agents")
+    register_tool(types.Done, None, idempotent=True, replace=True,
+                  description="finish with a summary")
+    from agents.pytool import register_run_python
+
+    register_run_python()

@@ -1,0 +1,196 @@
+"""The pieces of one turn (:func:`ask_model`, :func:`call_tool`, :func:`finish`) and the two ways a
+run's state comes to exist: :func:`new_run` (publishes ``run.task``) and :func:`rebuild` (reads
+the run back from the bus for durable resume). :mod:`agents.loop` composes them.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from agents.decide import Decider, DecisionParseError, prompt_hash
+from agents.errors import AgentError
+from agents.runstate import Outcome, PendingCall, RunSettings, RunState
+from agents.tools import ToolContext, get_tool, shape_result, tool_for
+
+UNKNOWN_OUTCOME = (
+    "outcome unknown after crash: the {tool} call was started but its result was never "
+    "recorded, so it may or may not have happened; check before repeating it"
+)
+
+
+class RunNotFound(AgentError):
+    """The bus has no ``run.task`` event for this run id."""
+
+
+def finish(state: RunState, kind: str, *, summary: str | None = None,
+           reason: str | None = None, **extra: Any) -> Outcome:
+    """Record the run's one terminal outcome (a second call returns the first outcome)."""
+    if state.outcome is not None:
+        return state.outcome
+    outcome = Outcome(kind=kind, run_id=state.run_id, summary=summary, reason=reason)  # type: ignore[arg-type]
+    payload = {"kind": kind, "summary": summary, "reason": reason, "turns": state.turn, **extra}
+    state.emit(("run.outcome", payload, state.origin))
+    state.outcome = outcome
+    return outcome
+
+
+def ask_model(state: RunState, runtime: Any, decider: Decider) -> Outcome | None:
+    """One model call: check the budget (eliding if allowed), generate, parse and record.
+
+    Sets ``state.pending`` to the parsed decision; an unparseable answer is recorded with a short
+    error event the model sees next turn, and ends the run after too many in a row.
+    """
+    from models.errors import ModelError
+
+    settings = state.settings
+    limit = int(runtime.context_window * settings.budget)
+    counts: dict[str, int] = {}
+    while True:
+        messages = decider.messages(state.log.render())
+        sha = prompt_hash(messages)
+        tokens = counts[sha] = runtime.count_tokens(messages)
+        if tokens <= limit:
+            break
+        if not (settings.elide and state.log.elide_oldest()):
+            reason = (f"the prompt is {tokens} tokens, over {settings.budget:.0%} of the "
+                      f"{runtime.context_window}-token context window ({limit} tokens)")
+            return finish(state, "budget_exceeded", reason=reason, counts=counts)
+    schema = decider.schema if runtime.supports_schema else None
+    try:
+        gen = runtime.generate(messages, schema=schema, max_tokens=settings.max_tokens,
+                               cache=state.cache)
+    except ModelError as exc:
+        return finish(state, "failed", reason=f"model error: {exc}", counts=counts)
+    state.turn += 1
+    call = {
+        "turn": state.turn, "prompt_sha256": sha, "prompt_tokens": tokens, "counts": counts,
+        "elided": state.log.elided, "raw": gen.text,
+        "finish_reason": getattr(gen, "finish_reason", None),
+        "completion_tokens": getattr(gen, "completion_tokens", None),
+        "cached_tokens": getattr(gen, "cached_tokens", None),
+        "prefill_s": getattr(gen, "prefill_s", None), "decode_s": getattr(gen, "decode_s", None),
+    }
+    try:
+        decision = decider.parse(gen.text)
+    except DecisionParseError as exc:
+        state.parse_failures += 1
+        error = (f"could not read your answer ({exc}); answer with one JSON object whose "
+                 f"action is one of: {', '.join(decider.actions())}")
+        state.emit(("run.model_call", call, None),
+                   ("run.error", {"turn": state.turn, "kind": "parse", "error": error}, None))
+        if state.parse_failures > settings.max_parse_failures:
+            return finish(state, "failed", reason=(
+                f"the model's output did not parse {state.parse_failures} times in a row: {exc}"))
+        return None
+    state.parse_failures = 0
+    record = {"turn": state.turn, "decision": decision.model_dump(mode="json")}
+    events = state.emit(("run.model_call", call, None), ("run.decision", record, None))
+    state.pending, state.pending_id = decision, events[-1].id
+    return None
+
+
+def call_tool(state: RunState, decision: BaseModel) -> None:
+    """Record the tool call, run the handler, record its result (or its error)."""
+    tool = tool_for(decision)
+    args = decision.model_dump(mode="json")
+    payload = {"turn": state.turn, "tool": tool.name, "args": args, "idempotent": tool.idempotent}
+    event = state.emit(("run.tool_call", payload, state.pending_id))[0]
+    state.pending = state.pending_id = None
+    state.pending_call = PendingCall(event.id, tool.name, args, tool.idempotent)
+    _run_handler(state, decision)
+
+
+def recover_call(state: RunState, decider: Decider) -> None:
+    """A tool call recorded before a crash without a result: redo it if idempotent, else say so."""
+    call = state.pending_call
+    assert call is not None
+    if call.idempotent:
+        _run_handler(state, decider.load(call.args))
+        return
+    error = UNKNOWN_OUTCOME.format(tool=call.tool)
+    payload = {"turn": state.turn, "kind": "unknown_outcome", "tool": call.tool, "error": error}
+    state.emit(("run.error", payload, call.event_id))
+    state.pending_call = None
+
+
+def _run_handler(state: RunState, decision: BaseModel) -> None:
+    call = state.pending_call
+    assert call is not None
+    tool = get_tool(call.tool)
+    base = {"turn": state.turn, "tool": tool.name}
+    try:
+        if tool.handler is None:
+            raise AgentError(f"{tool.name} has no handler")
+        result = tool.handler(decision, state.ctx)
+    except Exception as exc:  # noqa: BLE001 - a tool failure is information for the model
+        message = str(exc) if isinstance(exc, AgentError) else f"{type(exc).__name__}: {exc}"
+        state.emit(("run.error", {**base, "kind": "tool", "error": message}, call.event_id))
+    else:
+        result = shape_result(result, state.settings.max_result_chars)
+        state.emit(("run.tool_result", {**base, "result": result}, call.event_id))
+    state.pending_call = None
+
+
+def _attach_context(state: RunState, runtime: Any) -> None:
+    state.cache = runtime.new_cache() if hasattr(runtime, "new_cache") else None
+
+    def publish(event_type: str, payload: Any) -> int:
+        return state.emit((event_type, payload, state.origin))[0].id
+
+    state.ctx = ToolContext(state.run_id, state.settings.agent, state.workspace_path(),
+                            publish=publish, runtime=runtime)
+
+
+def new_run(settings: RunSettings, task: str, *, runtime: Any, bus: Any, run_id: str | None,
+            caused_by: int | None, on_event: Callable[[Any], None] | None = None,
+            stamp: Callable[[int, Any], str] | None = None) -> RunState:
+    """Create a run and publish its ``run.task`` event (the pinned start of its context)."""
+    run_id = run_id or f"{settings.agent}-{uuid.uuid4().hex[:12]}"
+    state = RunState(run_id, task, settings, bus, trigger=caused_by, on_event=on_event,
+                     stamp=stamp)
+    payload = {"task": task, "settings": settings.model_dump(mode="json")}
+    state.task_event_id = state.emit(("run.task", payload, caused_by))[0].id
+    _attach_context(state, runtime)
+    return state
+
+
+def rebuild(bus: Any, run_id: str, *, runtime: Any, workspace: Path | None = None,
+            on_event: Callable[[Any], None] | None = None) -> tuple[RunState, Decider]:
+    """The state of ``run_id`` rebuilt from its events on the bus (durable resume)."""
+    events = bus.events(run_id=run_id)
+    if not events or events[0].event_type != "run.task":
+        raise RunNotFound(f"no run {run_id!r} on this bus; `loopbus sql` can list run ids")
+    first = events[0]
+    settings = RunSettings.model_validate(first.payload["settings"])
+    if workspace is not None:
+        settings = settings.model_copy(update={"workspace": str(workspace)})
+    state = RunState(run_id, first.payload["task"], settings, bus, trigger=first.caused_by,
+                     task_event_id=first.id, on_event=on_event)
+    decider = Decider(settings.function)
+    for event in events:
+        state.observe(event)
+        kind, payload = event.event_type, event.payload
+        if kind == "run.model_call":
+            state.turn = payload["turn"]
+        elif kind == "run.decision":
+            state.pending = decider.load(payload["decision"])
+            state.pending_id, state.parse_failures = event.id, 0
+        elif kind == "run.error" and payload.get("kind") == "parse":
+            state.parse_failures += 1
+        elif kind == "run.tool_call":
+            state.pending = state.pending_id = None
+            state.pending_call = PendingCall(event.id, payload["tool"], payload["args"],
+                                             payload["idempotent"])
+        elif kind in ("run.tool_result", "run.error") and state.pending_call is not None \
+                and event.caused_by == state.pending_call.event_id:
+            state.pending_call = None
+        elif kind == "run.outcome":
+            state.outcome = Outcome(kind=payload["kind"], run_id=run_id,
+                                    summary=payload.get("summary"), reason=payload.get("reason"))
+    _attach_context(state, runtime)
+    return state, decider

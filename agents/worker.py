@@ -1,0 +1,273 @@
+"""One long-lived agent process (`loopbus agent NAME --config FILE`).
+
+Protocol (at-least-once delivery, exactly-once outcomes):
+
+* The process consumes its subscriptions through its own cursor. With ``parallelism = n`` the
+  agent runs n processes; instance ``i`` uses the consumer ``NAME#i/n`` and owns the events
+  with ``id % n == i`` (it acks the others straight away). Partitioning by id needs no claim
+  table and never gives one event to two processes.
+* Each owned event starts one run with the deterministic id ``NAME-e<event id>``, caused by
+  the event. ``run_agent`` with an id already on the bus resumes that run, and returns the
+  recorded outcome without publishing anything when it has one: redelivery is harmless.
+* On startup the process first resumes its unfinished runs (those of its partition).
+* The cursor moves past an event only after its run reached a terminal outcome. When the
+  agent has ``emit`` configured, that event is published in the same transaction as the ack
+  (and skipped if this run already published it), so it exists exactly once per trigger.
+
+Agents never import each other: the bus is the only coupling. Tools of the chain agents read
+the bus through :func:`agents.chain_agents.configure`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from agents.config import AgentConfig, ChainConfig, consumer_name, render_task
+
+__all__ = ["AgentWorker", "parse_instance", "run_id_for"]
+
+
+def run_id_for(agent: str, event_id: int) -> str:
+    """The run id of ``agent``'s run for triggering event ``event_id``."""
+    return f"{agent}-e{event_id}"
+
+
+def parse_instance(text: str) -> tuple[int, int]:
+    """``"1/2"`` -> ``(1, 2)``; raises ValueError on anything else."""
+    match = re.fullmatch(r"(\d+)/(\d+)", text.strip())
+    if not match:
+        raise ValueError(f"instance {text!r} must look like I/N, e.g. 0/2")
+    index, count = int(match.group(1)), int(match.group(2))
+    if count < 1 or not 0 <= index < count:
+        raise ValueError(f"instance {text!r}: need 0 <= I < N")
+    return index, count
+
+
+def _short(value: Any, width: int = 70) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def describe(event: Any) -> str:
+    """A one-line description of a run event, for the status table and the log."""
+    p = event.payload if isinstance(event.payload, dict) else {}
+    kind = event.event_type
+    if kind == "run.task":
+        return f"task: {_short(p.get('task', ''))}"
+    if kind == "run.model_call":
+        return f"model answered ({p.get('completion_tokens')} tokens)"
+    if kind == "run.decision":
+        return f"decided {_short(p.get('decision', {}))}"
+    if kind == "run.tool_call":
+        return f"calling {p.get('tool')}"
+    if kind == "run.tool_result":
+        return f"{p.get('tool')} -> {_short(p.get('result', ''))}"
+    if kind == "run.error":
+        return f"error: {_short(p.get('error', ''))}"
+    if kind == "run.outcome":
+        return f"outcome {p.get('kind')}: {_short(p.get('summary') or p.get('reason') or '')}"
+    return f"published {kind} {_short(event.payload, 50)}"
+
+
+class AgentWorker:
+    """Consumes one agent's subscriptions (one partition) and runs the loop per event."""
+
+    def __init__(
+        self,
+        config: ChainConfig,
+        name: str,
+        bus: Any,
+        *,
+        runtime: Any,
+        index: int = 0,
+        count: int | None = None,
+        status_file: Path | None = None,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.agent: AgentConfig = config.agent(name)
+        self.bus = bus
+        self.runtime = runtime
+        self.index = index
+        self.count = count or self.agent.parallelism
+        self.consumer = consumer_name(self.agent.name, index, self.count)
+        self.status_file = status_file
+        self.log = log or (lambda line: None)
+        self.handled = 0
+        self.workspace = config.workspace_for(self.agent)
+        self._status: dict[str, Any] = {"state": "starting"}
+        self.stop = threading.Event()
+
+    # -- status -------------------------------------------------------------------------------
+    def set_status(self, **fields: Any) -> None:
+        """Update the JSON status file the supervisor reads (atomic rename)."""
+        self._status.update(fields)
+        if self.status_file is None:
+            return
+        data = {**self._status, "pid": os.getpid(), "consumer": self.consumer,
+                "agent": self.agent.name, "handled": self.handled, "updated": time.time()}
+        tmp = self.status_file.with_name(self.status_file.name + ".tmp")
+        tmp.write_text(json.dumps(data), encoding="utf-8")
+        os.replace(tmp, self.status_file)
+
+    def _on_event(self, event: Any) -> None:
+        line = describe(event)
+        self.log(f"[{self.consumer}] {event.run_id} #{event.id} {line}")
+        self.set_status(activity=line)
+
+    # -- the protocol -------------------------------------------------------------------------
+    def owns(self, event_id: int) -> bool:
+        """Whether this instance handles ``event_id`` (id partitioning)."""
+        return event_id % self.count == self.index
+
+    def resume_unfinished(self) -> int:
+        """Resume this partition's runs that have a task but no outcome; returns how many."""
+        from agents.loop import resume_run, unfinished_runs
+
+        pattern = re.compile(rf"{re.escape(self.agent.name)}-e(\d+)")
+        resumed = 0
+        for run_id in unfinished_runs(self.bus, self.agent.name):
+            match = pattern.fullmatch(run_id)
+            if match is None or not self.owns(int(match.group(1))):
+                continue  # a `loopbus run` run, or another instance's
+            self.set_status(state="resuming", run_id=run_id, event_id=int(match.group(1)))
+            self.log(f"[{self.consumer}] resuming {run_id}")
+            outcome = resume_run(run_id, runtime=self.runtime, bus=self.bus,
+                                 workspace=self.workspace, on_event=self._on_event)
+            self.log(f"[{self.consumer}] {run_id} resumed -> {outcome.kind}")
+            resumed += 1
+        return resumed
+
+    def handle(self, event: Any) -> None:
+        """Run the loop for one delivered event and commit the cursor past it."""
+        if not self.owns(event.id):
+            self.bus.ack(self.consumer, event.id)
+            return
+        from agents.loop import run_agent
+
+        run_id = run_id_for(self.agent.name, event.id)
+        self.set_status(state="running", run_id=run_id, event_id=event.id,
+                        event_type=event.event_type, activity="")
+        outcome = run_agent(
+            self.agent.name,
+            render_task(self.agent.task, event),
+            runtime=self.runtime,
+            bus=self.bus,
+            workspace=self.workspace,
+            max_turns=self.agent.max_turns,
+            budget=self.agent.budget,
+            elide=self.agent.elide,
+            run_id=run_id,
+            caused_by=event.id,
+            on_event=self._on_event,
+        )
+        self._complete(event, run_id, outcome)
+        self.handled += 1
+        self.set_status(state="idle", run_id=None, event_id=None, activity=f"last: {outcome.kind}")
+
+    def _complete(self, event: Any, run_id: str, outcome: Any) -> None:
+        emit = self.agent.emit
+        if emit is None or self.bus.events(run_id=run_id, types=[emit], limit=1):
+            self.bus.ack(self.consumer, event.id)
+            return
+        base = event.payload if isinstance(event.payload, dict) else {"value": event.payload}
+        payload = {**base, "trigger_id": event.id, "trigger_type": event.event_type,
+                   "run_id": run_id, "outcome": outcome.kind,
+                   "summary": outcome.summary if outcome.summary is not None else outcome.reason}
+        with self.bus.transaction() as tx:
+            tx.publish(emit, payload, agent=self.agent.name, run_id=run_id, caused_by=event.id)
+            tx.ack(self.consumer, event.id)
+
+    def serve(self, *, idle_exit: float | None = None, poll: float = 1.0) -> int:
+        """Resume, then consume until :attr:`stop` is set (or idle for ``idle_exit`` seconds).
+
+        Returns the number of events this process handled.
+        """
+        self.resume_unfinished()
+        idle_since = time.monotonic()
+        while not self.stop.is_set():
+            self.set_status(state="idle", run_id=None, event_id=None)
+            for event in self.bus.subscribe(self.consumer, list(self.agent.subscribe),
+                                            timeout=poll):
+                self.handle(event)
+                idle_since = time.monotonic()
+                if self.stop.is_set():
+                    break
+            if idle_exit is not None and time.monotonic() - idle_since >= idle_exit:
+                break
+        self.set_status(state="stopped")
+        return self.handled
+
+
+def _watch_parent(parent_pid: int) -> None:
+    """Exit when the supervisor is gone (children run in their own session)."""
+
+    def loop() -> None:
+        while True:
+            if os.getppid() != parent_pid:
+                os._exit(0)
+            time.sleep(0.5)
+
+    threading.Thread(target=loop, name="parent-watchdog", daemon=True).start()
+
+
+def serve_agent(
+    config: ChainConfig,
+    name: str,
+    bus_path: str | Path,
+    *,
+    instance: tuple[int, int] | None = None,
+    status_file: Path | None = None,
+    parent_pid: int | None = None,
+    idle_exit: float | None = None,
+) -> int:
+    """Entry point of `loopbus agent`: validate, open the bus, load the model, serve."""
+    from agents import chain_agents
+    from agents.builtin import get_agent, register_agent
+    from agents.config import check_registry
+    from bus import SyncBus
+    from models import load_runtime
+
+    if parent_pid is not None:
+        _watch_parent(parent_pid)
+
+    def on_term(signum: int, frame: object) -> None:
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, on_term)
+    agent = config.agent(name)
+    check_registry(config)
+    if agent.kind != agent.name:
+        # Events carry the configured name; resume looks the agent up by that name.
+        kind = get_agent(agent.kind)
+        register_agent(agent.name, kind.function, kind.description, max_tokens=kind.max_tokens)
+    index, count = instance or (0, agent.parallelism)
+
+    def log(line: str) -> None:
+        print(line, flush=True)
+
+    output = config.output or Path(bus_path).resolve().parent
+    with SyncBus(bus_path) as bus:
+        chain_agents.configure(bus, output)
+        worker = AgentWorker(config, name, bus, runtime=None, index=index, count=count,
+                             status_file=status_file, log=log)
+        worker.set_status(state="loading model")
+        spec = config.model_for(agent)
+        log(f"[{worker.consumer}] pid {os.getpid()} loading model {spec or 'default'}")
+        worker.runtime = load_runtime(spec)
+        log(f"[{worker.consumer}] subscribed to {', '.join(agent.subscribe)}")
+        handled = worker.serve(idle_exit=idle_exit)
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+    return handled

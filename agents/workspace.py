@@ -1,0 +1,47 @@
+"""Path safety for the read-only workspace a run is given.
+
+Agents name files relative to the workspace root. Absolute paths, ``..`` components and
+symlinks that resolve outside the root are refused with :class:`PathEscape`, whose message the
+model sees as an error event.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path, PurePosixPath
+
+from agents.errors import AgentError
+
+
+class WorkspaceError(AgentError):
+    """A workspace path cannot be used (missing workspace, not found, wrong kind)."""
+
+
+class PathEscape(WorkspaceError):
+    """A path points outside the workspace root."""
+
+
+def resolve(root: Path | None, relative: str) -> Path:
+    """The real path of ``relative`` inside ``root``, refusing anything that escapes it."""
+    if root is None:
+        raise WorkspaceError("this run has no workspace; start it with --workspace DIR")
+    text = relative.strip() or "."
+    if "\x00" in text:
+        raise PathEscape(f"path {relative!r} contains a NUL byte")
+    pure = PurePosixPath(text.replace("\\", "/"))
+    if pure.is_absolute() or text.startswith("~") or (len(text) > 1 and text[1] == ":"):
+        raise PathEscape(
+            f"absolute path {relative!r} refused: give a path relative to the workspace root"
+        )
+    if ".." in pure.parts:
+        raise PathEscape(f"path {relative!r} refused: '..' may not leave the workspace root")
+    base = root.resolve()
+    target = (base / pure).resolve()
+    if target != base and base not in target.parents:
+        raise PathEscape(f"path {relative!r} refused: it is a symlink that leaves the workspace")
+    return target
+
+
+def display(root: Path, path: Path) -> str:
+    """``path`` relative to the (resolved) root, with ``/`` separators; ``.`` for the root."""
+    rel = path.relative_to(root.resolve())
+    return rel.as_posix() or "."

@@ -1,0 +1,77 @@
+"""Error hierarchy of the ``bus`` package.
+
+The CLI maps :class:`BusError` (and subclasses) to ``Error: <message>`` and exit code 1, so
+every message says what is wrong and how to fix it.
+
+These classes deliberately do not subclass ``ValueError``: pydantic would wrap a
+``ValueError`` raised inside a validator into a ``ValidationError``, and callers should get
+the typed error itself (``NewEvent(event_type="Bad")`` raises :class:`InvalidEventType`).
+"""
+
+from __future__ import annotations
+
+
+class BusError(Exception):
+    """Base class of every error raised by the ``bus`` package."""
+
+
+class InvalidEvent(BusError):
+    """An event cannot be published as given (base of the three errors below, and raised
+    itself for a bad ``agent``, ``run_id`` or ``caused_by``)."""
+
+
+class InvalidEventType(InvalidEvent):
+    """An event type does not follow the naming rule (see ``bus.events.EVENT_TYPE_RULE``)."""
+
+
+class PayloadTooLarge(InvalidEvent):
+    """An event payload's compact JSON encoding exceeds the bus's ``max_payload_bytes``."""
+
+
+class InvalidPayload(InvalidEvent):
+    """An event payload cannot be stored as JSON (e.g. a set, bytes, NaN or an object)."""
+
+
+class BusNotFound(BusError):
+    """The bus file does not exist (and the caller asked not to create it)."""
+
+
+class SchemaTooNew(BusError):
+    """The bus file was written by a newer loopbus (its schema version is unknown here)."""
+
+
+class ReadOnlyViolation(BusError):
+    """A read-only query tried to write (INSERT/UPDATE/DELETE/DDL/ATTACH/PRAGMA writes)."""
+
+
+class InvalidQuery(BusError):
+    """A read-only query is not valid SQL (syntax error, unknown table, several statements)."""
+
+
+class NotABus(BusError):
+    """The file exists but is not a loopbus bus (another SQLite database or not SQLite at all)."""
+
+
+class BusClosed(BusError):
+    """The bus was used after ``close()``."""
+
+
+__all__ = [
+    "BusClosed",
+    "BusError",
+    "BusNotFound",
+    "InvalidEvent",
+    "InvalidEventType",
+    "InvalidPayload",
+    "InvalidQuery",
+    "NotABus",
+    "PayloadTooLarge",
+    "PruneWarning",
+    "ReadOnlyViolation",
+    "SchemaTooNew",
+]
+
+
+class PruneWarning(UserWarning):
+    """Emitted (via :mod:`warnings` and logging) when ``prune(max_age_s=...)`` deletes events
+    that a registered consumer has not acknowledged yet."""

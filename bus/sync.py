@@ -1,0 +1,227 @@
+"""SyncBus: the async :class:`~bus.core.Bus` behind plain blocking methods.
+
+The bus runs on a private event loop in a daemon thread; each method submits a coroutine
+there and waits for it. Used by the CLI and the agent loop, which are synchronous.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import Coroutine, Iterable, Iterator, Mapping
+from concurrent.futures import Future
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+
+from bus.core import Bus, BusStats, Transaction
+from bus.errors import BusClosed, BusError
+from bus.events import CursorInfo, Event, NewEvent, PruneReport
+
+T = TypeVar("T")
+
+
+class SyncBus:
+    """A blocking bus: ``with SyncBus(path) as bus: bus.publish("file.found", {...})``.
+
+    Takes the same options as :meth:`Bus.open` and has the same methods, synchronous.
+    ``subscribe(consumer, types, timeout=None)`` is a plain iterator.
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None = None, **options: Any) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="loopbus-sync", daemon=True
+        )
+        self._thread.start()
+        self._tx_threads: set[int] = set()
+        try:
+            self._bus: Bus = self._call(Bus.open(path, **options))
+        except BaseException:
+            self._stop_loop()
+            raise
+
+    # ------------------------------------------------------------------ plumbing
+
+    def _call(self, coro: Coroutine[Any, Any, T]) -> T:
+        if not self._thread.is_alive():
+            coro.close()
+            raise BusClosed("this SyncBus is closed")
+        future: Future[T] = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return future.result()
+        except BaseException:
+            future.cancel()  # e.g. Ctrl-C while waiting: stop the coroutine too
+            raise
+
+    def _check_not_in_tx(self) -> None:
+        if threading.get_ident() in self._tx_threads:
+            raise BusError(
+                "this thread is inside `with bus.transaction() as tx`: use tx.publish() / "
+                "tx.ack() there (bus.publish() would wait for the transaction to end)"
+            )
+
+    def _stop_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
+    def close(self) -> None:
+        """Close the bus and stop the private loop thread (idempotent)."""
+        if not self._thread.is_alive():
+            return
+        try:
+            self._call(self._bus.close())
+        finally:
+            self._stop_loop()
+
+    def __enter__(self) -> SyncBus:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def path(self) -> Path:
+        """The bus file."""
+        return self._bus.path
+
+    @property
+    def stats(self) -> BusStats:
+        """Counters of the underlying bus (transactions, events, batches)."""
+        return self._bus.stats
+
+    @property
+    def bus(self) -> Bus:
+        """The underlying async bus (only use it on this SyncBus's loop)."""
+        return self._bus
+
+    # ------------------------------------------------------------------ the bus API
+
+    def publish(
+        self,
+        event_type: str,
+        payload: Any,
+        *,
+        agent: str = "cli",
+        run_id: str | None = None,
+        caused_by: int | None = None,
+    ) -> int:
+        """Publish one event; return its id after a durable commit (see Bus.publish)."""
+        self._check_not_in_tx()
+        return self._call(
+            self._bus.publish(event_type, payload, agent=agent, run_id=run_id, caused_by=caused_by)
+        )
+
+    def publish_many(self, events: Iterable[NewEvent | Mapping[str, Any]]) -> list[int]:
+        """Publish several events in one transaction; their ids in order."""
+        self._check_not_in_tx()
+        return self._call(self._bus.publish_many(list(events)))
+
+    def ack(self, consumer: str, event_id: int) -> None:
+        """Commit ``consumer``'s cursor at ``event_id`` (never backwards)."""
+        self._check_not_in_tx()
+        self._call(self._bus.ack(consumer, event_id))
+
+    def events(
+        self,
+        *,
+        since_id: int = 0,
+        types: str | Iterable[str] | None = None,
+        run_id: str | None = None,
+        limit: int | None = None,
+    ) -> list[Event]:
+        """Stored events with ``id > since_id`` in id order (see Bus.events)."""
+        return self._call(
+            self._bus.events(since_id=since_id, types=types, run_id=run_id, limit=limit)
+        )
+
+    def get(self, event_id: int) -> Event | None:
+        """The event with this id, or None."""
+        return self._call(self._bus.get(event_id))
+
+    def last_id(self) -> int:
+        """The last id ever assigned (0 for an empty bus)."""
+        return self._call(self._bus.last_id())
+
+    def cursors(self) -> list[CursorInfo]:
+        """Registered consumers with cursor and lag."""
+        return self._call(self._bus.cursors())
+
+    def prune(self, *, dry_run: bool = False, max_age_s: float | None = None) -> PruneReport:
+        """Delete acknowledged events (see Bus.prune)."""
+        return self._call(self._bus.prune(dry_run=dry_run, max_age_s=max_age_s))
+
+    def subscribe(
+        self,
+        consumer: str,
+        types: str | Iterable[str] = ("*",),
+        timeout: float | None = None,
+        *,
+        batch_size: int = 100,
+    ) -> Iterator[Event]:
+        """Events for ``consumer`` after its committed cursor, in id order, waiting for new
+        ones; with ``timeout``, the iterator ends after that many seconds without events.
+        Does not move the cursor: call :meth:`ack`."""
+        sub = self._call(self._bus.open_subscription(consumer, types, batch_size=batch_size))
+        return self._iterate(sub, timeout)
+
+    def _iterate(self, sub: Any, timeout: float | None) -> Iterator[Event]:
+        while True:
+            batch = self._call(sub.next_batch(timeout))
+            if not batch:
+                return
+            yield from batch
+
+    def transaction(self) -> SyncTransaction:
+        """``with bus.transaction() as tx:`` — publish and ack atomically (see Bus.transaction)."""
+        self._check_not_in_tx()
+        return SyncTransaction(self, self._bus.transaction())
+
+
+class SyncTransaction:
+    """Blocking view of a :class:`~bus.core.Transaction`."""
+
+    def __init__(self, owner: SyncBus, tx: Transaction) -> None:
+        self._owner = owner
+        self._tx = tx
+
+    def __enter__(self) -> SyncTransaction:
+        self._owner._call(self._tx.__aenter__())
+        self._owner._tx_threads.add(threading.get_ident())
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._owner._tx_threads.discard(threading.get_ident())
+        self._owner._call(self._tx.__aexit__(exc_type, exc, tb))
+
+    def publish(
+        self,
+        event_type: str,
+        payload: Any,
+        *,
+        agent: str = "cli",
+        run_id: str | None = None,
+        caused_by: int | None = None,
+    ) -> int:
+        """Publish inside the transaction; return the event id."""
+        return self._owner._call(
+            self._tx.publish(event_type, payload, agent=agent, run_id=run_id, caused_by=caused_by)
+        )
+
+    def publish_many(self, events: Iterable[NewEvent | Mapping[str, Any]]) -> list[int]:
+        """Publish several events inside the transaction."""
+        return self._owner._call(self._tx.publish_many(list(events)))
+
+    def ack(self, consumer: str, event_id: int) -> None:
+        """Move ``consumer``'s cursor as part of the transaction."""
+        self._owner._call(self._tx.ack(consumer, event_id))
+
+
+__all__ = ["SyncBus", "SyncTransaction"]

@@ -1,0 +1,244 @@
+"""Fast CPU matmuls on Linux: OpenBLAS preloading and the compute dtype.
+
+Why: the ``mlx[cpu]`` wheel links a *reference* BLAS (``mlx_cpu.libs/libblas-*.so``); a
+1024^3 float32 matmul runs at ~3-6 GFLOP/s on this 2-core machine. MLX calls the standard
+``cblas_sgemm`` symbol, so preloading an OpenBLAS (``LD_PRELOAD=.../libopenblas.so.0``) makes
+the dynamic linker bind MLX to OpenBLAS instead: ~200+ GFLOP/s, and SmolLM2-135M decodes
+~3x faster. Only float32 matmuls go through BLAS; bfloat16/float16 and MLX-quantized matmuls
+use MLX's own (slow) CPU kernels whatever BLAS is loaded.
+
+Decisions:
+
+* **Compute dtype.** On Linux (and any non-Apple-Silicon host) models run in float32:
+  :func:`default_weight_dtype` makes the GGUF importer store float32 weights (exact for
+  dequantized GGUF values; the embedded SmolLM2 takes ~540 MB on disk), and
+  :func:`compute_dtype` tells the runtime to cast other checkpoints' weights to float32 at load
+  time. On Apple Silicon, Metal is fast for every dtype: weights keep their dtype and imports
+  are stored as bfloat16 (half the disk).
+* **Which OpenBLAS.** :func:`openblas_path` searches, in order: ``$LOOPBUS_OPENBLAS`` (a path,
+  or ``0``/``off`` to disable preloading), the distribution packages (Debian/Ubuntu
+  ``libopenblas0-pthread``: ``/usr/lib/<triplet>/openblas-pthread/libopenblas.so.0``; Fedora
+  ``/usr/lib64/libopenblas.so.0``; ...), then the PyPI wheel ``cmeel-openblas`` (a loopbus
+  dependency on Linux x86-64, so ``pip install`` alone gives the fast path). The
+  ``scipy-openblas32/64`` wheels (and numpy's bundled copy) are useless here: their symbols
+  are renamed (``scipy_cblas_sgemm``), so preloading them changes nothing.
+  ``cmeel-openblas`` needs ``libgfortran.so.5``; when the system has none, a directory of
+  symlinks to the copy the ``mlx[cpu]`` wheel already ships (``mlx_cpu.libs``) is created in
+  the loopbus cache and put on ``LD_LIBRARY_PATH``. Every candidate is checked once by
+  starting a child Python with it preloaded; the verdict is cached in
+  ``$LOOPBUS_CACHE/blas.json``.
+* **Which processes.** A running process cannot swap its BLAS, so :func:`blas_env` adds the
+  preload to the environment of the processes loopbus starts (agent processes, the demo, the
+  benchmark's children). :func:`reexec_with_openblas` lets an entry point restart itself once
+  with the preload so that in-process generation benefits too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import site
+import subprocess
+import sys
+import sysconfig
+from collections.abc import Mapping
+from pathlib import Path
+
+#: Environment variable: path of an OpenBLAS to preload, or 0/off/false/no to disable.
+OPENBLAS_ENV = "LOOPBUS_OPENBLAS"
+_DISABLED = {"0", "off", "false", "no", "none", ""}
+_REEXEC_MARK = "LOOPBUS_BLAS_REEXEC"
+
+_SYSTEM_CANDIDATES = (
+    "/usr/lib/{triplet}/openblas-pthread/libopenblas.so.0",
+    "/usr/lib/{triplet}/openblas-openmp/libopenblas.so.0",
+    "/usr/lib/{triplet}/openblas-serial/libopenblas.so.0",
+    "/usr/lib/{triplet}/libopenblas.so.0",
+    "/usr/lib64/libopenblas.so.0",
+    "/usr/lib64/libopenblasp.so.0",
+    "/usr/lib/libopenblas.so.0",
+    "/usr/local/lib/libopenblas.so.0",
+)
+
+
+def is_apple_silicon() -> bool:
+    """True on macOS/arm64, where MLX runs on Metal."""
+    return sys.platform == "darwin" and platform.machine() == "arm64"
+
+
+def default_weight_dtype() -> str:
+    """The dtype the GGUF importer stores: float32 unless Metal makes bfloat16 equally fast."""
+    return "bfloat16" if is_apple_silicon() else "float32"
+
+
+def compute_dtype() -> str | None:
+    """The dtype models should run in here: ``"float32"`` on CPU hosts, None (keep) on Metal."""
+    return None if is_apple_silicon() else "float32"
+
+
+def _cache_root() -> Path:
+    return Path(os.environ.get("LOOPBUS_CACHE") or Path.home() / ".cache" / "loopbus").expanduser()
+
+
+def _site_dirs() -> list[Path]:
+    dirs = [sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"]]
+    try:
+        dirs += site.getsitepackages()
+    except AttributeError:  # some virtualenv flavours
+        pass
+    dirs += [p for p in sys.path if p.endswith("site-packages")]
+    return [Path(d) for d in dict.fromkeys(dirs)]
+
+
+def _wheel_candidates() -> list[Path]:
+    return [d / "cmeel.prefix" / "lib" / "libopenblas.so.0" for d in _site_dirs()]
+
+
+def _system_candidates() -> list[Path]:
+    triplet = f"{platform.machine()}-linux-gnu"
+    return [Path(p.format(triplet=triplet)) for p in _SYSTEM_CANDIDATES]
+
+
+def _has_system_gfortran() -> bool:
+    import ctypes.util
+
+    return ctypes.util.find_library("gfortran") is not None
+
+
+def _gfortran_shim_dir() -> Path | None:
+    """A directory with ``libgfortran.so.5`` -> the copy bundled in the mlx[cpu] wheel."""
+    for site_dir in _site_dirs():
+        libs = site_dir / "mlx_cpu.libs"
+        bundled = sorted(libs.glob("libgfortran-*.so*"))
+        if not bundled:
+            continue
+        shim = _cache_root() / "blas-shim"
+        shim.mkdir(parents=True, exist_ok=True)
+        links = {"libgfortran.so.5": bundled[0]}
+        # libgfortran finds its own (renamed) dependencies next to itself via $ORIGIN.
+        links.update({p.name: p for p in libs.glob("lib*.so*") if "fortran" in p.name or "quadmath" in p.name})
+        for name, target in links.items():
+            link = shim / name
+            if not (link.is_symlink() and os.readlink(link) == str(target)):
+                tmp = shim / f".{name}.{os.getpid()}"
+                tmp.unlink(missing_ok=True)
+                tmp.symlink_to(target)
+                os.replace(tmp, link)
+        return shim
+    return None
+
+
+def _library_dirs_for(lib: Path) -> list[str]:
+    """Extra LD_LIBRARY_PATH entries ``lib`` needs (only the wheel's gfortran dependency)."""
+    if "cmeel.prefix" not in lib.parts or _has_system_gfortran():
+        return []
+    shim = _gfortran_shim_dir()
+    return [str(shim)] if shim is not None else []
+
+
+def _with_preload(env: Mapping[str, str], lib: Path, lib_dirs: list[str]) -> dict[str, str]:
+    out = dict(env)
+    preload = [p for p in out.get("LD_PRELOAD", "").split(":") if p]
+    if str(lib) not in preload:
+        out["LD_PRELOAD"] = ":".join([str(lib), *preload])
+    if lib_dirs:
+        current = [p for p in out.get("LD_LIBRARY_PATH", "").split(":") if p]
+        out["LD_LIBRARY_PATH"] = ":".join([*lib_dirs, *(p for p in current if p not in lib_dirs)])
+    return out
+
+
+def _works(lib: Path, lib_dirs: list[str]) -> bool:
+    """Whether a child Python starts cleanly with ``lib`` preloaded (verdict cached on disk)."""
+    stamp = f"{lib}:{lib.stat().st_mtime_ns}:{':'.join(lib_dirs)}"
+    cache_file = _cache_root() / "blas.json"
+    try:
+        verdicts = json.loads(cache_file.read_text())
+    except (OSError, ValueError):
+        verdicts = {}
+    if stamp in verdicts:
+        return bool(verdicts[stamp])
+    env = _with_preload(os.environ, lib, lib_dirs)
+    probe = "import ctypes; ctypes.CDLL(None).cblas_sgemm"
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60
+        )
+        ok = proc.returncode == 0 and "preloaded" not in proc.stderr
+    except (OSError, subprocess.TimeoutExpired):
+        ok = False
+    verdicts[stamp] = ok
+    try:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_name(f".blas.json.{os.getpid()}")
+        tmp.write_text(json.dumps(verdicts, indent=2))
+        os.replace(tmp, cache_file)
+    except OSError:
+        pass
+    return ok
+
+
+def _find() -> tuple[Path, list[str]] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    explicit = os.environ.get(OPENBLAS_ENV)
+    if explicit is not None:
+        if explicit.strip().lower() in _DISABLED:
+            return None
+        candidates = [Path(explicit).expanduser()]
+    else:
+        candidates = _system_candidates() + _wheel_candidates()
+    for lib in candidates:
+        if lib.is_file():
+            lib_dirs = _library_dirs_for(lib)
+            if _works(lib, lib_dirs):
+                return lib, lib_dirs
+    return None
+
+
+def openblas_path() -> str | None:
+    """Path of a usable OpenBLAS to preload on Linux, or None (not Linux, none found, disabled)."""
+    found = _find()
+    return str(found[0]) if found else None
+
+
+def blas_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """A copy of ``env`` (default ``os.environ``) that preloads OpenBLAS when one is usable.
+
+    Use it for every process loopbus starts (``subprocess.Popen(..., env=blas_env())``).
+    Elsewhere (macOS, no OpenBLAS, ``LOOPBUS_OPENBLAS=0``) the copy is unchanged.
+    """
+    base = dict(os.environ if env is None else env)
+    found = _find()
+    if found is None:
+        return base
+    return _with_preload(base, *found)
+
+
+def openblas_loaded() -> bool:
+    """Whether an OpenBLAS is mapped into the current process (Linux only)."""
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return False
+    return "libopenblas" in maps
+
+
+def reexec_with_openblas() -> None:
+    """Restart the current program once with OpenBLAS preloaded, when that would help.
+
+    Call it first thing in an entry point that generates in process. Does nothing when
+    OpenBLAS is already loaded, none is usable, or after one attempt (guarded by an env mark).
+    """
+    if os.environ.get(_REEXEC_MARK) or openblas_loaded():
+        return
+    env = blas_env()
+    if "LD_PRELOAD" not in env or env.get("LD_PRELOAD") == os.environ.get("LD_PRELOAD"):
+        return
+    env[_REEXEC_MARK] = "1"
+    os.execve(sys.executable, [sys.executable, *sys.argv], env)
+
+
+def all_candidates() -> list[str]:
+    """Every location searched, for diagnostics (``loopbus models info`` and the benchmark)."""
+    return [str(p) for p in _system_candidates() + _wheel_candidates()]

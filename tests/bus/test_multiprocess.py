@@ -1,0 +1,100 @@
+"""Real processes: concurrent writers, and a consumer SIGKILLed while a publisher runs."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from bus import SyncBus
+
+
+@pytest.mark.slow
+def test_four_writer_processes(bus_path: Path, bh: SimpleNamespace) -> None:
+    with SyncBus(bus_path):
+        pass  # create + migrate once; the writers also cope with a fresh file
+    writers, count, tasks = 4, 1000, 4
+    procs = [
+        bh.spawn(
+            "proc_writer.py",
+            bus_path,
+            w,
+            count,
+            tasks,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for w in range(writers)
+    ]
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+        assert out.strip() == "ok"
+    rows = bh.raw_rows(bus_path, "SELECT id, payload FROM outbox ORDER BY id")
+    assert len(rows) == writers * count
+    ids = [r[0] for r in rows]
+    assert ids == sorted(set(ids))  # strictly increasing, unique
+    keys = Counter()
+    per_stream: dict[tuple[int, int], list[tuple[int, int]]] = {}
+    for event_id, payload in rows:
+        p = json.loads(payload)
+        keys[(p["w"], p["t"], p["seq"])] += 1
+        per_stream.setdefault((p["w"], p["t"]), []).append((p["seq"], event_id))
+    assert len(keys) == writers * count and set(keys.values()) == {1}  # exactly once
+    for stream in per_stream.values():
+        # Each publisher's events got increasing ids in the order it published them.
+        assert [i for _, i in sorted(stream)] == sorted(i for _, i in stream)
+
+
+@pytest.mark.slow
+def test_consumer_killed_repeatedly_loses_nothing(
+    bus_path: Path, tmp_path: Path, bh: SimpleNamespace
+) -> None:
+    total, batch, kills_wanted = 1500, 10, 6
+    rng = random.Random(20261121)
+    out = tmp_path / "handled.txt"
+    with SyncBus(bus_path) as bus:
+        bus.publish("seed", 0)
+    publisher = subprocess.Popen(
+        bh.helper_cmd("proc_writer.py", bus_path, 9, total - 1, 1),
+        env=bh.helper_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    kills = 0
+    progress: list[int] = []  # events handled when each kill landed
+    try:
+        while kills < kills_wanted:
+            consumer = bh.spawn("proc_consumer.py", bus_path, out, batch, 0)
+            time.sleep(rng.uniform(0.4, 0.9))  # startup is ~0.3 s, then it consumes
+            consumer.send_signal(signal.SIGKILL)
+            consumer.wait()
+            kills += 1
+            progress.append(len(out.read_text().split()) if out.exists() else 0)
+        out_pub, err_pub = publisher.communicate(timeout=120)
+        assert publisher.returncode == 0, err_pub
+    finally:
+        if publisher.poll() is None:
+            publisher.kill()
+    # A last consumer drains what is left and stops when idle.
+    final = bh.spawn("proc_consumer.py", bus_path, out, batch, 1.0)
+    assert final.wait(timeout=60) == 0
+    handled = [int(line) for line in out.read_text().split()]
+    counts = Counter(handled)
+    assert set(counts) == set(range(1, total + 1)), "events were lost"
+    duplicates = sum(n - 1 for n in counts.values())
+    assert duplicates <= kills * batch
+    # The kills really interrupted consumption midway (not before it started or after it ended).
+    assert sum(1 for a, b in zip([0, *progress], progress, strict=False) if b > a) >= 3, progress
+    assert progress[-1] < len(handled), progress
+    print(f"kills={kills} progress={progress} duplicates={duplicates}")
+    with SyncBus(bus_path) as bus:
+        assert [(c.consumer, c.lag) for c in bus.cursors()] == [("crashy", 0)]

@@ -1,0 +1,105 @@
+"""Subscriptions: cursor start, globs, batches, waiting, in-process wake-up, SyncBus."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from bus import Bus, Event, SyncBus
+from bus.errors import BusError
+
+
+async def _take(iterator: object, n: int, timeout: float = 5.0) -> list[Event]:
+    out: list[Event] = []
+
+    async def run() -> None:
+        async for event in iterator:  # type: ignore[attr-defined]
+            out.append(event)
+            if len(out) >= n:
+                return
+
+    await asyncio.wait_for(run(), timeout)
+    return out
+
+
+async def test_subscribe_starts_after_committed_cursor(bus_path: Path) -> None:
+    async with Bus.connect(bus_path) as bus:
+        for i in range(10):
+            await bus.publish("n", i)
+        events = await _take(bus.subscribe("c"), 4)
+        assert [e.id for e in events] == [1, 2, 3, 4]
+        # subscribe does not move the cursor ...
+        assert [e.id for e in await _take(bus.subscribe("c"), 1)] == [1]
+        # ... ack does, and a new subscription resumes after it.
+        await bus.ack("c", 4)
+        assert [e.id for e in await _take(bus.subscribe("c"), 6)] == list(range(5, 11))
+    async with Bus.connect(bus_path) as bus:  # the cursor is in the file
+        assert [e.id for e in await _take(bus.subscribe("c"), 1)] == [5]
+
+
+async def test_globs_filter_types(bus_path: Path) -> None:
+    async with Bus.connect(bus_path) as bus:
+        for event_type in ["file.found", "finding", "file.gone", "run.decision", "files"]:
+            await bus.publish(event_type, {})
+        got = await _take(bus.subscribe("g", ["file.*"]), 2)
+        assert [e.event_type for e in got] == ["file.found", "file.gone"]
+        got = await _take(bus.subscribe("h", ["finding", "run.*"]), 2)
+        assert [e.event_type for e in got] == ["finding", "run.decision"]
+        got = await _take(bus.subscribe("i", "fil?s"), 1)
+        assert [e.event_type for e in got] == ["files"]
+        got = await _take(bus.subscribe("j", ["file[!.]"]), 1)
+        assert [e.event_type for e in got] == ["files"]
+        assert len(await _take(bus.subscribe("k", "*"), 5)) == 5
+        assert [e.event_type for e in await bus.events(types=["f*.g*"])] == ["file.gone"]
+        with pytest.raises(BusError):
+            bus.subscribe("bad", [""])
+
+
+async def test_subscriber_wakes_on_local_publish(bus_path: Path) -> None:
+    async with Bus.connect(bus_path, safety_poll_s=30) as bus:
+        iterator = bus.subscribe("w", ["late.*"], batch_size=3)
+        waiter = asyncio.ensure_future(_take(iterator, 5, timeout=10))
+        await asyncio.sleep(0.1)
+        await bus.publish("other", 0)  # filtered out, still wakes and rescans
+        started = time.monotonic()
+        await bus.publish_many([{"event_type": "late.x", "payload": i} for i in range(5)])
+        events = await waiter
+        assert time.monotonic() - started < 5  # far below the 30 s safety poll
+        assert [e.payload for e in events] == [0, 1, 2, 3, 4]
+
+
+async def test_two_buses_in_one_process_wake_each_other(bus_path: Path) -> None:
+    async with (
+        Bus.connect(bus_path, safety_poll_s=30) as reader,
+        Bus.connect(bus_path) as writer,
+    ):
+        waiter = asyncio.ensure_future(_take(reader.subscribe("x"), 1, timeout=10))
+        await asyncio.sleep(0.1)
+        started = time.monotonic()
+        await writer.publish("ping", 1)
+        assert [e.event_type for e in await waiter] == ["ping"]
+        assert time.monotonic() - started < 5
+
+
+def test_sync_subscribe_iterator_with_timeout(bus_path: Path) -> None:
+    with SyncBus(bus_path) as bus:
+        for i in range(7):
+            bus.publish("s", i)
+        started = time.monotonic()
+        got = [e.payload for e in bus.subscribe("sync", ["s"], timeout=0.2, batch_size=3)]
+        assert got == list(range(7))
+        assert 0.15 < time.monotonic() - started < 3
+        bus.ack("sync", 7)
+        assert list(bus.subscribe("sync", ["s"], timeout=0.05)) == []
+
+
+def test_sync_subscribe_can_stop_early(bus_path: Path) -> None:
+    with SyncBus(bus_path) as bus:
+        bus.publish_many([{"event_type": "s", "payload": i} for i in range(3)])
+        for event in bus.subscribe("early", timeout=1):
+            assert event.id == 1
+            break
+        assert bus.publish("s", 4) == 4
