@@ -12,7 +12,7 @@ checker           CheckFile                  the same, one decision (crash test,
 digester          DigestFile                 publish ``file.digest`` (lines, sha256) for the file
 reporter          WriteReport | Done         re-render ``report.md`` from the bus
 tally             WriteReport                the same, one decision (crash test, tiny model)
-planner           PlanSubgoals | Done        publish one ``subgoal`` per sub-goal
+planner           PlanSubgoals               publish one ``subgoal`` per sub-goal (one-shot)
 worker            RunPython | Done           solve a sub-goal; the summary is its answer
 writer            AssembleResult | Done      write ``result.md`` once every sub-goal is answered
 ================  =========================  =====================================================

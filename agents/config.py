@@ -17,11 +17,17 @@ Example (``agents/examples/review.toml``)::
     budget = 0.4
     parallelism = 2                   # processes; instance i takes events with id % 2 == i
     emit = "review.done"              # published (with the cursor ack) when a run ends
+    first_tool = "check_file"         # called before the model's first decision
 
 ``emit`` makes fan-in independent of what the model chose: when a run reaches its terminal
 outcome the agent process publishes ``emit`` with the trigger's payload fields plus
 ``trigger_id``, ``run_id``, ``outcome`` and ``summary``, in the same transaction as the cursor
 ack, so it appears exactly once per triggering event.
+
+``first_tool`` (a tool of the agent without arguments) is called at the start of every run,
+before the model decides anything; its call and result are recorded like the model's own, so
+resume treats them the same way. Small models (SmolLM2-135M) tend to answer ``done`` at once;
+this keeps the step that matters deterministic and leaves the model the rest of the run.
 
 Parsing and structural checks are pure (pydantic); :func:`check_registry` additionally checks
 agent kinds and tools against the loop's registries (it imports the agent loop).
@@ -140,6 +146,7 @@ class AgentConfig(BaseModel):
     elide: bool = False
     parallelism: int = Field(default=1, ge=1, le=16)
     emit: str | None = None
+    first_tool: str | None = None
 
     @field_validator("emit")
     @classmethod
@@ -318,7 +325,7 @@ def check_registry(config: ChainConfig) -> None:
 
     from agents import chain_agents
     from agents.builtin import list_agents
-    from agents.tools import list_tools
+    from agents.tools import get_tool, list_tools
 
     chain_agents.register()
     for module in config.imports:
@@ -335,6 +342,19 @@ def check_registry(config: ChainConfig) -> None:
                 f"agent {agent.name!r} in {config.path}: unknown kind {agent.kind!r}; "
                 f"registered agents: {', '.join(sorted(known))}"
             )
+        if agent.first_tool is not None:
+            if agent.first_tool not in spec.tools or agent.first_tool == "done":
+                raise UnknownTool(
+                    f"agent {agent.name!r} in {config.path}: first_tool {agent.first_tool!r} "
+                    f"is not one of {agent.kind!r}'s tools ({', '.join(spec.tools)})"
+                )
+            fields = set(get_tool(agent.first_tool).cls.model_fields) - {"action"}
+            if fields:
+                raise ConfigError(
+                    f"agent {agent.name!r} in {config.path}: first_tool {agent.first_tool!r} "
+                    f"takes arguments ({', '.join(sorted(fields))}); only tools without "
+                    "arguments can run before the model's first decision"
+                )
         for tool in agent.tools or ():
             if tool not in spec.tools:
                 what = "is not one of" if tool in all_tools else "is an unknown tool; use one of"

@@ -17,12 +17,17 @@ import copy
 import functools
 import hashlib
 import json
+import os
 import typing
 from typing import Any
 
 from pydantic import BaseModel
 
 from agents.errors import AgentError
+
+
+# BAML logs every failed parse with a backtrace on stderr; we record and feed back our own.
+os.environ.setdefault("BAML_LOG", "off")
 
 
 class DecisionParseError(AgentError):

@@ -43,14 +43,21 @@ def follow_demo(bus_file: Path) -> None:
         text=True,
     )
     try:
-        time.sleep(1.0)  # let it start and go idle
-        run("publish", "alert.disk", '{"free_gb": 3}', "--agent", "monitor")
-        started = time.monotonic()
         assert follower.stdout is not None
-        line = follower.stdout.readline().rstrip("\n")
+        time.sleep(1.0)  # let it start
+        run("publish", "alert.disk", '{"free_gb": 3}', "--agent", "monitor")
+        click.echo(f"[follower] {follower.stdout.readline().rstrip()}")
+        time.sleep(0.3)  # now it is idle, waiting on the wake-up socket
+        started = time.monotonic()
+        run("publish", "alert.cpu", '{"load": 0.97}', "--agent", "monitor")
+        line = follower.stdout.readline().rstrip()
         elapsed_ms = (time.monotonic() - started) * 1000
         click.echo(f"[follower] {line}")
-        click.secho(f"(the follower printed it {elapsed_ms:.1f} ms after the publish)", dim=True)
+        click.secho(
+            f"(the follower printed it {elapsed_ms:.0f} ms after `publish` started; that"
+            " includes opening the bus and a durable commit)",
+            dim=True,
+        )
     finally:
         follower.send_signal(signal.SIGINT)
         try:
@@ -91,7 +98,12 @@ def main() -> None:
             "sql",
             "SELECT event_type, count(*) AS n FROM outbox GROUP BY event_type ORDER BY n DESC",
         )
-        run("sql", "SELECT id, agent, json_extract(payload, '$.path') AS path FROM outbox", "--csv")
+        run("sql", "SELECT id, agent, event_type FROM outbox WHERE id > 1", "--csv")
+        run(
+            "sql",
+            "SELECT id, agent, json_extract(payload, ?) AS note FROM outbox WHERE event_type = ?",
+            *("-p", "$.note", "-p", "finding", "--json"),
+        )
         run("sql", "DELETE FROM outbox")  # refused: the sql command is read-only
         run("prune", "--dry-run")
 

@@ -26,6 +26,7 @@ _call = _h.call
 _dumps = _j.dumps
 _loads = _j.loads
 _exec = exec
+_compile = compile
 _repr = repr
 _str = str
 _len = len
@@ -36,6 +37,15 @@ _rout = _s.stdout
 _rerr = _s.stderr
 _np = print
 _CFG = _loads(__CFG__)
+
+
+def _xcall(name, payload):
+    # Results larger than the small default buffer are fetched in a second call sized
+    # for them, so the guest never allocates a max-size buffer per call.
+    try:
+        return _call(name, payload)
+    except ValueError:
+        return _call('__take__', '')
 
 try:
     import random as _rnd
@@ -59,7 +69,7 @@ def _hcall(name, args, kwargs):
     except (TypeError, ValueError) as e:
         raise HostError(name + '(): arguments must be JSON values (str, int, float, bool, None, list, dict): ' + _str(e))
     try:
-        raw = _call(name, payload)
+        raw = _xcall(name, payload)
     except ValueError as e:
         raise HostLimitError(name + '(): result too large for one host call: ' + _str(e))
     r = _loads(raw)
@@ -125,10 +135,17 @@ for _n in _CFG['names']:
     _G[_n] = _mk(_n)
 
 
+_pin = [None]
+
+
 def _run(m):
     r = {}
     try:
-        _exec(m['code'], _G)
+        # Keep the compiled snippet reachable from globals while it runs: this build's GC
+        # does not see objects held only in wasm locals, and freed bytecode was observed
+        # to be overwritten under heavy GC pressure.
+        _pin[0] = _compile(m['code'], '<snippet>', 'exec')
+        _exec(_pin[0], _G)
         if '_loopbus_result_' in _G:
             v = _G.pop('_loopbus_result_')
             if v is not None:
@@ -138,10 +155,12 @@ def _run(m):
                 r['r'] = t
     except _BaseExc as e:
         _G.pop('_loopbus_result_', None)
-        buf = _io.StringIO()
-        _pexc(e, buf)
-        r['e'] = buf.getvalue()
-        r['t'] = _type(e).__name__
+        try:
+            buf = _io.StringIO()
+            _pexc(e, buf)
+            r = {'e': buf.getvalue(), 't': _type(e).__name__}
+        except _BaseExc:
+            r = _OOM
     try:
         _out.flush()
         _err.flush()
@@ -150,12 +169,25 @@ def _run(m):
     return r
 
 
-_report = {'ready': 1}
-while True:
-    _m = _loads(_call('__done__', _dumps(_report)))
-    if _m.get('op') == 'close':
-        break
-    _report = _run(_m)
+_OOM = {'e': 'MemoryError: out of memory while reporting an error; free some memory (del big objects)\n', 't': 'MemoryError'}
+_OOM_JSON = _dumps(_OOM)
+
+
+def _main():
+    # A function, not module-level code, so the loop's own bytecode is reachable from globals.
+    report = {'ready': 1}
+    while True:
+        try:
+            payload = _dumps(report)
+        except _BaseExc:
+            payload = _OOM_JSON
+        m = _loads(_xcall('__done__', payload))
+        if m.get('op') == 'close':
+            return
+        report = _run(m)
+
+
+_main()
 """
 
 

@@ -34,6 +34,7 @@ _RESULT_VAR = "_loopbus_result_"
 _BACKSTOP_GRACE_S = 2.0
 _STARTUP_FUEL = 1_000_000_000
 _WASI_EBADF = 8
+_SMALL_RESULT = 4096
 _STARTUP_WALL_S = 5.0
 _RESET_NOTE = (
     " The sandbox session was reset: variables, functions and imports from earlier "
@@ -200,7 +201,7 @@ class _Worker:
         self.limits = limits
         self.workspace = workspace
         self.names = set(names)
-        self.result_cap = limits.max_host_payload_bytes + 1024
+        self.pending: bytes | None = None  # a response too large for the guest's small buffer
         self.inbox: queue.Queue[tuple[Any, ...]] = queue.Queue()
         self.outbox: queue.Queue[tuple[Any, ...]] = queue.Queue()
         self.snippet = _Snippet(_Capture(limits.max_stdout_bytes), _Capture(limits.max_stderr_bytes))
@@ -213,6 +214,11 @@ class _Worker:
             bootstrap_source(sorted(names), seed=secrets.randbits(30), repr_limit=limits.max_stdout_bytes),
         ]
         self.thread = threading.Thread(target=self._main, name="sandbox-guest", daemon=True)
+
+    @property
+    def result_cap(self) -> int:
+        """The ``host_result_cap`` import: the buffer the guest allocates for the next result."""
+        return len(self.pending) if self.pending is not None else _SMALL_RESULT
 
     # -- worker thread -------------------------------------------------------------------
     def _main(self) -> None:
@@ -283,7 +289,9 @@ class _Worker:
             if name == "__io__":
                 self._on_output(memory, caller, pp, pl)
                 return 0
-            if name == "__done__":
+            if name == "__take__":
+                response, self.pending = self.pending or b'{"e":"nothing to take"}', None
+            elif name == "__done__":
                 response = self._on_done(memory, caller, pp, pl)
             else:
                 response = self._on_call(name, memory, caller, pp, pl)
@@ -291,6 +299,8 @@ class _Worker:
             response = json.dumps({"e": f"sandbox host error: {type(exc).__name__}: {exc}"}).encode()
         if len(response) <= rc:
             memory.write(caller, response, rp)
+        else:
+            self.pending = response  # the guest raises ValueError and calls __take__
         return len(response)
 
     def fd_write(self, caller: Any, fd: int, iovs: int, iovs_len: int, nwritten: int) -> int:

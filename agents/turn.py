@@ -79,8 +79,9 @@ def ask_model(state: RunState, runtime: Any, decider: Decider) -> Outcome | None
         decision = decider.parse(gen.text)
     except DecisionParseError as exc:
         state.parse_failures += 1
-        error = (f"could not read your answer ({exc}); answer with one JSON object whose "
-                 f"action is one of: {', '.join(decider.actions())}")
+        error = ("your answer was not valid: reply with exactly one JSON object whose action "
+                 f"is one of: {', '.join(decider.actions())}")
+        call["parse_error"] = str(exc)  # the details stay out of the context
         state.emit(("run.model_call", call, None),
                    ("run.error", {"turn": state.turn, "kind": "parse", "error": error}, None))
         if state.parse_failures > settings.max_parse_failures:

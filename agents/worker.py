@@ -159,22 +159,51 @@ class AgentWorker:
         run_id = run_id_for(self.agent.name, event.id)
         self.set_status(state="running", run_id=run_id, event_id=event.id,
                         event_type=event.event_type, activity="")
-        outcome = run_agent(
-            self.agent.name,
-            render_task(self.agent.task, event),
-            runtime=self.runtime,
-            bus=self.bus,
-            workspace=self.workspace,
-            max_turns=self.agent.max_turns,
-            budget=self.agent.budget,
-            elide=self.agent.elide,
-            run_id=run_id,
-            caused_by=event.id,
-            on_event=self._on_event,
-        )
+        if self.agent.first_tool and not self.bus.events(run_id=run_id, limit=1):
+            outcome = self._run_with_first_tool(event, run_id)
+        else:
+            outcome = run_agent(
+                self.agent.name,
+                render_task(self.agent.task, event),
+                runtime=self.runtime,
+                bus=self.bus,
+                workspace=self.workspace,
+                max_turns=self.agent.max_turns,
+                budget=self.agent.budget,
+                elide=self.agent.elide,
+                run_id=run_id,
+                caused_by=event.id,
+                on_event=self._on_event,
+            )
         self._complete(event, run_id, outcome)
         self.handled += 1
         self.set_status(state="idle", run_id=None, event_id=None, activity=f"last: {outcome.kind}")
+
+    def _run_with_first_tool(self, event: Any, run_id: str) -> Any:
+        """Start the run by calling ``first_tool`` (recorded like any tool call), then let the
+        model decide. Small models tend to answer ``done`` straight away; this makes the step
+        that matters deterministic. A crash anywhere is resumed by the loop as usual."""
+        from agents import loop, turn
+        from agents.builtin import get_agent
+        from agents.decide import Decider
+        from agents.runstate import RunSettings
+        from agents.tools import get_tool
+
+        spec = get_agent(self.agent.name)
+        rt = self.runtime
+        settings = RunSettings(
+            agent=spec.name, function=spec.function, max_turns=self.agent.max_turns,
+            budget=self.agent.budget, elide=self.agent.elide,
+            workspace=str(Path(self.workspace).resolve()) if self.workspace else None,
+            model=rt.spec, context_window=rt.context_window,
+            supports_schema=rt.supports_schema, max_tokens=spec.max_tokens)
+        decider = Decider(spec.function)
+        state = turn.new_run(settings, render_task(self.agent.task, event), runtime=rt,
+                             bus=self.bus, run_id=run_id, caused_by=event.id,
+                             on_event=self._on_event)
+        tool = get_tool(self.agent.first_tool)  # type: ignore[arg-type]
+        turn.call_tool(state, tool.cls.model_validate({"action": tool.name}))
+        return loop.run(state, rt, decider)
 
     def _complete(self, event: Any, run_id: str, outcome: Any) -> None:
         emit = self.agent.emit

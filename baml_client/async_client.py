@@ -144,7 +144,7 @@ class BamlAsyncClient:
             return typing.cast(types.DigestFile, __result__.cast_to(types, types, stream_types, False, __runtime__))
     async def Planner(self, events: str,
         baml_options: BamlCallOptions = {},
-    ) -> typing.Union["types.PlanSubgoals", "types.Done"]:
+    ) -> types.PlanSubgoals:
         # Check if on_tick is provided
         if 'on_tick' in baml_options:
             # Use streaming internally when on_tick is provided
@@ -156,7 +156,7 @@ class BamlAsyncClient:
             __result__ = await self.__options.merge_options(baml_options).call_function_async(function_name="Planner", args={
                 "events": events,
             })
-            return typing.cast(typing.Union["types.PlanSubgoals", "types.Done"], __result__.cast_to(types, types, stream_types, False, __runtime__))
+            return typing.cast(types.PlanSubgoals, __result__.cast_to(types, types, stream_types, False, __runtime__))
     async def Reporter(self, events: str,
         baml_options: BamlCallOptions = {},
     ) -> typing.Union["types.WriteReport", "types.Done"]:
@@ -306,14 +306,14 @@ class BamlStreamClient:
         )
     def Planner(self, events: str,
         baml_options: BamlCallOptions = {},
-    ) -> baml_py.BamlStream[typing.Union["stream_types.PlanSubgoals", "stream_types.Done"], typing.Union["types.PlanSubgoals", "types.Done"]]:
+    ) -> baml_py.BamlStream[stream_types.PlanSubgoals, types.PlanSubgoals]:
         __ctx__, __result__ = self.__options.merge_options(baml_options).create_async_stream(function_name="Planner", args={
             "events": events,
         })
-        return baml_py.BamlStream[typing.Union["stream_types.PlanSubgoals", "stream_types.Done"], typing.Union["types.PlanSubgoals", "types.Done"]](
+        return baml_py.BamlStream[stream_types.PlanSubgoals, types.PlanSubgoals](
           __result__,
-          lambda x: typing.cast(typing.Union["stream_types.PlanSubgoals", "stream_types.Done"], x.cast_to(types, types, stream_types, True, __runtime__)),
-          lambda x: typing.cast(typing.Union["types.PlanSubgoals", "types.Done"], x.cast_to(types, types, stream_types, False, __runtime__)),
+          lambda x: typing.cast(stream_types.PlanSubgoals, x.cast_to(types, types, stream_types, True, __runtime__)),
+          lambda x: typing.cast(types.PlanSubgoals, x.cast_to(types, types, stream_types, False, __runtime__)),
           __ctx__,
         )
     def Reporter(self, events: str,

@@ -49,9 +49,9 @@ class LlmResponseParser:
 
     def Planner(
         self, llm_response: str, baml_options: BamlCallOptions = {},
-    ) -> typing.Union["types.PlanSubgoals", "types.Done"]:
+    ) -> types.PlanSubgoals:
         __result__ = self.__options.merge_options(baml_options).parse_response(function_name="Planner", llm_response=llm_response, mode="request")
-        return typing.cast(typing.Union["types.PlanSubgoals", "types.Done"], __result__)
+        return typing.cast(types.PlanSubgoals, __result__)
 
     def Reporter(
         self, llm_response: str, baml_options: BamlCallOptions = {},
@@ -123,9 +123,9 @@ class LlmStreamParser:
 
     def Planner(
         self, llm_response: str, baml_options: BamlCallOptions = {},
-    ) -> typing.Union["stream_types.PlanSubgoals", "stream_types.Done"]:
+    ) -> stream_types.PlanSubgoals:
         __result__ = self.__options.merge_options(baml_options).parse_response(function_name="Planner", llm_response=llm_response, mode="stream")
-        return typing.cast(typing.Union["stream_types.PlanSubgoals", "stream_types.Done"], __result__)
+        return typing.cast(stream_types.PlanSubgoals, __result__)
 
     def Reporter(
         self, llm_response: str, baml_options: BamlCallOptions = {},

@@ -19,8 +19,6 @@ Durability and concurrency design (see the measured facts in the README):
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import contextvars
 import logging
 import os
 import sqlite3
@@ -30,7 +28,6 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import aiosqlite
@@ -39,13 +36,16 @@ from bus import sqlops
 from bus.errors import BusClosed, BusError, BusNotFound, PayloadTooLarge, PruneWarning
 from bus.events import (
     DEFAULT_MAX_PAYLOAD_BYTES,
-    MAX_NAME_LEN,
     CursorInfo,
     Event,
     NewEvent,
     PruneReport,
+    check_id,
+    check_name,
     prepare_row,
 )
+from bus.subscription import Subscription
+from bus.transaction import CURRENT_TX, Transaction
 from bus.wakeup import Doorbell, Listener, wake_dir_for
 
 log = logging.getLogger("loopbus.bus")
@@ -53,10 +53,6 @@ log = logging.getLogger("loopbus.bus")
 DEFAULT_BUS_FILE = "loopbus.db"
 MIN_BUSY_TIMEOUT_S = 5.0
 MAX_SAFETY_POLL_S = 1.0
-
-# The bus whose transaction the current task is inside (publishing through the bus there
-# would wait for the transaction itself).
-_CURRENT_TX: contextvars.ContextVar[Bus | None] = contextvars.ContextVar("loopbus_tx", default=None)
 
 
 def default_bus_path() -> Path:
@@ -73,21 +69,6 @@ class BusStats:
     events: int = 0  # events this instance published
     batches: int = 0  # group-commit batches run
     largest_batch: int = 0  # most operations committed together
-
-
-def _check_name(what: str, value: object) -> str:
-    if not isinstance(value, str) or not value or len(value) > MAX_NAME_LEN:
-        raise BusError(
-            f"invalid {what} {value!r}: expected a non-empty string of at most "
-            f"{MAX_NAME_LEN} characters"
-        )
-    return value
-
-
-def _check_id(what: str, value: object) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 1 << 63:
-        raise BusError(f"invalid {what} {value!r}: expected an event id (an integer >= 0)")
-    return value
 
 
 class Bus:
@@ -113,6 +94,7 @@ class Bus:
         self.max_payload_bytes = max_payload_bytes
         self.safety_poll_s = safety_poll_s
         self.busy_timeout_s = busy_timeout_s
+        self._busy_ms = int(busy_timeout_s * 1000)
         self.stats = BusStats()
         self._writer = writer
         self._reader = reader
@@ -230,7 +212,7 @@ class Bus:
     def _check_usable(self) -> None:
         if self._closed:
             raise BusClosed(f"the bus {self.path} is closed")
-        if _CURRENT_TX.get() is self:
+        if CURRENT_TX.get() is self:
             raise BusError(
                 "this task is inside `async with bus.transaction() as tx`: use tx.publish() / "
                 "tx.ack() there (bus.publish() would wait for the transaction to end)"
@@ -281,21 +263,30 @@ class Bus:
     def _start_batch(self) -> None:
         ops, self._pending = self._pending, []
         self._inflight = True
-        job = partial(self._batch_job, [(kind, arg) for kind, arg, _ in ops], ops)
+        job = partial(self._batch_job, [(kind, arg) for kind, arg, _ in ops])
+        done: asyncio.Future[tuple[list[Any], int]] = self._loop.create_future()
+        done.add_done_callback(partial(self._batch_done, ops))
         submit = getattr(self._writer, "_tx", None)
         if submit is not None:
-            # Straight onto aiosqlite's worker queue: the job reports back with one
-            # call_soon_threadsafe, without an awaiting task in between.
-            submit.put_nowait((None, job))
-        else:  # pragma: no cover - other aiosqlite versions
-            self._loop.create_task(self._writer._execute(job))
+            # Straight onto aiosqlite's worker queue (its (future, function) protocol): the
+            # callers' futures resolve from `done`'s callback, with no awaiting task between.
+            submit.put_nowait((done, job))
+        else:  # pragma: no cover - an aiosqlite without the worker queue
 
-    def _batch_job(self, plain: list[sqlops.Op], ops: list[Any]) -> None:
-        """Writer thread: commit one batch, ring the doorbell, report to the loop."""
+            async def run() -> None:
+                try:
+                    done.set_result(await self._writer._execute(job))
+                except BaseException as exc:  # noqa: BLE001
+                    done.set_exception(exc)
+
+            self._loop.create_task(run())
+
+    def _batch_job(self, plain: list[sqlops.Op]) -> tuple[list[Any], int]:
+        """Writer thread: commit one batch and ring the doorbell; never raises."""
         results: list[Any]
         try:
             try:
-                results = sqlops.run_in_transaction(self._wconn, plain)
+                results = sqlops.run_in_transaction(self._wconn, plain, self._busy_ms)
                 committed = 1
             except sqlite3.OperationalError:
                 raise
@@ -306,7 +297,9 @@ class Bus:
                 results, committed = [], 0
                 for op in plain:
                     try:
-                        results.append(sqlops.run_in_transaction(self._wconn, [op])[0])
+                        results.append(
+                            sqlops.run_in_transaction(self._wconn, [op], self._busy_ms)[0]
+                        )
                         committed += 1
                     except Exception as exc:  # noqa: BLE001 - reported to that caller
                         results.append(self._wrap(exc))
@@ -320,13 +313,16 @@ class Bus:
         except BaseException as exc:  # noqa: BLE001 - every caller gets the error
             results = [self._wrap(exc)] * len(plain)
             published = 0
-        try:
-            self._loop.call_soon_threadsafe(self._batch_done, ops, results, published)
-        except RuntimeError:  # the loop is closed: nobody is waiting any more
-            pass
+        return results, published
 
-    def _batch_done(self, ops: list[Any], results: list[Any], published: int) -> None:
+    def _batch_done(self, ops: list[Any], done: asyncio.Future[tuple[list[Any], int]]) -> None:
         self._inflight = False
+        if done.cancelled() or done.exception() is not None:
+            error = BusError("the bus writer failed") if done.cancelled() else done.exception()
+            results: list[Any] = [error] * len(ops)
+            published = 0
+        else:
+            results, published = done.result()
         for (_, _, fut), result in zip(ops, results, strict=True):
             if fut.done():
                 continue
@@ -425,8 +421,8 @@ class Bus:
         events again (at-least-once). Raises BusError for an id that was never published.
         """
         self._check_usable()
-        _check_name("consumer", consumer)
-        _check_id("event id", event_id)
+        check_name("consumer", consumer)
+        check_id("event id", event_id)
         error = await self._enqueue(sqlops.ACK, (consumer, event_id))
         if error is not None:
             raise error
@@ -449,7 +445,9 @@ class Bus:
             raise BusError(f"max_age_s must be >= 0 seconds, not {max_age_s!r}")
         await self._acquire_exclusive()
         try:
-            report: PruneReport = await self._wcall(sqlops.prune, self._wconn, dry_run, max_age_s)
+            report: PruneReport = await self._wcall(
+                sqlops.prune, self._wconn, dry_run, max_age_s, self._busy_ms
+            )
             if not dry_run:
                 self.stats.transactions += 1
         finally:
@@ -471,14 +469,14 @@ class Bus:
         limit: int | None = None,
     ) -> list[Event]:
         """Stored events with ``id > since_id`` in id order, filtered by type globs / run."""
-        _check_id("since_id", since_id)
+        check_id("since_id", since_id)
         if limit is not None and (not isinstance(limit, int) or limit < 0):
             raise BusError(f"limit must be a non-negative integer, not {limit!r}")
         return await self._rcall(sqlops.select_events, since_id, types, run_id, limit)
 
     async def get(self, event_id: int) -> Event | None:
         """The event with this id, or None (never published or pruned)."""
-        return await self._rcall(sqlops.get_event, _check_id("event id", event_id))
+        return await self._rcall(sqlops.get_event, check_id("event id", event_id))
 
     async def last_id(self) -> int:
         """The last id ever assigned (0 for an empty bus); pruning never lowers it."""
@@ -498,11 +496,28 @@ class Bus:
         The consumer is registered (cursor 0 when new) so prune keeps its events.
         """
         self._check_usable()
-        _check_name("consumer", consumer)
+        check_name("consumer", consumer)
         if not isinstance(batch_size, int) or batch_size < 1:
             raise BusError(f"batch_size must be a positive integer, not {batch_size!r}")
         sqlops.type_filter(types)  # validate now, not at the first iteration
         return self._iterate(Subscription(self, consumer, types, batch_size))
+
+    def follow(
+        self,
+        *,
+        since_id: int = 0,
+        types: str | Iterable[str] = ("*",),
+        batch_size: int = 100,
+    ) -> AsyncIterator[Event]:
+        """Like :meth:`subscribe` but without a consumer: events after ``since_id``, waiting
+        for new ones, and nothing is written (no cursor, so prune is not held back). For
+        watching the bus (``loopbus tail --follow``)."""
+        self._check_usable()
+        check_id("since_id", since_id)
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise BusError(f"batch_size must be a positive integer, not {batch_size!r}")
+        sqlops.type_filter(types)
+        return self._iterate(Subscription(self, None, types, batch_size, since_id=since_id))
 
     async def _iterate(self, sub: Subscription) -> AsyncIterator[Event]:
         await sub.start()
@@ -511,160 +526,24 @@ class Bus:
                 yield event
 
     async def open_subscription(
-        self, consumer: str, types: str | Iterable[str] = ("*",), *, batch_size: int = 100
+        self,
+        consumer: str | None,
+        types: str | Iterable[str] = ("*",),
+        *,
+        batch_size: int = 100,
+        since_id: int = 0,
     ) -> Subscription:
-        """A started :class:`Subscription` (batch-level API used by SyncBus)."""
+        """A started :class:`Subscription` (batch-level API used by SyncBus). With
+        ``consumer=None`` it is a cursor-less follow from ``since_id``."""
         self._check_usable()
-        _check_name("consumer", consumer)
-        sub = Subscription(self, consumer, types, batch_size)
+        if consumer is not None:
+            check_name("consumer", consumer)
+        check_id("since_id", since_id)
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise BusError(f"batch_size must be a positive integer, not {batch_size!r}")
+        sub = Subscription(self, consumer, types, batch_size, since_id=since_id)
         await sub.start()
         return sub
-
-
-class Subscription:
-    """A consumer's read position and type filter; delivers batches of events."""
-
-    def __init__(
-        self, bus: Bus, consumer: str, types: str | Iterable[str], batch_size: int
-    ) -> None:
-        self.bus = bus
-        self.consumer = consumer
-        self.batch_size = batch_size
-        self.position = 0
-        self._filter_sql, self._params = sqlops.type_filter(types)
-
-    async def start(self) -> None:
-        """Register the consumer, bind the wake-up socket, read the committed cursor."""
-        # Bind before the first query: an event committed after it rings us.
-        self.bus._listener.bind()
-        self.position = await self.bus._enqueue(sqlops.REGISTER, self.consumer)
-
-    async def next_batch(self, timeout: float | None) -> list[Event]:
-        """The next events after the position (at least one), waiting up to ``timeout``
-        seconds (forever with None); an empty list on timeout."""
-        bus = self.bus
-        listener = bus._listener
-        deadline = None if timeout is None else bus._loop.time() + timeout
-        while True:
-            generation = listener.generation
-            events, self.position = await bus._rcall(
-                sqlops.fetch_after, self.position, self._filter_sql, self._params, self.batch_size
-            )
-            if events:
-                return events
-            wait_s = bus.safety_poll_s
-            if deadline is not None:
-                remaining = deadline - bus._loop.time()
-                if remaining <= 0:
-                    return []
-                wait_s = min(wait_s, remaining)
-            await listener.wait(generation, wait_s)
-
-
-class Transaction:
-    """One BEGIN IMMEDIATE transaction on the bus's writer (see :meth:`Bus.transaction`)."""
-
-    def __init__(self, bus: Bus) -> None:
-        self._bus = bus
-        self._published = 0
-        self._open = False
-        self._token: contextvars.Token[Bus | None] | None = None
-
-    async def __aenter__(self) -> Transaction:
-        bus = self._bus
-        await bus._acquire_exclusive()
-        try:
-            await bus._wcall(bus._wconn.execute, "BEGIN IMMEDIATE")
-        except BaseException:
-            bus._release_exclusive()
-            raise
-        self._open = True
-        self._token = _CURRENT_TX.set(bus)
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        bus = self._bus
-        if self._token is not None:
-            # SyncBus enters and exits in different tasks (contexts): nothing to reset there.
-            with contextlib.suppress(ValueError):
-                _CURRENT_TX.reset(self._token)
-        self._open = False
-        committed = False
-        try:
-            if exc_type is None:
-                await bus._wcall(self._commit, self._published)
-                committed = True
-            else:
-                await bus._wcall(self._rollback)
-        finally:
-            bus._release_exclusive()
-            if committed and self._published:
-                bus._listener.notify()
-
-    def _commit(self, published: int) -> None:
-        conn = self._bus._wconn
-        try:
-            conn.execute("COMMIT")
-        except BaseException:
-            self._rollback()
-            raise
-        stats = self._bus.stats
-        stats.transactions += 1
-        stats.events += published
-        if published:
-            self._bus._doorbell.ring()
-
-    def _rollback(self) -> None:
-        conn = self._bus._wconn
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-
-    def _check_open(self) -> None:
-        if not self._open:
-            raise BusError("the transaction is finished; open a new one with bus.transaction()")
-
-    async def publish(
-        self,
-        event_type: str,
-        payload: Any,
-        *,
-        agent: str = "cli",
-        run_id: str | None = None,
-        caused_by: int | None = None,
-    ) -> int:
-        """Publish inside the transaction; the id is final, visible to others at commit."""
-        self._check_open()
-        bus = self._bus
-        row = prepare_row(event_type, payload, agent, run_id, caused_by, bus.max_payload_bytes)
-        ids = await bus._wcall(sqlops.apply_ops, bus._wconn, [(sqlops.PUBLISH, row)])
-        self._published += 1
-        return ids[0]
-
-    async def publish_many(self, events: Iterable[NewEvent | Mapping[str, Any]]) -> list[int]:
-        """Publish several events inside the transaction; their ids in order."""
-        self._check_open()
-        bus = self._bus
-        rows = bus._rows(events)
-        if not rows:
-            return []
-        result = await bus._wcall(sqlops.apply_ops, bus._wconn, [(sqlops.PUBLISH_MANY, rows)])
-        self._published += len(rows)
-        return result[0]
-
-    async def ack(self, consumer: str, event_id: int) -> None:
-        """Move ``consumer``'s cursor as part of the transaction."""
-        self._check_open()
-        _check_name("consumer", consumer)
-        _check_id("event id", event_id)
-        bus = self._bus
-        error = await bus._wcall(sqlops.ack_cursor, bus._wconn, consumer, event_id)
-        if error is not None:
-            raise error
 
 
 class _Connector:

@@ -145,9 +145,41 @@ def apply_ops(conn: sqlite3.Connection, ops: Sequence[Op]) -> list[Any]:
     return results
 
 
-def run_in_transaction(conn: sqlite3.Connection, ops: Sequence[Op]) -> list[Any]:
+def begin_immediate(conn: sqlite3.Connection, busy_ms: int) -> None:
+    """``BEGIN IMMEDIATE``, waiting up to ``busy_ms`` for another process's write lock.
+
+    SQLite's own busy handler sleeps in growing steps (up to 100 ms), so a waiting writer
+    keeps missing the short gaps between another process's commits. Here the wait polls
+    every 0.1-2 ms instead; the connection's ``busy_timeout`` (>= 5 s) is restored after.
+    """
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        return
+    except sqlite3.OperationalError as exc:
+        if "locked" not in str(exc) and "busy" not in str(exc):
+            raise
+    deadline = time.monotonic() + busy_ms / 1000
+    delay = 0.0001
+    conn.execute("PRAGMA busy_timeout = 0")
+    try:
+        while True:
+            time.sleep(delay)
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+                if time.monotonic() >= deadline:
+                    raise
+            delay = min(delay * 2, 0.002)
+    finally:
+        conn.execute(f"PRAGMA busy_timeout = {busy_ms}")
+
+
+def run_in_transaction(conn: sqlite3.Connection, ops: Sequence[Op], busy_ms: int) -> list[Any]:
     """``BEGIN IMMEDIATE``, apply ``ops``, ``COMMIT``; roll back and re-raise on error."""
-    conn.execute("BEGIN IMMEDIATE")
+    begin_immediate(conn, busy_ms)
     try:
         results = apply_ops(conn, ops)
         conn.execute("COMMIT")
@@ -276,10 +308,12 @@ def _iso(ts: datetime) -> str:
     return ts.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z"
 
 
-def prune(conn: sqlite3.Connection, dry_run: bool, max_age_s: float | None) -> PruneReport:
+def prune(
+    conn: sqlite3.Connection, dry_run: bool, max_age_s: float | None, busy_ms: int
+) -> PruneReport:
     """Delete events every registered consumer has acknowledged (and, with ``max_age_s``,
     events older than that even if some consumer has not: those consumers are reported)."""
-    conn.execute("BEGIN IMMEDIATE")
+    begin_immediate(conn, busy_ms)
     try:
         slow = conn.execute(
             "SELECT consumer, last_seen_id FROM cursors ORDER BY last_seen_id, consumer LIMIT 1"

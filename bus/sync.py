@@ -167,6 +167,21 @@ class SyncBus:
         sub = self._call(self._bus.open_subscription(consumer, types, batch_size=batch_size))
         return self._iterate(sub, timeout)
 
+    def follow(
+        self,
+        *,
+        since_id: int = 0,
+        types: str | Iterable[str] = ("*",),
+        timeout: float | None = None,
+        batch_size: int = 100,
+    ) -> Iterator[Event]:
+        """Events after ``since_id`` without a consumer cursor (writes nothing), waiting for
+        new ones; with ``timeout``, ends after that many seconds without events."""
+        sub = self._call(
+            self._bus.open_subscription(None, types, batch_size=batch_size, since_id=since_id)
+        )
+        return self._iterate(sub, timeout)
+
     def _iterate(self, sub: Any, timeout: float | None) -> Iterator[Event]:
         while True:
             batch = self._call(sub.next_batch(timeout))

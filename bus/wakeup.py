@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import errno
 import hashlib
+import logging
 import os
 import secrets
 import socket
@@ -27,6 +28,8 @@ _MAX_SOCKET_PATH = 103
 # "/<pid>-<8 hex>.sock": at most 1 + 7 + 1 + 8 + 5 characters.
 _MAX_NAME = 22
 _SOCKET_SUFFIX = ".sock"
+log = logging.getLogger("loopbus.bus")
+
 # A directory listing is trusted while the directory's mtime is unchanged, but only once the
 # mtime is this old: file-system timestamps are coarse, so a socket bound within the same tick
 # as the previous change could otherwise hide behind an unchanged mtime ("racy" listing).
@@ -66,15 +69,12 @@ class Doorbell:
         now = time.time_ns()
         try:
             mtime = os.stat(self.wake_dir).st_mtime_ns
-        except FileNotFoundError:
+            if self._trusted and mtime == self._mtime_ns:
+                return self._targets
+            names = os.listdir(self.wake_dir)
+        except OSError:  # no directory (nobody waits) or not usable: nothing to ring
             self._targets, self._mtime_ns, self._trusted = [], -1, False
             return self._targets
-        if self._trusted and mtime == self._mtime_ns:
-            return self._targets
-        try:
-            names = os.listdir(self.wake_dir)
-        except FileNotFoundError:
-            names = []
         base = str(self.wake_dir)
         self._targets = [
             os.path.join(base, n)
@@ -86,7 +86,17 @@ class Doorbell:
         return self._targets
 
     def ring(self) -> int:
-        """Send one byte to every live subscriber socket; return how many were rung."""
+        """Send one byte to every live subscriber socket; return how many were rung.
+
+        Never raises: a publish must not fail because of its wake-up hint.
+        """
+        try:
+            return self._ring()
+        except Exception as exc:  # noqa: BLE001
+            log.warning("wake-up doorbell failed (%s); subscribers will poll", exc)
+            return 0
+
+    def _ring(self) -> int:
         rung = 0
         dead = False
         for target in self._current_targets():
@@ -127,6 +137,7 @@ class Listener:
         self._sock: socket.socket | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._changed: asyncio.Event | None = None
+        self._failed = False
 
     @property
     def bound(self) -> bool:
@@ -137,12 +148,22 @@ class Listener:
         """Bind the socket (idempotent). Must run on the event loop that will wait."""
         if self._sock is not None:
             return
+        if self._failed:
+            return
         self._loop = asyncio.get_running_loop()
-        self._changed = asyncio.Event()
-        self.wake_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if self._changed is None:
+            self._changed = asyncio.Event()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        sock.setblocking(False)
-        sock.bind(str(self.wake_dir / self.name))
+        try:
+            self.wake_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            sock.setblocking(False)
+            sock.bind(str(self.wake_dir / self.name))
+        except OSError as exc:
+            # Still correct without the doorbell, only slower: fall back to the safety poll.
+            sock.close()
+            self._failed = True
+            log.warning("no cross-process wake-up in %s (%s); polling instead", self.wake_dir, exc)
+            return
         self._sock = sock
         self._loop.add_reader(sock.fileno(), self._on_readable)
 

@@ -12,8 +12,9 @@ Decisions:
 * **Compute dtype.** On Linux (and any non-Apple-Silicon host) models run in float32:
   :func:`default_weight_dtype` makes the GGUF importer store float32 weights (exact for
   dequantized GGUF values; the embedded SmolLM2 takes ~540 MB on disk), and
-  :func:`compute_dtype` tells the runtime to cast other checkpoints' weights to float32 at load
-  time. On Apple Silicon, Metal is fast for every dtype: weights keep their dtype and imports
+  :func:`compute_dtype` states the rule for other checkpoints: the mlx backend
+  (``models.mlx_backend``) casts bfloat16/float16 weights to float32 at load time on CPU hosts
+  (``LOOPBUS_DTYPE=native`` keeps them). On Apple Silicon, Metal is fast for every dtype: weights keep their dtype and imports
   are stored as bfloat16 (half the disk).
 * **Which OpenBLAS.** :func:`openblas_path` searches, in order: ``$LOOPBUS_OPENBLAS`` (a path,
   or ``0``/``off`` to disable preloading), the distribution packages (Debian/Ubuntu
@@ -29,7 +30,9 @@ Decisions:
   ``$LOOPBUS_CACHE/blas.json``.
 * **Which processes.** A running process cannot swap its BLAS, so :func:`blas_env` adds the
   preload to the environment of the processes loopbus starts (agent processes, the demo, the
-  benchmark's children). :func:`reexec_with_openblas` lets an entry point restart itself once
+  benchmark's children), with ``OPENBLAS_NUM_THREADS=1`` unless ``OPENBLAS_NUM_THREADS`` or
+  ``$LOOPBUS_BLAS_THREADS`` says otherwise: several agent processes share few cores, and
+  OpenBLAS threads spin-wait, so more threads per process make everything slower under load. :func:`reexec_with_openblas` lets an entry point restart itself once
   with the preload so that in-process generation benefits too.
 """
 
@@ -47,6 +50,8 @@ from pathlib import Path
 
 #: Environment variable: path of an OpenBLAS to preload, or 0/off/false/no to disable.
 OPENBLAS_ENV = "LOOPBUS_OPENBLAS"
+#: Environment variable: OpenBLAS threads per process started through :func:`blas_env` (default 1).
+THREADS_ENV = "LOOPBUS_BLAS_THREADS"
 _DISABLED = {"0", "off", "false", "no", "none", ""}
 _REEXEC_MARK = "LOOPBUS_BLAS_REEXEC"
 
@@ -212,7 +217,13 @@ def blas_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
     found = _find()
     if found is None:
         return base
-    return _with_preload(base, *found)
+    out = _with_preload(base, *found)
+    # One BLAS thread per process unless told otherwise: loopbus runs several agent processes
+    # at once, and OpenBLAS threads spin-wait, so N processes x M threads on few cores collapse
+    # (measured on 2 loaded cores: 105 GFLOP/s with 1 thread, 25 with 2).
+    if "OPENBLAS_NUM_THREADS" not in out:
+        out["OPENBLAS_NUM_THREADS"] = base.get(THREADS_ENV) or "1"
+    return out
 
 
 def openblas_loaded() -> bool:

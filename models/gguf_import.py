@@ -36,7 +36,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -329,7 +329,7 @@ class _ShardWriter:
         (self.dest / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
 
 
-def _progress(enabled: bool, total: int, label: str) -> Any:
+def _progress(enabled: bool) -> Any:
     """A rich progress bar on stderr (a no-op object when disabled)."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
@@ -360,7 +360,6 @@ def import_gguf(
     progress: bool = True,
     dtype: str | None = None,
     overwrite: bool = False,
-    on_tensor: Callable[[str], None] | None = None,
 ) -> Path:
     """Convert the GGUF file ``src`` into an mlx-lm model directory and return its path.
 
@@ -404,13 +403,11 @@ def import_gguf(
         )
         config["torch_dtype"] = dtype
         writer = _ShardWriter(tmp, dtype)
-        with _progress(progress, len(reader.tensors), src_path.name) as bar:
+        with _progress(progress) as bar:
             task = bar.add_task(f"importing {src_path.name}", total=len(reader.tensors))
             for name, values in _converted(reader, meta, arch):
                 writer.add(name, values)
                 bar.advance(task)
-                if on_tensor is not None:
-                    on_tensor(name)
             bar.update(task, completed=len(reader.tensors))
         writer.finish()
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
@@ -440,7 +437,13 @@ def _install(tmp: Path, dest: Path, *, overwrite: bool) -> None:
         shutil.rmtree(old, ignore_errors=True)
     elif dest.exists() and not any(dest.iterdir()):
         dest.rmdir()
-    os.rename(tmp, dest)  # raises OSError if another process installed it first
+    try:
+        os.rename(tmp, dest)
+    except OSError as exc:  # another process installed a model there in the meantime
+        raise ModelError(
+            f"{dest} appeared while importing (another import finished first); "
+            "use it, or pass --overwrite to replace it"
+        ) from exc
     os.chmod(dest, 0o755)
 
 

@@ -8,9 +8,12 @@ lazily where a table is printed.
 from __future__ import annotations
 
 import csv
+import io
 import json
+import logging
 import re
 import sys
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
@@ -153,6 +156,14 @@ def _follow_without_cursor(bus: Any, since_id: int, types: list[str] | None) -> 
         yield from bus._call(sub.next_batch(None))
 
 
+def _silence_library_log() -> None:
+    # Without any handler Python's last-resort handler prints library warnings to stderr;
+    # the CLI reports them itself. A NullHandler keeps propagation to configured loggers.
+    logger = logging.getLogger("loopbus")
+    if not any(isinstance(h, logging.NullHandler) for h in logger.handlers):
+        logger.addHandler(logging.NullHandler())
+
+
 def _cell(value: Any) -> str:
     if value is None:
         return "NULL"
@@ -193,9 +204,14 @@ def _print_table(columns: Sequence[str], rows: Iterable[Sequence[Any]], empty: s
         table.add_column(column, overflow="fold")
     for row in rows:
         table.add_row(*(_cell(value) for value in row))
-    # Not a terminal (pipes, tests): no colours and a wide page, so rows stay whole.
-    console = Console(width=None if sys.stdout.isatty() else 200, highlight=False)
-    console.print(table)
+    if sys.stdout.isatty():
+        Console(highlight=False).print(table)
+        return
+    # Pipes and files: plain text, a wide page so rows stay whole, no trailing blanks.
+    buffer = io.StringIO()
+    Console(file=buffer, width=200, highlight=False, color_system=None).print(table)
+    for line in buffer.getvalue().splitlines():
+        click.echo(line.rstrip())
 
 
 # --------------------------------------------------------------------------- commands
@@ -222,7 +238,7 @@ def publish(ctx: click.Context, event_type: str, payload_json: str, agent: str) 
     """
     from bus import NewEvent, SyncBus
 
-    text = click.get_text_stream("stdin").read() if payload_json == "-" else payload_json
+    text = sys.stdin.read() if payload_json == "-" else payload_json
     payload = parse_payload(text)
     # Validate type and size before opening, so a bad event never creates or touches a file.
     event = NewEvent(event_type=event_type, payload=payload, agent=agent)
@@ -395,8 +411,13 @@ def prune(ctx: click.Context, dry_run: bool, max_age: float | None) -> None:
       loopbus prune --max-age 7d
     """
     from bus import SyncBus
+    from bus.errors import PruneWarning
 
-    with SyncBus(bus_path(ctx), create=False) as bus:
+    with SyncBus(bus_path(ctx), create=False) as bus, warnings.catch_warnings():
+        # The report's warnings are printed below, once; the library's own PruneWarning
+        # and log record would repeat them (Python prints both to stderr by default).
+        warnings.simplefilter("ignore", PruneWarning)
+        _silence_library_log()
         report = bus.prune(dry_run=dry_run, max_age_s=max_age)
     for warning in report.warnings:
         click.echo(f"Warning: {warning}", err=True)

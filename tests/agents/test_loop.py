@@ -82,12 +82,12 @@ def test_budget_exceeded_before_any_model_call(tiny_model_path: Path, bus: Any,
 
 
 def _window_for_one_turn(runtime: Any, bus: Any, workspace: Path, budget: float) -> int:
-    """A context window whose budget fits the first prompt (+10 tokens) but not two turns."""
+    """A context window whose budget fits the first prompt (+16 tokens) but not two turns."""
     decider = Decider("Assistant")
     probe = turn.new_run(_settings(runtime, workspace), "What version is Pebble?",
                          runtime=runtime, bus=bus, run_id="probe", caused_by=None)
     tokens = runtime.count_tokens(decider.messages(probe.log.render()))
-    return math.ceil((tokens + 10) / budget)
+    return math.ceil((tokens + 16) / budget)
 
 
 def test_budget_cap_and_elision(tiny_model_path: Path, bus: Any, workspace: Path) -> None:

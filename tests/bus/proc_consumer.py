@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 from bus import SyncBus
 
@@ -22,6 +23,7 @@ def main(path: str, out: str, batch: int, idle: float) -> None:
             "crashy", ["*"], timeout=idle if idle > 0 else None, batch_size=batch
         ):
             os.write(fd, f"{event.id}\n".encode())  # the "effect" of handling the event
+            time.sleep(0.001)  # some work, so the consumer has a backlog to be killed in
             pending += 1
             last = event.id
             if pending >= batch:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -103,3 +104,27 @@ def test_sync_subscribe_can_stop_early(bus_path: Path) -> None:
             assert event.id == 1
             break
         assert bus.publish("s", 4) == 4
+
+
+async def test_follow_needs_no_consumer_and_writes_nothing(
+    bus_path: Path, bh: SimpleNamespace
+) -> None:
+    async with Bus.connect(bus_path, safety_poll_s=30) as bus:
+        for i in range(3):
+            await bus.publish("f.x", i)
+        before = bh.file_state(bus_path)
+        got = await _take(bus.follow(since_id=1, types=["f.*"]), 2)
+        assert [e.id for e in got] == [2, 3]
+        assert bh.file_state(bus_path) == before
+        assert await bus.cursors() == []
+        waiter = asyncio.ensure_future(_take(bus.follow(since_id=3), 1))
+        await asyncio.sleep(0.05)
+        await bus.publish("f.y", 4)
+        assert [e.id for e in await waiter] == [4]
+
+
+def test_sync_follow(bus_path: Path) -> None:
+    with SyncBus(bus_path) as bus:
+        bus.publish_many([{"event_type": "s", "payload": i} for i in range(4)])
+        assert [e.id for e in bus.follow(since_id=2, timeout=0.1)] == [3, 4]
+        assert bus.cursors() == []

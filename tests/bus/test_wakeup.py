@@ -99,3 +99,19 @@ async def test_wakeup_works_with_a_long_bus_path(tmp_path: Path, long_path: bool
         assert event.event_type == "long.path"
         assert time.monotonic() - started < 5
         assert a._listener.wakeups >= 1  # woken by the datagram, not only locally
+
+
+async def test_unusable_wake_dir_falls_back_to_polling(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "bus.db"
+    wake_dir_for(path).write_text("a file where the wake directory should be")
+    async with Bus.connect(path, safety_poll_s=0.05) as a, Bus.connect(path) as b:
+        import asyncio
+
+        task = asyncio.ensure_future(a.subscribe("poller").__anext__())
+        await asyncio.sleep(0.1)
+        await b.publish("polled", 1)
+        event = await asyncio.wait_for(task, 5)
+        assert event.event_type == "polled"
+    assert any("polling instead" in r.getMessage() for r in caplog.records)

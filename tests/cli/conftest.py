@@ -33,14 +33,15 @@ def loopbus_argv(bus: Path | None, *args: str) -> list[str]:
 
 
 def take_snapshot(path: Path) -> dict[str, bytes]:
-    """Every file belonging to the bus file (main, -wal, -shm): name -> bytes."""
-    if not path.parent.exists():
+    """The stored state of a bus file: the main file's bytes and its write-ahead log's.
+
+    A missing -wal counts as empty (a read-only reader of a WAL file may leave an empty
+    one behind), and -shm is left out: it is a shared-memory index, not data.
+    """
+    if not path.exists():
         return {}
-    return {
-        p.name: p.read_bytes()
-        for p in sorted(path.parent.iterdir())
-        if p.is_file() and p.name.startswith(path.name)
-    }
+    wal = path.with_name(path.name + "-wal")
+    return {"db": path.read_bytes(), "wal": wal.read_bytes() if wal.exists() else b""}
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 
-
 def _loopbus_cmd() -> list[str]:
     script = Path(sys.executable).with_name("loopbus")
     if script.exists():
