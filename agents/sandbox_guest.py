@@ -21,7 +21,7 @@ import json
 _FLUSH_CHARS = 8192
 
 _BOOTSTRAP = r"""
-import host as _h, json as _j, sys as _s, io as _io, builtins as _b
+import host as _h, json as _j, sys as _s, io as _io, builtins as _b, gc as _gc
 _call = _h.call
 _dumps = _j.dumps
 _loads = _j.loads
@@ -37,6 +37,14 @@ _rout = _s.stdout
 _rerr = _s.stderr
 _np = print
 _CFG = _loads(__CFG__)
+# This build's GC scans the shadow stack but not values held in wasm locals, so a
+# collection deep inside C code can free live objects (seen as corrupted bytecode and
+# out-of-bounds traps under GC pressure). Automatic collection is therefore off; we
+# collect only at safe points: between snippets and when print output is flushed.
+_gc.disable()
+_collect = _gc.collect
+_mem_free = _gc.mem_free
+_low = _CFG['heap'] // 3
 
 
 def _xcall(name, payload):
@@ -89,6 +97,9 @@ class _Buf:
         if s.tell():
             self.s = _io.StringIO()
             _call('__io__', self.tag + s.getvalue())
+            s = None
+            if _mem_free() < _low:
+                _collect()
         if self is _out:
             _so = self.s
             _sot = _so.tell
@@ -177,6 +188,7 @@ def _main():
     # A function, not module-level code, so the loop's own bytecode is reachable from globals.
     report = {'ready': 1}
     while True:
+        _collect()  # a safe point: only the bootstrap's own frames are active
         try:
             payload = _dumps(report)
         except _BaseExc:
@@ -191,7 +203,7 @@ _main()
 """
 
 
-def bootstrap_source(names: list[str], *, seed: int, repr_limit: int) -> str:
+def bootstrap_source(names: list[str], *, seed: int, repr_limit: int, heap: int) -> str:
     """The guest program, with the host-function names and settings baked in."""
-    cfg = json.dumps({"names": names, "seed": seed, "repr_limit": repr_limit})
+    cfg = json.dumps({"names": names, "seed": seed, "repr_limit": repr_limit, "heap": heap})
     return _BOOTSTRAP.replace("__CFG__", repr(cfg)).replace("__FLUSH__", str(_FLUSH_CHARS))

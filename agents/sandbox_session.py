@@ -211,7 +211,9 @@ class _Worker:
             "-X",
             f"heapsize={limits.heap_bytes}",
             "-c",
-            bootstrap_source(sorted(names), seed=secrets.randbits(30), repr_limit=limits.max_stdout_bytes),
+            bootstrap_source(
+                sorted(names), seed=secrets.randbits(30), repr_limit=limits.max_stdout_bytes, heap=limits.heap_bytes
+            ),
         ]
         self.thread = threading.Thread(target=self._main, name="sandbox-guest", daemon=True)
 

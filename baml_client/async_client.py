@@ -159,7 +159,7 @@ class BamlAsyncClient:
             return typing.cast(types.PlanSubgoals, __result__.cast_to(types, types, stream_types, False, __runtime__))
     async def Reporter(self, events: str,
         baml_options: BamlCallOptions = {},
-    ) -> typing.Union["types.WriteReport", "types.Done"]:
+    ) -> typing.Union["types.Done", "types.WriteReport"]:
         # Check if on_tick is provided
         if 'on_tick' in baml_options:
             # Use streaming internally when on_tick is provided
@@ -171,7 +171,7 @@ class BamlAsyncClient:
             __result__ = await self.__options.merge_options(baml_options).call_function_async(function_name="Reporter", args={
                 "events": events,
             })
-            return typing.cast(typing.Union["types.WriteReport", "types.Done"], __result__.cast_to(types, types, stream_types, False, __runtime__))
+            return typing.cast(typing.Union["types.Done", "types.WriteReport"], __result__.cast_to(types, types, stream_types, False, __runtime__))
     async def Reviewer(self, events: str,
         baml_options: BamlCallOptions = {},
     ) -> typing.Union["types.CheckFile", "types.Done"]:
@@ -318,14 +318,14 @@ class BamlStreamClient:
         )
     def Reporter(self, events: str,
         baml_options: BamlCallOptions = {},
-    ) -> baml_py.BamlStream[typing.Union["stream_types.WriteReport", "stream_types.Done"], typing.Union["types.WriteReport", "types.Done"]]:
+    ) -> baml_py.BamlStream[typing.Union["stream_types.Done", "stream_types.WriteReport"], typing.Union["types.Done", "types.WriteReport"]]:
         __ctx__, __result__ = self.__options.merge_options(baml_options).create_async_stream(function_name="Reporter", args={
             "events": events,
         })
-        return baml_py.BamlStream[typing.Union["stream_types.WriteReport", "stream_types.Done"], typing.Union["types.WriteReport", "types.Done"]](
+        return baml_py.BamlStream[typing.Union["stream_types.Done", "stream_types.WriteReport"], typing.Union["types.Done", "types.WriteReport"]](
           __result__,
-          lambda x: typing.cast(typing.Union["stream_types.WriteReport", "stream_types.Done"], x.cast_to(types, types, stream_types, True, __runtime__)),
-          lambda x: typing.cast(typing.Union["types.WriteReport", "types.Done"], x.cast_to(types, types, stream_types, False, __runtime__)),
+          lambda x: typing.cast(typing.Union["stream_types.Done", "stream_types.WriteReport"], x.cast_to(types, types, stream_types, True, __runtime__)),
+          lambda x: typing.cast(typing.Union["types.Done", "types.WriteReport"], x.cast_to(types, types, stream_types, False, __runtime__)),
           __ctx__,
         )
     def Reviewer(self, events: str,

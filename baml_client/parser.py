@@ -55,9 +55,9 @@ class LlmResponseParser:
 
     def Reporter(
         self, llm_response: str, baml_options: BamlCallOptions = {},
-    ) -> typing.Union["types.WriteReport", "types.Done"]:
+    ) -> typing.Union["types.Done", "types.WriteReport"]:
         __result__ = self.__options.merge_options(baml_options).parse_response(function_name="Reporter", llm_response=llm_response, mode="request")
-        return typing.cast(typing.Union["types.WriteReport", "types.Done"], __result__)
+        return typing.cast(typing.Union["types.Done", "types.WriteReport"], __result__)
 
     def Reviewer(
         self, llm_response: str, baml_options: BamlCallOptions = {},
@@ -129,9 +129,9 @@ class LlmStreamParser:
 
     def Reporter(
         self, llm_response: str, baml_options: BamlCallOptions = {},
-    ) -> typing.Union["stream_types.WriteReport", "stream_types.Done"]:
+    ) -> typing.Union["stream_types.Done", "stream_types.WriteReport"]:
         __result__ = self.__options.merge_options(baml_options).parse_response(function_name="Reporter", llm_response=llm_response, mode="stream")
-        return typing.cast(typing.Union["stream_types.WriteReport", "stream_types.Done"], __result__)
+        return typing.cast(typing.Union["stream_types.Done", "stream_types.WriteReport"], __result__)
 
     def Reviewer(
         self, llm_response: str, baml_options: BamlCallOptions = {},

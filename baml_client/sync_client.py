@@ -166,7 +166,7 @@ class BamlSyncClient:
             return typing.cast(types.PlanSubgoals, __result__.cast_to(types, types, stream_types, False, __runtime__))
     def Reporter(self, events: str,
         baml_options: BamlCallOptions = {},
-    ) -> typing.Union["types.WriteReport", "types.Done"]:
+    ) -> typing.Union["types.Done", "types.WriteReport"]:
         # Check if on_tick is provided
         if 'on_tick' in baml_options:
             __stream__ = self.stream.Reporter(events=events,
@@ -177,7 +177,7 @@ class BamlSyncClient:
             __result__ = self.__options.merge_options(baml_options).call_function_sync(function_name="Reporter", args={
                 "events": events,
             })
-            return typing.cast(typing.Union["types.WriteReport", "types.Done"], __result__.cast_to(types, types, stream_types, False, __runtime__))
+            return typing.cast(typing.Union["types.Done", "types.WriteReport"], __result__.cast_to(types, types, stream_types, False, __runtime__))
     def Reviewer(self, events: str,
         baml_options: BamlCallOptions = {},
     ) -> typing.Union["types.CheckFile", "types.Done"]:
@@ -319,14 +319,14 @@ class BamlStreamClient:
         )
     def Reporter(self, events: str,
         baml_options: BamlCallOptions = {},
-    ) -> baml_py.BamlSyncStream[typing.Union["stream_types.WriteReport", "stream_types.Done"], typing.Union["types.WriteReport", "types.Done"]]:
+    ) -> baml_py.BamlSyncStream[typing.Union["stream_types.Done", "stream_types.WriteReport"], typing.Union["types.Done", "types.WriteReport"]]:
         __ctx__, __result__ = self.__options.merge_options(baml_options).create_sync_stream(function_name="Reporter", args={
             "events": events,
         })
-        return baml_py.BamlSyncStream[typing.Union["stream_types.WriteReport", "stream_types.Done"], typing.Union["types.WriteReport", "types.Done"]](
+        return baml_py.BamlSyncStream[typing.Union["stream_types.Done", "stream_types.WriteReport"], typing.Union["types.Done", "types.WriteReport"]](
           __result__,
-          lambda x: typing.cast(typing.Union["stream_types.WriteReport", "stream_types.Done"], x.cast_to(types, types, stream_types, True, __runtime__)),
-          lambda x: typing.cast(typing.Union["types.WriteReport", "types.Done"], x.cast_to(types, types, stream_types, False, __runtime__)),
+          lambda x: typing.cast(typing.Union["stream_types.Done", "stream_types.WriteReport"], x.cast_to(types, types, stream_types, True, __runtime__)),
+          lambda x: typing.cast(typing.Union["types.Done", "types.WriteReport"], x.cast_to(types, types, stream_types, False, __runtime__)),
           __ctx__,
         )
     def Reviewer(self, events: str,

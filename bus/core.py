@@ -1,6 +1,6 @@
 """The async bus: :class:`Bus` (publish, subscribe, ack, transactions, retention).
 
-Durability and concurrency design (see the measured facts in the README):
+Durability and concurrency design (measured facts in issue 2; figures in bench/bench_bus.py):
 
 * One file in WAL mode; ``synchronous=FULL`` by default, so a publish returns only after its
   commit is on disk. ``synchronous="NORMAL"`` is an explicit opt-in that may lose the last
@@ -240,7 +240,10 @@ class Bus:
         try:
             return await self._writer._execute(fn, *args)
         except (sqlite3.Error, ValueError, OverflowError) as exc:
-            raise self._wrap(exc) from exc
+            wrapped = self._wrap(exc)
+            if wrapped is exc:
+                raise
+            raise wrapped from exc
 
     async def _rcall(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run ``fn(self._rconn, *args)`` on the reader thread (one hop)."""
@@ -249,7 +252,10 @@ class Bus:
         try:
             return await self._reader._execute(fn, self._rconn, *args)
         except (sqlite3.Error, ValueError) as exc:
-            raise self._wrap(exc) from exc
+            wrapped = self._wrap(exc)
+            if wrapped is exc:
+                raise
+            raise wrapped from exc
 
     # ------------------------------------------------------------------ group commit
 

@@ -183,10 +183,14 @@ def _hf_cached_snapshot(repo_id: str) -> Path:
 
     # Must be set before huggingface_hub reads its constants; we never download.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # huggingface_hub reads these at import time; read them now so a late change is honoured.
+    cache_dir = os.environ.get("HF_HUB_CACHE") or (
+        str(Path(os.environ["HF_HOME"]) / "hub") if os.environ.get("HF_HOME") else None
+    )
     try:
         from huggingface_hub import snapshot_download
 
-        found = Path(snapshot_download(repo_id, local_files_only=True))
+        found = Path(snapshot_download(repo_id, local_files_only=True, cache_dir=cache_dir))
     except Exception as exc:  # LocalEntryNotFoundError, offline errors, bad ids...
         raise ModelNotFound(
             f"Hugging Face model {repo_id} is not in the local cache and loopbus never downloads "

@@ -99,6 +99,7 @@ async def test_wakeup_works_with_a_long_bus_path(tmp_path: Path, long_path: bool
         assert event.event_type == "long.path"
         assert time.monotonic() - started < 5
         assert a._listener.wakeups >= 1  # woken by the datagram, not only locally
+    wake_dir_for(path).rmdir()  # the short fallback directory lives in /tmp: tidy up
 
 
 async def test_unusable_wake_dir_falls_back_to_polling(

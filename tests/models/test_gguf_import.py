@@ -364,3 +364,32 @@ def test_existing_destination_and_summaries(tmp_path: Path) -> None:
     assert raw["architecture"] == "llama" and raw["supported"] is True
     assert raw["context_window"] == 256 and "Q8_0" in raw["dtype"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "tiny.gguf"]
+
+
+@pytest.mark.parametrize(
+    ("pre", "pieces"),
+    [
+        ("default", ["Hi", "Ġ12345", "Ġworld"]),
+        ("smollm", ["Hi", "Ġ", "1", "2", "3", "4", "5", "Ġworld"]),
+        ("llama-bpe", ["Hi", "Ġ", "123", "45", "Ġworld"]),
+        ("qwen2", ["Hi", "Ġ", "1", "2", "3", "4", "5", "Ġworld"]),
+    ],
+)
+def test_byte_level_pre_tokenizers(tmp_path: Path, pre: str, pieces: list[str]) -> None:
+    """`tokenizer.ggml.pre` names select the original split rules (digits differ most)."""
+    from tokenizers import Tokenizer
+
+    from models.gguf_tokenizer import write_tokenizer
+
+    vocab = _byte_tokens()
+    meta = {
+        "tokenizer.ggml.model": "gpt2",
+        "tokenizer.ggml.pre": pre,
+        "tokenizer.ggml.tokens": vocab,
+        "tokenizer.ggml.token_type": [3 if t in SPECIALS else 1 for t in vocab],
+        "tokenizer.ggml.merges": [" ".join(m) for m in MERGES],
+    }
+    write_tokenizer(meta, tmp_path, context_length=None)
+    tok = Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    assert [p for p, _ in tok.pre_tokenizer.pre_tokenize_str("Hi 12345 world")] == pieces
+    assert tok.decode(tok.encode("Hi 12345 world").ids) == "Hi 12345 world"

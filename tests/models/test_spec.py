@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -56,12 +58,29 @@ def test_gguf_file_points_to_import(tmp_path: Path) -> None:
 
 
 def test_unknown_hf_id_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     with pytest.raises(ModelNotFound) as err:
         load_runtime("mlx-community/definitely-not-cached-model")
     assert "huggingface-cli download mlx-community/definitely-not-cached-model" in str(err.value)
     assert isinstance(err.value, ModelError)
+    assert os.environ["HF_HUB_OFFLINE"] == "1"  # set before huggingface_hub could download
+
+
+def test_hf_id_in_the_local_cache_loads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_model_path: Path
+) -> None:
+    # The standard hub cache layout: refs/main names the snapshot holding the files.
+    repo = tmp_path / "hub" / "models--acme--tiny"
+    snapshot = repo / "snapshots" / ("0" * 40)
+    shutil.copytree(tiny_model_path, snapshot)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert resolve_mlx_target("acme/tiny") == snapshot
+    rt = load_runtime("mlx:acme/tiny")
+    assert rt.spec == "mlx:acme/tiny"
+    assert rt.generate([{"role": "user", "content": "hi"}], max_tokens=3).completion_tokens == 3
 
 
 def test_import_models_is_light() -> None:

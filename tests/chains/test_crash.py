@@ -1,0 +1,117 @@
+"""THE crash test: a three-agent chain over 32 inputs while agent processes are SIGKILLed at
+random moments and restarted by `loopbus up`. Every input reaches its terminal outcome, none is
+lost, no terminal outcome (and no emitted event, no finding) is duplicated, and the final report
+is complete."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from chain_helpers import make_workspace, read_status, spawn, write_chain
+
+from agents.supervisor import state_dir_for
+from bus import SyncBus
+
+N_INPUTS = 32
+
+# checker (2 processes) -> digester -> tally; one-decision agents so that the tiny random
+# model cannot change the path of a run, and `emit` makes each stage's fan-out exactly-once.
+CHAIN = """
+[agents.checker]
+subscribe = ["file.found"]
+task = "Check {payload[path]}"
+max_turns = 1
+budget = 1.0
+emit = "review.done"
+parallelism = 2
+
+[agents.digester]
+subscribe = ["review.done"]
+task = "Digest {payload[path]}"
+max_turns = 1
+budget = 1.0
+emit = "digest.done"
+
+[agents.tally]
+subscribe = ["digest.done"]
+task = "Update the report"
+max_turns = 1
+budget = 1.0
+"""
+
+
+@pytest.mark.slow
+def test_chain_survives_random_sigkills(tmp_path: Path, tiny_model_path: Path,
+                                        bus_file: Path) -> None:
+    rng = random.Random(int(os.environ.get("CRASH_SEED", "7")))
+    ws = make_workspace(tmp_path / "ws", N_INPUTS)
+    out = tmp_path / "out"
+    cfg = write_chain(tmp_path / "chain.toml", CHAIN, model=tiny_model_path, workspace=ws,
+                      output=out)
+    with SyncBus(bus_file) as bus:
+        scan = bus.publish("scan.request", {})
+        inputs = [bus.publish("file.found", {"path": f"mod{i:02d}.py", "scan": scan,
+                                             "index": i, "total": N_INPUTS})
+                  for i in range(N_INPUTS)]
+    log = tmp_path / "up.log"
+    up = spawn("--bus", str(bus_file), "up", str(cfg), "--no-live", "--until-idle",
+               "--timeout", "240", "--max-crashes", "1000", log=log)
+    status_dir = state_dir_for(bus_file)
+    kills: list[tuple[str, str]] = []
+    try:
+        # Kill random agent processes at random moments until 12 kills or the chain finishes.
+        time.sleep(4.0)
+        while up.poll() is None and len(kills) < 12:
+            time.sleep(rng.uniform(0.3, 2.0))
+            live = [s for f in status_dir.glob("*.status.json")
+                    if (s := read_status(f)).get("pid")]
+            if not live:
+                continue
+            victim = rng.choice(live)
+            try:
+                os.kill(victim["pid"], signal.SIGKILL)
+            except ProcessLookupError:
+                continue
+            kills.append((victim["consumer"], victim.get("state", "?")))
+        assert up.wait(300) == 0, log.read_text()[-3000:]
+    finally:
+        if up.poll() is None:
+            up.kill()
+    assert len(kills) >= 5, kills  # the chain must not have finished before the chaos
+
+    with SyncBus(bus_file) as bus:
+        outcomes = bus.events(types=["run.outcome"])
+        per_run = Counter(e.run_id for e in outcomes)
+        assert max(per_run.values()) == 1, per_run.most_common(3)  # never twice
+        by_agent = Counter(e.agent for e in outcomes)
+        assert by_agent == {"checker": N_INPUTS, "digester": N_INPUTS, "tally": N_INPUTS}
+        # every input reached its terminal outcome, in the run caused by it
+        assert {e.caused_by for e in outcomes if e.agent == "checker"} == set(inputs)
+        for stage, emitted in (("checker", "review.done"), ("digester", "digest.done")):
+            events = bus.events(types=[emitted])
+            assert len(events) == N_INPUTS, (emitted, len(events))
+            assert len({e.payload["trigger_id"] for e in events}) == N_INPUTS
+            assert {e.run_id.split("-e")[0] for e in events} == {stage}
+        paths = Counter(e.payload["path"] for e in bus.events(types=["file.digest"]))
+        assert paths == {f"mod{i:02d}.py": 1 for i in range(N_INPUTS)}
+        findings = Counter((e.payload["path"], e.payload["kind"], e.payload["line"])
+                           for e in bus.events(types=["finding"]))
+        assert max(findings.values()) == 1
+        # mod01 has a test file; every third module has a TODO
+        assert len(findings) == (N_INPUTS - 1) + len(range(0, N_INPUTS, 3))
+        # every cursor of the chain is at the end of what it subscribes to
+        cursors = {c.consumer: c.last_seen_id for c in bus.cursors()}
+        assert cursors["checker#0/2"] == cursors["checker#1/2"] == inputs[-1]
+        assert cursors["digester"] == bus.events(types=["review.done"])[-1].id
+    report = (out / "report.md").read_text()
+    assert f"{N_INPUTS}/{N_INPUTS} files reviewed (complete)" in report
+    for i in range(N_INPUTS):
+        assert f"- [x] `mod{i:02d}.py` (" in report
+    restarts = log.read_text().count("restarting in")
+    assert restarts >= len(kills) - 1  # the last kill may land while the chain stops
