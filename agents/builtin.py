@@ -98,6 +98,7 @@ def _ensure_builtin_agents() -> None:
         "assistant",
         "Assistant",
         "answers a question about the files of a workspace (lists and reads files)",
+        max_tokens=160,
         replace=False,
     )
     register_agent(

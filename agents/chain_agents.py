@@ -10,11 +10,11 @@ scanner           ScanFiles | Done           publish one ``file.found`` per work
 reviewer          CheckFile | Done           publish ``finding`` events for the task's file
 checker           CheckFile                  the same, one decision (crash test, tiny model)
 digester          DigestFile                 publish ``file.digest`` (lines, sha256) for the file
-reporter          WriteReport | Done         re-render ``report.md`` from the bus
+reporter          Done | WriteReport         re-render ``report.md`` from the bus
 tally             WriteReport                the same, one decision (crash test, tiny model)
 planner           PlanSubgoals               publish one ``subgoal`` per sub-goal (one-shot)
 worker            RunPython | Done           solve a sub-goal; the summary is its answer
-writer            AssembleResult | Done      write ``result.md`` once every sub-goal is answered
+writer            Done | AssembleResult      write ``result.md`` once every sub-goal is answered
 ================  =========================  =====================================================
 
 Every publishing tool is idempotent per run: it first looks on the bus for what this run
@@ -258,7 +258,8 @@ def plan_subgoals(call: Any, ctx: ToolContext) -> str:
     trigger = _trigger(ctx)
     if _already(ctx, "subgoal"):
         return "this plan was already published"
-    goals = [g.strip() for g in call.subgoals if g and g.strip()][:6]
+    raw = [call.first, call.second, call.third or ""]
+    goals = list(dict.fromkeys(g.strip() for g in raw if g and g.strip()))
     if not goals:
         raise ToolError("give at least one non-empty sub-goal")
     goal = trigger.payload.get("goal", "") if isinstance(trigger.payload, dict) else ""
@@ -299,15 +300,15 @@ def assemble_result(call: Any, ctx: ToolContext) -> str:
 
 # -- registration ------------------------------------------------------------------------------
 AGENTS: tuple[tuple[str, str, str, int], ...] = (
-    ("scanner", "Scanner", "lists the workspace and publishes one file.found per file", 64),
-    ("reviewer", "Reviewer", "checks the file of a file.found event and publishes findings", 96),
+    ("scanner", "Scanner", "lists the workspace and publishes one file.found per file", 48),
+    ("reviewer", "Reviewer", "checks the file of a file.found event and publishes findings", 48),
     ("checker", "Checker", "one-decision reviewer (publishes findings; crash test)", 32),
     ("digester", "Digester", "one-decision: publishes file.digest (lines, sha256)", 32),
-    ("reporter", "Reporter", "re-renders report.md from the findings on the bus", 96),
+    ("reporter", "Reporter", "re-renders report.md from the findings on the bus", 48),
     ("tally", "Tally", "one-decision reporter (re-renders report.md; crash test)", 32),
     ("planner", "Planner", "turns a goal into subgoal events", 256),
     ("worker", "Worker", "solves one sub-goal (RunPython sandbox); the summary is its answer", 256),
-    ("writer", "Writer", "writes result.md once every sub-goal of the plan is answered", 96),
+    ("writer", "Writer", "writes result.md once every sub-goal of the plan is answered", 64),
 )
 
 

@@ -25,7 +25,6 @@ from pydantic import BaseModel
 
 from agents.errors import AgentError
 
-
 # BAML logs every failed parse with a backtrace on stderr; we record and feed back our own.
 os.environ.setdefault("BAML_LOG", "off")
 
@@ -51,6 +50,13 @@ def _text(content: Any) -> str:
     return "".join(part.get("text", "") for part in content if isinstance(part, dict))
 
 
+#: Length caps for string fields by name: a small model stuck in a repetition loop would
+#: otherwise fill max_tokens with one path (and a huge path then echoes through error events).
+FIELD_MAX_LENGTH = {"path": 200, "event_type": 128}
+_PLACEHOLDER = "\u27e6loopbus:events\u27e7"
+_PROBE = '<event type="a" ts="t">{"x":"\\u003c {{ y }} {% raw %}"}</event>\n  \t\u00e9\r\n<elided count="1"/>'
+
+
 def _union_schema(classes: tuple[type[BaseModel], ...]) -> dict[str, Any]:
     """``anyOf`` the members' schemas; nested definitions hoisted to one top-level ``$defs``."""
     members: list[dict[str, Any]] = []
@@ -59,6 +65,9 @@ def _union_schema(classes: tuple[type[BaseModel], ...]) -> dict[str, Any]:
         schema = copy.deepcopy(cls.model_json_schema())
         defs.update(schema.pop("$defs", {}))
         schema["additionalProperties"] = False
+        for name, prop in schema.get("properties", {}).items():
+            if prop.get("type") == "string" and name in FIELD_MAX_LENGTH:
+                prop.setdefault("maxLength", FIELD_MAX_LENGTH[name])
         members.append(schema)
     union: dict[str, Any] = {"anyOf": members}
     if defs:
@@ -91,10 +100,35 @@ class Decider:
         """The JSON schema constrained decoding follows (a union of the decision classes)."""
         return _union_schema(self.classes)
 
-    def messages(self, events: str) -> list[dict[str, Any]]:
-        """The chat messages BAML renders for this event log."""
+    def render(self, events: str) -> list[dict[str, Any]]:
+        """The chat messages ``b.request.<Fn>(events=...)`` renders (one BAML call)."""
         body = self._request(events=events).body.json()
         return [{"role": m["role"], "content": _text(m["content"])} for m in body["messages"]]
+
+    @functools.cached_property
+    def _template(self) -> list[dict[str, Any]] | None:
+        # BAML's rendering cost grows with the log (a copy through its template engine each
+        # turn); the prompt inserts `events` verbatim, so render once around a placeholder and
+        # substitute. Verified here on a hostile probe; None (always call BAML) if it differs.
+        template = self.render(_PLACEHOLDER)
+        if sum(m["content"].count(_PLACEHOLDER) for m in template) != 1:
+            return None
+        if self._substitute(template, _PROBE) != self.render(_PROBE):
+            return None
+        return template
+
+    @staticmethod
+    def _substitute(template: list[dict[str, Any]], events: str) -> list[dict[str, Any]]:
+        return [{"role": m["role"], "content": m["content"].replace(_PLACEHOLDER, events)}
+                for m in template]
+
+    def messages(self, events: str) -> list[dict[str, Any]]:
+        """The chat messages BAML renders for this event log (identical to :meth:`render`)."""
+        # BAML trims each message, and drops an empty one: only substitute trimmed, non-empty
+        # logs (a rendered event log always is: it starts with "<" and ends with ">").
+        if self._template is None or not events or events.strip() != events:
+            return self.render(events)
+        return self._substitute(self._template, events)
 
     def parse(self, text: str) -> BaseModel:
         """The typed decision in ``text``; DecisionParseError when there is none."""

@@ -183,6 +183,8 @@ class ReplayRuntime:
     def count_tokens(self, messages: list[dict[str, Any]]) -> int:
         sha = prompt_hash(messages)
         if sha not in self.counts:
+            if self.used >= len(self.calls):
+                raise self._exhausted()
             raise ReplayDivergence(
                 f"replay diverged before model call {self.used + 1}: the prompt hash "
                 f"{sha[:16]} is not in the recording, so the prompt template or the context "
@@ -195,11 +197,14 @@ class ReplayRuntime:
     def new_cache(self) -> object | None:
         return None
 
+    def _exhausted(self) -> ReplayDivergence:
+        return ReplayDivergence(
+            f"replay diverged: it asked the model {self.used + 1} times, the recording has "
+            f"only {len(self.calls)} model calls")
+
     def generate(self, messages: list[dict[str, Any]], **_: Any) -> ReplayGeneration:
         if self.used >= len(self.calls):
-            raise ReplayDivergence(
-                f"replay diverged: it asked the model {self.used + 1} times, the recording has "
-                f"only {len(self.calls)} model calls")
+            raise self._exhausted()
         call = self.calls[self.used]
         self.used += 1
         sha = prompt_hash(messages)

@@ -9,8 +9,15 @@ private names first, so a snippet can break only its own namespace.
 Output: wasmtime calls Python stdout callbacks on its own tokio threads (~46 us per
 write, and the process sometimes panics at exit), so ``print`` is replaced by the native
 print into an ``io.StringIO`` flushed in 8 KiB chunks through the ``__io__`` host call
-(~8k fuel per printed line instead of ~49k for a pure-Python print). Direct
+(~11k fuel per printed line instead of ~49k for a pure-Python print). Direct
 ``sys.stdout.write`` goes to WASI ``fd_write``, which the host captures itself.
+
+The artifact's GC is fragile: with a try/except active in the bootstrap frame that
+blocks in ``__done__``, the next collection corrupted the heap (bisected: payloads
+overwritten with pointers, SyntaxError in the next snippet, out-of-bounds traps). The
+loop therefore has no exception handler in its own frame, the running snippet is
+pinned from globals, and results are fetched into small buffers. A corrupted guest
+still only traps (the session is reset); the host is never affected.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import json
 _FLUSH_CHARS = 8192
 
 _BOOTSTRAP = r"""
-import host as _h, json as _j, sys as _s, io as _io, builtins as _b, gc as _gc
+import host as _h, json as _j, sys as _s, io as _io, builtins as _b
 _call = _h.call
 _dumps = _j.dumps
 _loads = _j.loads
@@ -37,14 +44,6 @@ _rout = _s.stdout
 _rerr = _s.stderr
 _np = print
 _CFG = _loads(__CFG__)
-# This build's GC scans the shadow stack but not values held in wasm locals, so a
-# collection deep inside C code can free live objects (seen as corrupted bytecode and
-# out-of-bounds traps under GC pressure). Automatic collection is therefore off; we
-# collect only at safe points: between snippets and when print output is flushed.
-_gc.disable()
-_collect = _gc.collect
-_mem_free = _gc.mem_free
-_low = _CFG['heap'] // 3
 
 
 def _xcall(name, payload):
@@ -97,9 +96,7 @@ class _Buf:
         if s.tell():
             self.s = _io.StringIO()
             _call('__io__', self.tag + s.getvalue())
-            s = None
-            if _mem_free() < _low:
-                _collect()
+
         if self is _out:
             _so = self.s
             _sot = _so.tell
@@ -152,9 +149,7 @@ _pin = [None]
 def _run(m):
     r = {}
     try:
-        # Keep the compiled snippet reachable from globals while it runs: this build's GC
-        # does not see objects held only in wasm locals, and freed bytecode was observed
-        # to be overwritten under heavy GC pressure.
+        # Keep the compiled snippet reachable from globals while it runs.
         _pin[0] = _compile(m['code'], '<snippet>', 'exec')
         _exec(_pin[0], _G)
         if '_loopbus_result_' in _G:
@@ -172,6 +167,7 @@ def _run(m):
             r = {'e': buf.getvalue(), 't': _type(e).__name__}
         except _BaseExc:
             r = _OOM
+    _pin[0] = None
     try:
         _out.flush()
         _err.flush()
@@ -184,16 +180,20 @@ _OOM = {'e': 'MemoryError: out of memory while reporting an error; free some mem
 _OOM_JSON = _dumps(_OOM)
 
 
+def _encode(report):
+    try:
+        return _dumps(report)
+    except _BaseExc:
+        return _OOM_JSON
+
+
 def _main():
-    # A function, not module-level code, so the loop's own bytecode is reachable from globals.
+    # A function, not module-level code, so the loop's own bytecode is reachable from
+    # globals. No try/except in this frame: with an exception handler active in the frame
+    # that blocks in __done__, a later GC was observed to corrupt the heap (see docstring).
     report = {'ready': 1}
     while True:
-        _collect()  # a safe point: only the bootstrap's own frames are active
-        try:
-            payload = _dumps(report)
-        except _BaseExc:
-            payload = _OOM_JSON
-        m = _loads(_xcall('__done__', payload))
+        m = _loads(_xcall('__done__', _encode(report)))
         if m.get('op') == 'close':
             return
         report = _run(m)

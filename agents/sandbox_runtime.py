@@ -15,6 +15,7 @@ in which case we recompile and overwrite.
 
 from __future__ import annotations
 
+import atexit
 import glob
 import hashlib
 import os
@@ -126,6 +127,14 @@ _RUNTIMES: dict[tuple[str, str], Runtime] = {}
 # The bridge callbacks are process-wide (defined once in each linker); they find the
 # session that is running on the current thread here.
 bridge = threading.local()
+
+
+@atexit.register
+def _release_runtimes() -> None:
+    # Free wasmtime objects while the interpreter is intact; at finalization their
+    # __del__ runs against half-torn-down modules and prints "Exception ignored".
+    with _LOCK:
+        _RUNTIMES.clear()
 
 
 def get_runtime(cache_dir: str | Path | None = None, artifact: str | Path | None = None) -> Runtime:

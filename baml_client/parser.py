@@ -85,9 +85,9 @@ class LlmResponseParser:
 
     def Writer(
         self, llm_response: str, baml_options: BamlCallOptions = {},
-    ) -> typing.Union["types.AssembleResult", "types.Done"]:
+    ) -> typing.Union["types.Done", "types.AssembleResult"]:
         __result__ = self.__options.merge_options(baml_options).parse_response(function_name="Writer", llm_response=llm_response, mode="request")
-        return typing.cast(typing.Union["types.AssembleResult", "types.Done"], __result__)
+        return typing.cast(typing.Union["types.Done", "types.AssembleResult"], __result__)
 
     
 
@@ -159,8 +159,8 @@ class LlmStreamParser:
 
     def Writer(
         self, llm_response: str, baml_options: BamlCallOptions = {},
-    ) -> typing.Union["stream_types.AssembleResult", "stream_types.Done"]:
+    ) -> typing.Union["stream_types.Done", "stream_types.AssembleResult"]:
         __result__ = self.__options.merge_options(baml_options).parse_response(function_name="Writer", llm_response=llm_response, mode="stream")
-        return typing.cast(typing.Union["stream_types.AssembleResult", "stream_types.Done"], __result__)
+        return typing.cast(typing.Union["stream_types.Done", "stream_types.AssembleResult"], __result__)
 
     

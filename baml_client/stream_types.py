@@ -41,11 +41,13 @@ class Done(BaseModel):
 
 class ListDir(BaseModel):
     action: typing.Optional[typing_extensions.Literal['list_dir']] = None
-    path: typing.Optional[str] = Field(default=None, description='directory relative to the workspace root; "." is the root')
+    path: typing.Optional[str] = Field(default=None, description='folder relative to the workspace, e.g. "." or "src"')
 
 class PlanSubgoals(BaseModel):
     action: typing.Optional[typing_extensions.Literal['plan_subgoals']] = None
-    subgoals: typing.List[str] = Field(description='2 to 4 short, independent sub-goals that together reach the goal')
+    first: typing.Optional[str] = Field(default=None, description='the first sub-goal, one short question')
+    second: typing.Optional[str] = Field(default=None, description='the second sub-goal, one short question')
+    third: typing.Optional[str] = Field(default=None, description='an optional third sub-goal')
 
 class Publish(BaseModel):
     action: typing.Optional[typing_extensions.Literal['publish']] = None
@@ -54,7 +56,7 @@ class Publish(BaseModel):
 
 class ReadFile(BaseModel):
     action: typing.Optional[typing_extensions.Literal['read_file']] = None
-    path: typing.Optional[str] = Field(default=None, description='file path relative to the workspace root')
+    path: typing.Optional[str] = Field(default=None, description='file relative to the workspace, e.g. "README.md"')
 
 class RunPython(BaseModel):
     action: typing.Optional[typing_extensions.Literal['run_python']] = None

@@ -236,7 +236,7 @@ class BamlSyncClient:
             return typing.cast(typing.Union["types.RunPython", "types.Done"], __result__.cast_to(types, types, stream_types, False, __runtime__))
     def Writer(self, events: str,
         baml_options: BamlCallOptions = {},
-    ) -> typing.Union["types.AssembleResult", "types.Done"]:
+    ) -> typing.Union["types.Done", "types.AssembleResult"]:
         # Check if on_tick is provided
         if 'on_tick' in baml_options:
             __stream__ = self.stream.Writer(events=events,
@@ -247,7 +247,7 @@ class BamlSyncClient:
             __result__ = self.__options.merge_options(baml_options).call_function_sync(function_name="Writer", args={
                 "events": events,
             })
-            return typing.cast(typing.Union["types.AssembleResult", "types.Done"], __result__.cast_to(types, types, stream_types, False, __runtime__))
+            return typing.cast(typing.Union["types.Done", "types.AssembleResult"], __result__.cast_to(types, types, stream_types, False, __runtime__))
     
 
 
@@ -379,14 +379,14 @@ class BamlStreamClient:
         )
     def Writer(self, events: str,
         baml_options: BamlCallOptions = {},
-    ) -> baml_py.BamlSyncStream[typing.Union["stream_types.AssembleResult", "stream_types.Done"], typing.Union["types.AssembleResult", "types.Done"]]:
+    ) -> baml_py.BamlSyncStream[typing.Union["stream_types.Done", "stream_types.AssembleResult"], typing.Union["types.Done", "types.AssembleResult"]]:
         __ctx__, __result__ = self.__options.merge_options(baml_options).create_sync_stream(function_name="Writer", args={
             "events": events,
         })
-        return baml_py.BamlSyncStream[typing.Union["stream_types.AssembleResult", "stream_types.Done"], typing.Union["types.AssembleResult", "types.Done"]](
+        return baml_py.BamlSyncStream[typing.Union["stream_types.Done", "stream_types.AssembleResult"], typing.Union["types.Done", "types.AssembleResult"]](
           __result__,
-          lambda x: typing.cast(typing.Union["stream_types.AssembleResult", "stream_types.Done"], x.cast_to(types, types, stream_types, True, __runtime__)),
-          lambda x: typing.cast(typing.Union["types.AssembleResult", "types.Done"], x.cast_to(types, types, stream_types, False, __runtime__)),
+          lambda x: typing.cast(typing.Union["stream_types.Done", "stream_types.AssembleResult"], x.cast_to(types, types, stream_types, True, __runtime__)),
+          lambda x: typing.cast(typing.Union["types.Done", "types.AssembleResult"], x.cast_to(types, types, stream_types, False, __runtime__)),
           __ctx__,
         )
     

@@ -296,7 +296,7 @@ class PlanSubgoalsAst:
     def __init__(self, tb: type_builder.TypeBuilder):
         _tb = tb._tb # type: ignore (we know how to use this private attribute)
         self._bldr = _tb.class_("PlanSubgoals")
-        self._properties: typing.Set[str] = set([  "action",  "subgoals",  ])
+        self._properties: typing.Set[str] = set([  "action",  "first",  "second",  "third",  ])
         self._props = PlanSubgoalsProperties(self._bldr, self._properties)
 
     def type(self) -> baml_py.FieldType:
@@ -329,8 +329,16 @@ class PlanSubgoalsProperties:
         return type_builder.ClassPropertyViewer(self.__bldr.property("action"))
     
     @property
-    def subgoals(self) -> type_builder.ClassPropertyViewer:
-        return type_builder.ClassPropertyViewer(self.__bldr.property("subgoals"))
+    def first(self) -> type_builder.ClassPropertyViewer:
+        return type_builder.ClassPropertyViewer(self.__bldr.property("first"))
+    
+    @property
+    def second(self) -> type_builder.ClassPropertyViewer:
+        return type_builder.ClassPropertyViewer(self.__bldr.property("second"))
+    
+    @property
+    def third(self) -> type_builder.ClassPropertyViewer:
+        return type_builder.ClassPropertyViewer(self.__bldr.property("third"))
     
     
 

@@ -59,11 +59,13 @@ class Done(BaseModel):
 
 class ListDir(BaseModel):
     action: typing_extensions.Literal['list_dir']
-    path: str = Field(description='directory relative to the workspace root; "." is the root')
+    path: str = Field(description='folder relative to the workspace, e.g. "." or "src"')
 
 class PlanSubgoals(BaseModel):
     action: typing_extensions.Literal['plan_subgoals']
-    subgoals: typing.List[str] = Field(description='2 to 4 short, independent sub-goals that together reach the goal')
+    first: str = Field(description='the first sub-goal, one short question')
+    second: str = Field(description='the second sub-goal, one short question')
+    third: typing.Optional[str] = Field(default=None, description='an optional third sub-goal')
 
 class Publish(BaseModel):
     action: typing_extensions.Literal['publish']
@@ -72,7 +74,7 @@ class Publish(BaseModel):
 
 class ReadFile(BaseModel):
     action: typing_extensions.Literal['read_file']
-    path: str = Field(description='file path relative to the workspace root')
+    path: str = Field(description='file relative to the workspace, e.g. "README.md"')
 
 class RunPython(BaseModel):
     action: typing_extensions.Literal['run_python']

@@ -8,14 +8,16 @@
    overhead), plus the mask cost per token measured alone.
 
 Model: the embedded SmolLM2-135M-Instruct when it can be imported, else the tiny test model
-(printed first). Runs in this process with whatever BLAS it has (printed); ``python -m bench
-blas`` measures the OpenBLAS effect. Numbers are noisy on a shared 2-core machine: A/B
+(printed first). Runs like loopbus runs models here: in a child process with OpenBLAS preloaded
+when one is usable (printed); ``python -m bench blas`` measures the OpenBLAS effect itself. Numbers are noisy on a shared 2-core machine: A/B
 comparisons interleave rounds and keep the best round of each side.
 """
 
 from __future__ import annotations
 
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -91,8 +93,7 @@ def bench_raw_vs_loopbus(rt: Any) -> None:
     raw_tps: list[float] = []
     ours_tps: list[float] = []
     for _ in range(ROUNDS):
-        # Both yield one item per token here (mlx_lm a response, ours a text chunk of that
-        # token; a token whose text is pending is merged into the next chunk, so count tokens).
+        # Same stopwatch for both: decode tok/s = (tokens - 1) / time after the first token.
         n, _, dt = _timed(stream_generate(rt.model, rt.tokenizer, prompt, max_tokens=DECODE_TOKENS))
         raw_tps.append((n - 1) / dt)
         gen = rt.generate(messages, max_tokens=DECODE_TOKENS)
@@ -182,8 +183,8 @@ def bench_constrained(rt: Any) -> None:
           "adapter built once per model and reused)")
 
 
-def main() -> None:
-    """Run the three model-runtime benchmarks and print their figures."""
+def run() -> None:
+    """The benchmarks, in this process."""
     from models.blas import openblas_loaded
     from models.mlx_backend import MLXRuntime
 
@@ -191,12 +192,26 @@ def main() -> None:
     t0 = time.perf_counter()
     rt = MLXRuntime.load(path, spec=str(path))
     print(f"model: {label}; loaded in {time.perf_counter() - t0:.1f}s; "
-          f"OpenBLAS loaded in this process: {openblas_loaded()}")
+          f"OpenBLAS loaded: {openblas_loaded()}", flush=True)
     rt.generate([{"role": "user", "content": "warm up"}], max_tokens=4)
     rt.generate([{"role": "user", "content": "warm up"}], schema=UNION, max_tokens=4)
     bench_raw_vs_loopbus(rt)
     bench_prefix_cache(rt)
     bench_constrained(rt)
+
+
+def main() -> None:
+    """Run the benchmarks the way loopbus runs models on this host: in a child process with
+    OpenBLAS preloaded when one is usable (``models.blas.blas_env``), else in this process."""
+    from models.blas import blas_env, openblas_loaded
+
+    env = blas_env()
+    if openblas_loaded() or "LD_PRELOAD" not in env:
+        run()
+        return
+    code = "from bench.bench_models import run; run()"
+    subprocess.run([sys.executable, "-c", code], env=env, check=True,
+                   cwd=Path(__file__).resolve().parent.parent)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import logging
 import re
 import sys
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import click
@@ -122,38 +122,6 @@ def _last_events(bus: Any, types: list[str] | None, count: int) -> list[Any]:
         if len(found) >= count or since == 0:
             return found[-count:]
         window *= 8
-
-
-def follow_events(bus: Any, since_id: int, types: list[str] | None) -> Iterator[Any]:
-    """Events with id > since_id as they are published, forever; registers no consumer.
-
-    Waits on the bus's cross-process wake-up (with its safety poll), never busy-polls.
-    """
-    follow = getattr(bus, "follow", None)
-    if callable(follow):
-        yield from follow(since_id=since_id, types=types or ("*",))
-        return
-    yield from _follow_without_cursor(bus, since_id, types)
-
-
-def _follow_without_cursor(bus: Any, since_id: int, types: list[str] | None) -> Iterator[Any]:
-    # Stop-gap while bus has no cursor-less follow: SyncBus.subscribe() registers a consumer
-    # cursor (a write that would hold back prune forever), so drive an un-started
-    # Subscription instead: same wake-up + safety poll, but no REGISTER. Uses bus internals
-    # (SyncBus._call, Bus._listener); delete once SyncBus.follow() exists.
-    from bus.core import Subscription
-
-    inner = bus.bus
-    sub = Subscription(inner, "loopbus-tail", types or ("*",), batch_size=100)
-    sub.position = since_id
-
-    async def bind() -> None:
-        # Bound before the first query, so an event committed after it rings us.
-        inner._listener.bind()
-
-    bus._call(bind())
-    while True:
-        yield from bus._call(sub.next_batch(None))
 
 
 def _silence_library_log() -> None:
@@ -308,7 +276,8 @@ def tail(
             for event in events:
                 _emit_event(event, as_json)
             if follow:
-                for event in follow_events(bus, position, type_list):
+                # Cursor-less: a watcher never registers a consumer, so prune is not held back.
+                for event in bus.follow(since_id=position, types=type_list or ("*",)):
                     _emit_event(event, as_json)
     except KeyboardInterrupt:
         # Ctrl-C is how a follower is meant to stop: quietly, with success.

@@ -107,7 +107,7 @@ def up(ctx: click.Context, config_path: str | None, workspace: str | None, outpu
       loopbus up agents/examples/review.toml --workspace ~/src/project --until-idle
     """
     from agents.config import check_registry, load_config
-    from agents.supervisor import Supervisor, install_sigterm
+    from agents.supervisor import install_sigterm
 
     config = load_config(config_path or _config_default()).with_overrides(
         workspace=Path(workspace) if workspace else None,

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agents.decide import Decider, DecisionParseError, prompt_hash
 
@@ -59,3 +61,17 @@ def test_constrained_output_always_parses(tiny_runtime: Any, function: str) -> N
         decision = decider.parse(gen.text)
         seen.add(type(decision).__name__)
     assert seen <= {c.__name__ for c in decider.classes}
+
+
+@given(st.lists(st.text(alphabet=st.characters(blacklist_categories=("Cs",))), min_size=1,
+                max_size=3))
+@settings(max_examples=60, deadline=None)
+def test_cached_template_renders_exactly_like_baml(parts: list[str]) -> None:
+    from agents.eventlog import LogEvent, render_log
+
+    decider = Decider("Assistant")
+    assert decider._template is not None  # the fast path is in use
+    events = render_log([LogEvent("run.tool_result", p, {"result": p}) for p in parts])
+    assert decider.messages(events) == decider.render(events)
+    for raw in [" padded ", "x\n", "{{ events }}"]:
+        assert decider.messages(raw) == decider.render(raw)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import csv
 import io
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from click.testing import Result
 
-from bus import SyncBus
+from bus import NewEvent, SyncBus
 
 Invoke = Callable[..., Result]
 Snapshot = Callable[[Path], dict[str, bytes]]
@@ -176,6 +177,21 @@ def test_tail_defaults_to_last_twenty(invoke: Invoke, bus_file: Path) -> None:
     assert tocks == [19, 22, 25, 28]
 
 
+def test_tail_looks_far_back_for_rare_types(invoke: Invoke, bus_file: Path) -> None:
+    with SyncBus(bus_file) as bus:
+        bus.publish("rare", {"n": 1})
+        bus.publish("rare", {"n": 2})
+        bus.publish_many([NewEvent(event_type="noise", payload=i) for i in range(3000)])
+        bus.publish("rare", {"n": 3})
+    records = json_lines(invoke("tail", "--json", "--type", "rare", "-n", "3").stdout)
+    assert [r["payload"] for r in records] == [{"n": 1}, {"n": 2}, {"n": 3}]
+    assert [r["id"] for r in records] == [1, 2, 3003]
+    assert [r["payload"] for r in json_lines(invoke("tail", "--json", "-n", "2").stdout)] == [
+        2999,
+        {"n": 3},
+    ]
+
+
 def test_tail_shortens_huge_payloads_but_json_keeps_them(invoke: Invoke, bus_file: Path) -> None:
     with SyncBus(bus_file) as bus:
         bus.publish("blob", {"data": "y" * 5000})
@@ -309,6 +325,7 @@ def test_prune_dry_run_then_prune(invoke: Invoke, populated_bus: Path, snapshot:
 
 
 def test_prune_max_age_warns_about_overtaken_consumers(invoke: Invoke, populated_bus: Path) -> None:
+    time.sleep(0.01)  # created_at has millisecond resolution: make every event older than "now"
     dry = invoke("prune", "--dry-run", "--max-age", "0s")
     assert dry.exit_code == 0, dry.output
     assert dry.stdout == "5 events would be deleted\n"
@@ -362,6 +379,28 @@ def test_read_commands_never_create_a_bus(invoke: Invoke, bus_file: Path, args: 
     assert_user_error(result, str(bus_file))
     assert not bus_file.exists()
     assert list(bus_file.parent.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["tail"],
+        ["tail", "--json", "--type", "file.*", "--since", "1"],
+        ["sql", "SELECT * FROM consumer_lag"],
+        ["sql", "SELECT 1", "--csv"],
+        ["cursors"],
+        ["cursors", "--json"],
+        ["prune", "--dry-run"],
+        ["prune", "--dry-run", "--max-age", "1h"],
+    ],
+)
+def test_read_commands_leave_the_file_unchanged(
+    invoke: Invoke, populated_bus: Path, args: list[str], snapshot: Snapshot
+) -> None:
+    before = snapshot(populated_bus)
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    assert snapshot(populated_bus) == before
 
 
 @pytest.mark.parametrize(
@@ -427,3 +466,11 @@ def test_every_command_help_has_an_example(invoke: Invoke, command: str) -> None
     assert result.exit_code == 0
     assert "Example:" in result.stdout
     assert f"loopbus {command}" in result.stdout.split("Example:", 1)[1]
+
+
+def test_bus_path_that_is_a_directory(invoke: Invoke, tmp_path: Path) -> None:
+    for args in (["tail"], ["publish", "x", "{}"]):
+        result = invoke(*args, bus=tmp_path)
+        assert result.exit_code == 1 and "Error: " in result.stderr, result.output
+        assert "directory" in result.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -82,7 +82,8 @@ def test_user_errors_are_one_line_not_tracebacks(
     stdin: str | None,
     fragment: str,
 ) -> None:
-    assert run_cli("publish", "seed", "{}").returncode == 0
+    with SyncBus(bus_file) as bus:
+        bus.publish("seed", {})
     before = snapshot(bus_file)
     result = run_cli(*args, input=stdin)
     assert result.returncode == 1, result.stderr

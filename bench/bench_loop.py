@@ -1,0 +1,168 @@
+"""Agent-loop overhead per turn, model time excluded (issue 4).
+
+Replays a 50-turn recording (crafted by :func:`craft_recording`: the real loop, tools and bus,
+with a scripted stand-in for the model; committed as tests/runs/crafted_50_turns.xml) and
+times every ``step()``: BAML request rendering, prompt hashing, BAML parsing, dispatch, tool
+execution, event-log rendering and the bus writes (durable commits). The replay runtime answers
+from the recording, so no model time is included. Target: p50 <= 1 ms per turn.
+
+It also reports what share of a real SmolLM2 turn is model time, from the committed SmolLM2
+recordings (their recorded prefill/decode seconds against the loop overhead measured here).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKSPACE = ROOT / "tests" / "fixtures" / "workspace"
+CRAFTED = ROOT / "tests" / "runs" / "crafted_50_turns.xml"
+SCRIPT = [
+    '{"action":"list_dir","path":"."}',
+    '{"action":"read_file","path":"README.md"}',
+    '{"action":"list_dir","path":"src"}',
+    '{"action":"read_file","path":"src/calc.py"}',
+    '{"action":"read_file","path":"notes/todo.txt"}',
+]
+
+
+class ScriptedRuntime:
+    """Stands in for a model when crafting a recording: fixed answers, ~4 chars per token."""
+
+    spec = "scripted"
+    context_window = 1 << 20
+    supports_schema = True
+
+    def __init__(self, turns: int) -> None:
+        self.answers = [SCRIPT[i % len(SCRIPT)] for i in range(turns - 1)]
+        self.answers.append('{"action":"done","summary":"Pebble 1.4; TODO in src/calc.py"}')
+
+    def count_tokens(self, messages: list[dict[str, Any]]) -> int:
+        return len(json.dumps(messages)) // 4
+
+    def new_cache(self) -> None:
+        return None
+
+    def generate(self, messages: list[dict[str, Any]], **_: Any) -> Any:
+        from agents.replay import ReplayGeneration
+
+        return ReplayGeneration(self.answers.pop(0), self.count_tokens(messages), "stop", 12)
+
+
+def craft_recording(turns: int = 50) -> str:
+    """The XML recording of a ``turns``-turn assistant run over tests/fixtures/workspace."""
+    from agents.loop import run_agent
+    from agents.replay import export_run
+    from bus import SyncBus
+
+    with tempfile.TemporaryDirectory() as tmp, SyncBus(Path(tmp) / "b.db") as bus:
+        outcome = run_agent("assistant", "What version is Pebble, and where is the TODO?",
+                            runtime=ScriptedRuntime(turns), bus=bus, workspace=WORKSPACE,
+                            max_turns=turns, run_id="crafted-50")
+        assert outcome.kind == "done", outcome
+        return export_run(bus, outcome.run_id)
+
+
+def time_replay(recording: Any, synchronous: str) -> list[float]:
+    """Seconds per step() of one replay of ``recording`` on a fresh bus."""
+    from agents.loop import step
+    from agents.replay import prepare
+    from bus import SyncBus
+
+    with tempfile.TemporaryDirectory() as tmp, \
+            SyncBus(Path(tmp) / "b.db", synchronous=synchronous) as bus:
+        state, runtime, decider, checker = prepare(recording, bus, workspace=WORKSPACE)
+        times = []
+        while True:
+            t0 = time.perf_counter()
+            outcome = step(state, runtime, decider)
+            times.append(time.perf_counter() - t0)
+            if outcome is not None:
+                break
+        checker.finish()
+        state.ctx.close()
+        return times
+
+
+def components(recording: Any) -> dict[str, float]:
+    """Microseconds of the pure-Python pieces of a turn, on the final (largest) context."""
+    from agents.decide import Decider, prompt_hash
+    from agents.eventlog import EventLog, LogEvent
+    from agents.runstate import context_view
+
+    log = EventLog()
+    for e in recording.events:
+        view = context_view(e.type, e.payload)
+        if view is not None:
+            log.append(LogEvent(e.type, e.ts, view), pinned=e.type == "run.task")
+    decider = Decider("Assistant")
+    text = log.render()
+    messages = decider.messages(text)
+    raw = SCRIPT[1]
+
+    def us(fn: Any, n: int = 300) -> float:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        return (time.perf_counter() - t0) / n * 1e6
+
+    return {
+        "event-log render": us(log.render),
+        "BAML request render": us(lambda: decider.messages(text)),
+        "prompt sha256": us(lambda: prompt_hash(messages)),
+        "BAML parse": us(lambda: decider.parse(raw)),
+    }
+
+
+def smollm2_share(overhead_s: float) -> list[str]:
+    """Model share of real SmolLM2 turns, from the committed recordings' recorded timings."""
+    from agents.replay import Recording
+
+    lines = []
+    for path in sorted((ROOT / "tests" / "runs").glob("smollm2_*.xml")):
+        rec = Recording.from_xml(path.read_text())
+        model = [(e.payload.get("prefill_s") or 0) + (e.payload.get("decode_s") or 0)
+                 for e in rec.events if e.type == "run.model_call"]
+        if not model:
+            continue
+        mean = statistics.mean(model)
+        share = mean / (mean + overhead_s)
+        lines.append(f"  {path.name}: {len(model)} turns, model {mean:.2f} s/turn, "
+                     f"loop {overhead_s * 1e3:.2f} ms/turn -> model share {share:.2%}")
+    return lines or ["  (no tests/runs/smollm2_*.xml recordings found)"]
+
+
+def main() -> None:
+    from agents.replay import Recording
+
+    if not CRAFTED.exists():
+        CRAFTED.write_text(craft_recording())
+    recording = Recording.from_xml(CRAFTED.read_text())
+    turns = sum(1 for e in recording.events if e.type == "run.model_call")
+    print(f"replaying {CRAFTED.relative_to(ROOT)} ({turns} turns, {len(recording.events)} events)")
+    results = {}
+    for sync in ("FULL", "NORMAL"):
+        time_replay(recording, sync)  # warm-up (imports, compiled regexes, BAML runtime)
+        runs = [time_replay(recording, sync) for _ in range(3)]
+        per_turn = sorted(t for run in runs for t in run)
+        p50 = statistics.median(per_turn)
+        p90 = per_turn[int(len(per_turn) * 0.9)]
+        results[sync] = p50
+        print(f"  bus synchronous={sync:6s}: per turn p50 {p50 * 1e3:.3f} ms, "
+              f"p90 {p90 * 1e3:.3f} ms (target p50 <= 1 ms: "
+              f"{'met' if p50 <= 1e-3 else 'NOT met'})")
+    print("  pure-Python parts of one turn at the largest context (us):")
+    for name, value in components(recording).items():
+        print(f"    {name:22s} {value:8.1f}")
+    print("model share of a real SmolLM2 turn:")
+    for line in smollm2_share(results["FULL"]):
+        print(line)
+
+
+if __name__ == "__main__":
+    main()

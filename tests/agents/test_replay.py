@@ -1,0 +1,118 @@
+"""Record and replay: exports, replay without a model, divergence diffs, the CLI."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from agents.cli import main as loopbus
+from agents.loop import run_agent
+from agents.replay import Recording, export_run, replay
+from agents.testing import assert_replays
+from agents.tools import list_dir, register_tool
+from baml_client import types
+
+RUNS = Path(__file__).resolve().parents[1] / "runs"
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "workspace"
+CRAFTED = RUNS / "crafted_50_turns.xml"
+
+
+def test_crafted_fifty_turn_recording_replays() -> None:
+    report = assert_replays(CRAFTED, workspace=FIXTURE)
+    assert report.turns == 50 and report.outcome.kind == "done"
+
+
+def test_live_tiny_run_exports_and_replays(tiny_runtime: Any, bus: Any, workspace: Path,
+                                           tmp_path: Path) -> None:
+    outcome = run_agent("assistant", "What is in src?", runtime=tiny_runtime, bus=bus,
+                        workspace=workspace, max_turns=3)
+    text = export_run(bus, outcome.run_id)
+    recording = Recording.from_xml(text)
+    assert recording.to_xml() == text  # the export format round-trips exactly
+    assert [e.type for e in recording.events] == [
+        e.event_type for e in bus.events(run_id=outcome.run_id)]
+    (tmp_path / "run.xml").write_text(text)
+    report = assert_replays(tmp_path / "run.xml", workspace=workspace)
+    assert report.outcome == outcome
+
+
+@pytest.fixture
+def changed_list_dir() -> Iterator[None]:
+    def different(call: Any, ctx: Any) -> str:
+        return list_dir(call, ctx) + "\nextra.txt"
+
+    register_tool(types.ListDir, different, idempotent=True, replace=True)
+    yield
+    register_tool(types.ListDir, list_dir, idempotent=True, replace=True)
+
+
+def test_changed_tool_fails_with_a_diff(changed_list_dir: None) -> None:
+    report = replay(Recording.from_xml(CRAFTED.read_text()), workspace=FIXTURE)
+    assert not report.ok
+    assert report.diff.startswith("replay diverged at event 5 of 200 (run.tool_result, turn 1):")
+    assert '+    "result": "README.md\\nnotes/\\nsrc/\\nextra.txt",' in report.diff
+    assert '-    "result": "README.md\\nnotes/\\nsrc/",' in report.diff
+    with pytest.raises(AssertionError, match="does not replay"):
+        assert_replays(CRAFTED, workspace=FIXTURE)
+
+
+def test_changed_workspace_fails_with_a_diff(workspace: Path) -> None:
+    (workspace / "README.md").write_text("# Pebble\n\nversion 2.0\n")
+    report = replay(Recording.from_xml(CRAFTED.read_text()), workspace=workspace)
+    assert not report.ok and "(run.tool_result, turn 2)" in report.diff
+
+
+def test_changed_prompt_is_reported_by_hash(tmp_path: Path) -> None:
+    recording = Recording.from_xml(CRAFTED.read_text())
+    call = next(e for e in recording.events if e.type == "run.model_call")
+    sha = call.payload["prompt_sha256"]
+    call.payload["prompt_sha256"] = "0" * 64  # as if recorded under another prompt template
+    call.payload["counts"] = {"0" * 64: call.payload["prompt_tokens"]}
+    report = replay(recording, workspace=FIXTURE)
+    assert not report.ok and "prompt hash" in report.diff
+    assert "the prompt template or the context changed" in report.diff
+    call.payload["counts"] = {sha: call.payload["prompt_tokens"]}
+    report = replay(recording, workspace=FIXTURE)
+    assert "prompt hash changed" in report.diff and sha in report.diff
+
+
+def test_truncated_recording_reports_the_extra_turn() -> None:
+    recording = Recording.from_xml(CRAFTED.read_text())
+    recording.events = recording.events[:9]  # ends after the result of turn 2
+    report = replay(recording, workspace=FIXTURE)
+    assert not report.ok and "model calls" in report.diff
+
+
+def test_cli_replay_export_and_agents(tmp_path: Path, bus_file: Path) -> None:
+    runner = CliRunner()
+    ok = runner.invoke(loopbus, ["replay", str(CRAFTED), "--workspace", str(FIXTURE)])
+    assert ok.exit_code == 0, ok.output
+    assert "matches (50 model calls)" in ok.output
+    (tmp_path / "ws").mkdir()
+    bad = runner.invoke(loopbus, ["replay", str(CRAFTED), "--workspace", str(tmp_path / "ws")])
+    assert bad.exit_code == 1 and "replay diverged at event 5" in bad.output
+    missing = runner.invoke(loopbus, ["--bus", str(bus_file), "export", "nope"])
+    assert missing.exit_code == 1 and "Error:" in missing.output
+    listing = runner.invoke(loopbus, ["agents", "--json"])
+    names = {a["name"]: a for a in json.loads(listing.output)}
+    assert names["assistant"]["tools"] == ["list_dir", "read_file", "done"]
+
+
+def test_cli_run_end_to_end(tiny_model_path: Path, bus_file: Path, workspace: Path) -> None:
+    runner = CliRunner()
+    result = runner.invoke(loopbus, [
+        "--bus", str(bus_file), "run", "assistant", "What is in notes?", "--model",
+        str(tiny_model_path), "--workspace", str(workspace), "--max-turns", "2", "--json"])
+    lines = [json.loads(line) for line in result.output.splitlines()]
+    outcome = lines[-1]
+    assert result.exit_code == (0 if outcome["kind"] == "done" else 1)
+    assert lines[0]["event_type"] == "run.task" and lines[-2]["event_type"] == "run.outcome"
+    exported = runner.invoke(loopbus, ["--bus", str(bus_file), "export", outcome["run_id"]])
+    assert exported.exit_code == 0 and exported.output.startswith("<?xml")
+    replayed = runner.invoke(loopbus, ["--bus", str(bus_file), "replay", outcome["run_id"]])
+    assert replayed.exit_code == 0, replayed.output
