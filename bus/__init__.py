@@ -12,6 +12,7 @@ Names are imported lazily so that ``import bus.errors`` (the CLI's error mapping
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -19,6 +20,9 @@ if TYPE_CHECKING:
     from bus.events import CursorInfo, Event, NewEvent, PruneReport
     from bus.readonly import QueryResult, query
     from bus.sync import SyncBus
+
+# A library logs but never configures output: the application (CLI, agent process) decides.
+logging.getLogger("loopbus").addHandler(logging.NullHandler())
 
 _LAZY = {
     "Bus": "bus.core",
