@@ -13,7 +13,7 @@ digester          DigestFile                 publish ``file.digest`` (lines, sha
 reporter          Done | WriteReport         re-render ``report.md`` from the bus
 tally             WriteReport                the same, one decision (crash test, tiny model)
 planner           PlanSubgoals               publish one ``subgoal`` per sub-goal (one-shot)
-worker            RunPython | Done           solve a sub-goal; the summary is its answer
+worker            Done | RunPython           solve a sub-goal; the summary is its answer
 writer            Done | AssembleResult      write ``result.md`` once every sub-goal is answered
 ================  =========================  =====================================================
 
@@ -91,8 +91,9 @@ def _publish_all(ctx: ToolContext, trigger: Any, items: list[tuple[str, Any]]) -
         return
     _chain().bus.publish_many(
         [
-            NewEvent(event_type=t, payload=p, agent=ctx.agent, run_id=ctx.run_id,
-                     caused_by=trigger.id)
+            NewEvent(
+                event_type=t, payload=p, agent=ctx.agent, run_id=ctx.run_id, caused_by=trigger.id
+            )
             for t, p in items
         ]
     )
@@ -157,13 +158,25 @@ def file_findings(root: Path, rel: str, text: str) -> list[dict[str, Any]]:
         match = _TODO_RE.search(line)
         if match:
             note = match.group(2).strip() or line.strip()
-            findings.append({"path": rel, "kind": match.group(1).lower(), "line": number,
-                             "message": f"{match.group(1)} left in {rel}:{number}: {note}"[:200]})
+            findings.append(
+                {
+                    "path": rel,
+                    "kind": match.group(1).lower(),
+                    "line": number,
+                    "message": f"{match.group(1)} left in {rel}:{number}: {note}"[:200],
+                }
+            )
     name = Path(rel).name
     is_test = name.startswith("test_") or name.endswith("_test.py") or "tests" in Path(rel).parts
     if rel.endswith(".py") and not is_test and name != "__init__.py" and not _has_tests(root, rel):
-        findings.append({"path": rel, "kind": "untested", "line": 0,
-                         "message": f"no tests for module {Path(rel).stem} ({rel})"})
+        findings.append(
+            {
+                "path": rel,
+                "kind": "untested",
+                "line": 0,
+                "message": f"no tests for module {Path(rel).stem} ({rel})",
+            }
+        )
     return findings
 
 
@@ -193,8 +206,11 @@ def digest_file(call: Any, ctx: ToolContext) -> str:
     if _already(ctx, "file.digest"):
         return f"already digested {rel}"
     text = ctx.read_text(rel)
-    digest = {"path": rel, "lines": len(text.splitlines()),
-              "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]}
+    digest = {
+        "path": rel,
+        "lines": len(text.splitlines()),
+        "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()[:16],
+    }
     _publish_all(ctx, trigger, [("file.digest", digest)])
     return f"{rel}: {digest['lines']} lines"
 
@@ -264,8 +280,10 @@ def plan_subgoals(call: Any, ctx: ToolContext) -> str:
         raise ToolError("give at least one non-empty sub-goal")
     goal = trigger.payload.get("goal", "") if isinstance(trigger.payload, dict) else ""
     items: list[tuple[str, Any]] = [
-        ("subgoal", {"plan": trigger.id, "index": i, "total": len(goals), "text": g[:300],
-                     "goal": goal})
+        (
+            "subgoal",
+            {"plan": trigger.id, "index": i, "total": len(goals), "text": g[:300], "goal": goal},
+        )
         for i, g in enumerate(goals)
     ]
     items.append(("plan", {"plan": trigger.id, "goal": goal, "subgoals": goals}))
@@ -278,10 +296,16 @@ def assemble_result(call: Any, ctx: ToolContext) -> str:
     chain = _chain()
     trigger = _trigger(ctx)
     plan = trigger.payload.get("plan") if isinstance(trigger.payload, dict) else None
-    subgoals = {e.payload["index"]: e.payload for e in chain.bus.events(types=["subgoal"])
-                if e.payload.get("plan") == plan}
-    answers = {e.payload.get("index"): e.payload for e in chain.bus.events(types=["subgoal.answered"])
-               if e.payload.get("plan") == plan}
+    subgoals = {
+        e.payload["index"]: e.payload
+        for e in chain.bus.events(types=["subgoal"])
+        if e.payload.get("plan") == plan
+    }
+    answers = {
+        e.payload.get("index"): e.payload
+        for e in chain.bus.events(types=["subgoal.answered"])
+        if e.payload.get("plan") == plan
+    }
     if not subgoals:
         raise ToolError(f"no sub-goals found for plan {plan}")
     missing = sorted(set(subgoals) - set(answers))
@@ -320,18 +344,47 @@ def register() -> None:
     from baml_client import types
 
     list_agents()  # built-in tools and agents first
-    register_tool(types.ScanFiles, scan_files, idempotent=True, replace=True,
-                  description="publish file.found for every workspace file")
-    register_tool(types.CheckFile, check_file, idempotent=True, replace=True,
-                  description="publish findings for the task's file")
-    register_tool(types.DigestFile, digest_file, idempotent=True, replace=True,
-                  description="publish file.digest for the task's file")
-    register_tool(types.WriteReport, write_report, idempotent=True, replace=True,
-                  description="re-render report.md from the bus")
-    register_tool(types.PlanSubgoals, plan_subgoals, idempotent=True, replace=True,
-                  description="publish subgoal events")
-    register_tool(types.AssembleResult, assemble_result, idempotent=True, replace=True,
-                  description="write result.md once every sub-goal is answered")
+    register_tool(
+        types.ScanFiles,
+        scan_files,
+        idempotent=True,
+        replace=True,
+        description="publish file.found for every workspace file",
+    )
+    register_tool(
+        types.CheckFile,
+        check_file,
+        idempotent=True,
+        replace=True,
+        description="publish findings for the task's file",
+    )
+    register_tool(
+        types.DigestFile,
+        digest_file,
+        idempotent=True,
+        replace=True,
+        description="publish file.digest for the task's file",
+    )
+    register_tool(
+        types.WriteReport,
+        write_report,
+        idempotent=True,
+        replace=True,
+        description="re-render report.md from the bus",
+    )
+    register_tool(
+        types.PlanSubgoals,
+        plan_subgoals,
+        idempotent=True,
+        replace=True,
+        description="publish subgoal events",
+    )
+    register_tool(
+        types.AssembleResult,
+        assemble_result,
+        idempotent=True,
+        replace=True,
+        description="write result.md once every sub-goal is answered",
+    )
     for name, function, description, max_tokens in AGENTS:
         register_agent(name, function, description, max_tokens=max_tokens)
-

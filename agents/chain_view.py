@@ -35,10 +35,15 @@ def render(sup: Supervisor, *, title: str = "", elapsed: float | None = None) ->
     if elapsed is not None:
         head += f"  ({elapsed:.0f} s)"
     table = Table(title=head, title_justify="left", expand=True)
-    for col, kw in (("agent", {"no_wrap": True}), ("pid", {"justify": "right"}),
-                    ("state", {"no_wrap": True}), ("run / event", {"no_wrap": True}),
-                    ("doing", {"ratio": 1}), ("restarts", {"justify": "right"}),
-                    ("handled", {"justify": "right"})):
+    for col, kw in (
+        ("agent", {"no_wrap": True}),
+        ("pid", {"justify": "right"}),
+        ("state", {"no_wrap": True}),
+        ("run / event", {"no_wrap": True}),
+        ("doing", {"ratio": 1}),
+        ("restarts", {"justify": "right"}),
+        ("handled", {"justify": "right"}),
+    ):
         table.add_column(col, **kw)
     for slot in sup.slots:
         st = slot.status

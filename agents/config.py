@@ -241,7 +241,9 @@ def _format_validation(path: Path | str, exc: ValidationError) -> str:
     return "\n".join(lines)
 
 
-def parse_config(data: dict[str, Any], *, base: Path | None = None, source: str = "<dict>") -> ChainConfig:
+def parse_config(
+    data: dict[str, Any], *, base: Path | None = None, source: str = "<dict>"
+) -> ChainConfig:
     """Validate a decoded TOML document; relative paths resolve against ``base``."""
     chain = dict(data.get("chain") or {})
     unknown_top = set(data) - {"chain", "agents"}
@@ -286,7 +288,8 @@ def _resolve_paths(config: ChainConfig, base: Path) -> ChainConfig:
         return None if p is None else (p if p.is_absolute() else (base / p)).resolve()
 
     agents = {
-        name: a.model_copy(update={"workspace": fix(a.workspace)}) for name, a in config.agents.items()
+        name: a.model_copy(update={"workspace": fix(a.workspace)})
+        for name, a in config.agents.items()
     }
     return config.model_copy(
         update={"workspace": fix(config.workspace), "output": fix(config.output), "agents": agents}

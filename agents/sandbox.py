@@ -11,10 +11,14 @@ host of our own on wasmtime instead of its ``MicroPythonSession``, because that 
   * captures stdout through wasmtime callbacks run on tokio threads (~46 us per write,
     a million-line print takes minutes, and the process sometimes panics at exit);
   * has no payload / call-count limits and turns host errors into bare RuntimeError.
-Our host is ~600 lines over four modules and fixes each of these: ``sandbox_runtime``
-(engine, on-disk compiled-module cache, shared linker, epoch ticker), ``sandbox_guest``
-(the MicroPython bootstrap), ``sandbox_session`` (one interpreter: limits, bridge,
-results) and this module (the per-agent-run :class:`Sandbox`, host functions, fences).
+Our host (~1000 lines over five modules, a third of it messages and docs) fixes each
+of these and adds the compiled-module cache: ``sandbox_runtime`` (engine, on-disk
+cache, shared linker, epoch ticker), ``sandbox_guest`` (the MicroPython bootstrap),
+``sandbox_session`` (one interpreter and the host side of the bridge), ``sandbox_types``
+(limits, results) and this module (the per-agent-run :class:`Sandbox`, host functions,
+fences). Caveat: the artifact's own GC can corrupt the guest heap under heavy GC
+pressure (see ``sandbox_guest``); that ends as a trap and a reset session, never
+outside the sandbox.
 
 Usage::
 
@@ -32,7 +36,8 @@ from typing import Any
 
 from agents.errors import SandboxClosed, SandboxConfigError
 from agents.sandbox_runtime import default_cache_dir, get_runtime
-from agents.sandbox_session import SandboxLimits, SandboxSession, SnippetResult, prepare
+from agents.sandbox_session import SandboxSession
+from agents.sandbox_types import SandboxLimits, SnippetResult, prepare
 
 __all__ = [
     "Sandbox",
@@ -46,7 +51,9 @@ __all__ = [
     "workspace_reader",
 ]
 
-SUMMARIZE_PROMPT = "Summarize the following text in a few sentences. Keep names, numbers and dates.\n\n"
+SUMMARIZE_PROMPT = (
+    "Summarize the following text in a few sentences. Keep names, numbers and dates.\n\n"
+)
 
 
 def workspace_reader(root: str | Path, max_bytes: int) -> Callable[[str], str]:
@@ -58,7 +65,9 @@ def workspace_reader(root: str | Path, max_bytes: int) -> Callable[[str], str]:
             raise ValueError("read(path) needs a non-empty path string relative to the workspace")
         rel = path.removeprefix("/input/") if path.startswith("/input/") else path
         if rel.startswith("/"):
-            raise PermissionError(f"{path!r}: only workspace files can be read (relative paths or /input/...)")
+            raise PermissionError(
+                f"{path!r}: only workspace files can be read (relative paths or /input/...)"
+            )
         target = (base / rel).resolve()
         if not target.is_relative_to(base):
             raise PermissionError(f"{path!r} is outside the workspace")
@@ -107,7 +116,9 @@ class Sandbox:
     ) -> None:
         self.limits = limits or SandboxLimits()
         if workspace is not None and not Path(workspace).is_dir():
-            raise SandboxConfigError(f"workspace {workspace} is not a directory; pass an existing directory")
+            raise SandboxConfigError(
+                f"workspace {workspace} is not a directory; pass an existing directory"
+            )
         self.workspace = Path(workspace).resolve() if workspace is not None else None
         self.cache_dir = cache_dir
         functions: dict[str, Callable[..., Any]] = {
@@ -143,7 +154,10 @@ class Sandbox:
             raise SandboxClosed("this sandbox is closed")
         if self._session is None or not self._session.alive:
             self._session = SandboxSession(
-                self.limits, host_functions=self.host_functions, workspace=self.workspace, cache_dir=self.cache_dir
+                self.limits,
+                host_functions=self.host_functions,
+                workspace=self.workspace,
+                cache_dir=self.cache_dir,
             )
         result = self._session.run(code)
         if result.trapped:
@@ -167,7 +181,9 @@ class Sandbox:
         self.close()
 
 
-_FENCE = re.compile(r"^[ \t]*(`{3,}|~{3,})[ \t]*([\w+.-]*)[^\n]*\n(.*?)^[ \t]*\1[ \t]*$", re.M | re.S)
+_FENCE = re.compile(
+    r"^[ \t]*(`{3,}|~{3,})[ \t]*([\w+.-]*)[^\n]*\n(.*?)^[ \t]*\1[ \t]*$", re.M | re.S
+)
 _CODE_LANGS = {"", "python", "py", "python3", "micropython", "pycon"}
 
 

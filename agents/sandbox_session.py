@@ -10,7 +10,6 @@ the guest's wall clock.
 
 from __future__ import annotations
 
-import ast
 import json
 import math
 import queue
@@ -19,16 +18,15 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from agents.errors import SandboxClosed, SandboxConfigError, SandboxError
 from agents.sandbox_guest import bootstrap_source
 from agents.sandbox_runtime import EPOCH_INTERVAL_S, Runtime, bridge, get_runtime
+from agents.sandbox_types import SandboxLimits, SnippetResult, prepare
 
-MiB = 1024 * 1024
-_RESULT_VAR = "_loopbus_result_"
 # Slack on top of the guest's wall clock before the caller gives up on a worker that is
 # stuck outside wasm (a blocking WASI call): the worker is then abandoned.
 _BACKSTOP_GRACE_S = 2.0
@@ -40,120 +38,6 @@ _RESET_NOTE = (
     " The sandbox session was reset: variables, functions and imports from earlier "
     "snippets are gone; the next snippet starts in a fresh interpreter."
 )
-
-
-@dataclass(frozen=True)
-class SandboxLimits:
-    """Per-snippet limits (each snippet gets the full budget again)."""
-
-    fuel: int = 20_000_000_000
-    """wasm instructions; ~3-6 s of MicroPython on this class of machine (a printed line
-    costs ~11k, a loop iteration ~0.8k, so a million-line print fits)."""
-    memory_bytes: int = 64 * MiB
-    """Linear memory; 3/4 of it becomes the MicroPython heap (MemoryError past it)."""
-    wall_clock_s: float = 10.0
-    """Guest running time (time spent inside host functions is not counted)."""
-    max_stdout_bytes: int = 32 * 1024
-    max_stderr_bytes: int = 8 * 1024
-    max_host_payload_bytes: int = 256 * 1024
-    """Per host call, arguments and result each (JSON-encoded); also the snippet size limit."""
-    max_host_calls: int = 100
-    """Host function calls per snippet."""
-
-    def __post_init__(self) -> None:
-        checks = [
-            ("fuel", self.fuel >= 1_000_000, "at least 1000000"),
-            ("memory_bytes", 4 * MiB <= self.memory_bytes <= 4096 * MiB, "between 4 MiB and 4 GiB"),
-            ("wall_clock_s", 0 < self.wall_clock_s <= 3600, "between 0 and 3600 seconds"),
-            ("max_stdout_bytes", self.max_stdout_bytes >= 64, "at least 64"),
-            ("max_stderr_bytes", self.max_stderr_bytes >= 64, "at least 64"),
-            ("max_host_payload_bytes", 1024 <= self.max_host_payload_bytes <= 64 * MiB, "between 1 KiB and 64 MiB"),
-            ("max_host_calls", self.max_host_calls >= 0, "at least 0"),
-        ]
-        for name, ok, expected in checks:
-            if not ok:
-                raise SandboxConfigError(f"sandbox limit {name}={getattr(self, name)!r} must be {expected}")
-
-    @property
-    def heap_bytes(self) -> int:
-        return self.memory_bytes * 3 // 4
-
-
-@dataclass(frozen=True)
-class SnippetResult:
-    """What one snippet did. ``error`` is the text the model should see when it failed."""
-
-    stdout: str = ""
-    stderr: str = ""
-    result: str | None = None
-    """repr() of the last expression's value, when the snippet ends with a non-None expression."""
-    error: str | None = None
-    error_type: str | None = None
-    """The guest exception class (``NameError``...) or, for traps, ``FuelExhausted``,
-    ``Timeout``, ``Crash``, ``Exit``, ``Stuck``; ``CodeTooLarge`` when nothing ran."""
-    fuel_used: int = 0
-    trapped: bool = False
-    """The interpreter was stopped and the session discarded; state is gone."""
-    fresh_session: bool = False
-    """This snippet ran in a newly started interpreter (first snippet or after a trap)."""
-    host_calls: int = 0
-    stdout_truncated: bool = False
-    stderr_truncated: bool = False
-    duration_s: float = 0.0
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def to_text(self, max_chars: int | None = None) -> str:
-        """The tool-result text for the model: output, value, error, in that order."""
-        parts: list[str] = []
-        if self.stdout:
-            parts.append(self.stdout.rstrip("\n"))
-        if self.stderr:
-            parts.append("[stderr]\n" + self.stderr.rstrip("\n"))
-        if self.result is not None:
-            parts.append(f"[result] {self.result}")
-        if self.error is not None:
-            parts.append("[error] " + self.error.rstrip("\n"))
-        if not parts:
-            parts.append("(no output: the code ran without printing anything; use print() to see values)")
-        text = "\n".join(parts)
-        if max_chars is not None and len(text) > max_chars:
-            keep = max(max_chars - 60, 0)
-            text = text[: keep // 2] + f"\n[... {len(text) - keep} characters cut ...]\n" + text[-(keep - keep // 2) :]
-        return text
-
-
-def prepare(code: str) -> str:
-    """Make the value of a trailing expression observable without moving any line.
-
-    ``x + 1`` as the last statement becomes ``_loopbus_result_ = (x + 1)`` in place, so
-    line numbers in tracebacks stay those of the original code. CPython's parser is used
-    only to find the statement; code it rejects is run unchanged.
-    """
-    try:
-        tree = ast.parse(code)
-    except (SyntaxError, ValueError):
-        return code
-    if not tree.body or not isinstance(tree.body[-1], ast.Expr):
-        return code
-    node = tree.body[-1]
-    if node.end_lineno is None or node.end_col_offset is None:
-        return code
-    lines = code.split("\n")
-    # ast offsets count UTF-8 bytes; convert to str indexes.
-    def col(lineno: int, offset: int) -> int:
-        return len(lines[lineno - 1].encode()[:offset].decode(errors="ignore"))
-
-    end_line, end_col = node.end_lineno - 1, col(node.end_lineno, node.end_col_offset)
-    lines[end_line] = lines[end_line][:end_col] + ")" + lines[end_line][end_col:]
-    start_line, start_col = node.lineno - 1, col(node.lineno, node.col_offset)
-    lines[start_line] = lines[start_line][:start_col] + f"{_RESULT_VAR} = (" + lines[start_line][start_col:]
-    return "\n".join(lines)
 
 
 class _Capture:
@@ -190,13 +74,14 @@ class _Snippet:
     fuel_budget: int = _STARTUP_FUEL
     host_calls: int = 0
     fuel_used: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class _Worker:
     """Owns the wasmtime store and the thread running the guest; talks to the caller via queues."""
 
-    def __init__(self, runtime: Runtime, limits: SandboxLimits, workspace: Path | None, names: list[str]) -> None:
+    def __init__(
+        self, runtime: Runtime, limits: SandboxLimits, workspace: Path | None, names: list[str]
+    ) -> None:
         self.runtime = runtime
         self.limits = limits
         self.workspace = workspace
@@ -204,7 +89,9 @@ class _Worker:
         self.pending: bytes | None = None  # a response too large for the guest's small buffer
         self.inbox: queue.Queue[tuple[Any, ...]] = queue.Queue()
         self.outbox: queue.Queue[tuple[Any, ...]] = queue.Queue()
-        self.snippet = _Snippet(_Capture(limits.max_stdout_bytes), _Capture(limits.max_stderr_bytes))
+        self.snippet = _Snippet(
+            _Capture(limits.max_stdout_bytes), _Capture(limits.max_stderr_bytes)
+        )
         self.store: Any = None
         self.argv = [
             "micropython",
@@ -212,7 +99,10 @@ class _Worker:
             f"heapsize={limits.heap_bytes}",
             "-c",
             bootstrap_source(
-                sorted(names), seed=secrets.randbits(30), repr_limit=limits.max_stdout_bytes, heap=limits.heap_bytes
+                sorted(names),
+                seed=secrets.randbits(30),
+                repr_limit=limits.max_stdout_bytes,
+                heap=limits.heap_bytes,
             ),
         ]
         self.thread = threading.Thread(target=self._main, name="sandbox-guest", daemon=True)
@@ -229,9 +119,15 @@ class _Worker:
         try:
             store = self.store = wt.Store(self.runtime.engine)
             store.set_limits(
-                memory_size=self.limits.memory_bytes, instances=1, memories=1, tables=8, table_elements=10_000
+                memory_size=self.limits.memory_bytes,
+                instances=1,
+                memories=1,
+                tables=8,
+                table_elements=10_000,
             )
-            store.set_fuel(_STARTUP_FUEL)  # our bootstrap's cost is not charged to the user's budget
+            store.set_fuel(
+                _STARTUP_FUEL
+            )  # our bootstrap's cost is not charged to the user's budget
             self._arm_deadline(time.perf_counter() + max(self.limits.wall_clock_s, _STARTUP_WALL_S))
             wasi = wt.WasiConfig()
             wasi.argv = self.argv
@@ -247,7 +143,10 @@ class _Worker:
         except wt.Trap as exc:
             outcome = self._explain(exc.trap_code)
         except wt.WasmtimeError as exc:
-            outcome = ("Crash", f"wasmtime refused to run the interpreter: {str(exc).splitlines()[0]}")
+            outcome = (
+                "Crash",
+                f"wasmtime refused to run the interpreter: {str(exc).splitlines()[0]}",
+            )
         except BaseException as exc:  # never let a worker die silently
             outcome = ("Crash", f"sandbox host error: {type(exc).__name__}: {exc}")
         if self.store is not None:
@@ -271,7 +170,10 @@ class _Worker:
                 "(an endless loop?)."
             )
         if code == codes.STACK_OVERFLOW:
-            return "Crash", "stack overflow: recursion too deep. Use a loop instead of deep recursion."
+            return (
+                "Crash",
+                "stack overflow: recursion too deep. Use a loop instead of deep recursion.",
+            )
         name = getattr(code, "name", "unknown").lower().replace("_", " ")
         return "Crash", (
             f"the interpreter crashed ({name}), most likely out of memory (limit {lim.memory_bytes:,} bytes) "
@@ -298,7 +200,9 @@ class _Worker:
             else:
                 response = self._on_call(name, memory, caller, pp, pl)
         except Exception as exc:  # a bug here must surface as a guest-visible error, not a hang
-            response = json.dumps({"e": f"sandbox host error: {type(exc).__name__}: {exc}"}).encode()
+            response = json.dumps(
+                {"e": f"sandbox host error: {type(exc).__name__}: {exc}"}
+            ).encode()
         if len(response) <= rc:
             memory.write(caller, response, rp)
         else:
@@ -314,7 +218,10 @@ class _Worker:
         vec = bytes(memory.read(caller, iovs, iovs + 8 * min(iovs_len, 1024)))
         total = 0
         for i in range(0, len(vec), 8):
-            ptr, size = int.from_bytes(vec[i : i + 4], "little"), int.from_bytes(vec[i + 4 : i + 8], "little")
+            ptr, size = (
+                int.from_bytes(vec[i : i + 4], "little"),
+                int.from_bytes(vec[i + 4 : i + 8], "little"),
+            )
             take = max(min(size, sink.room()), 0)
             sink.add(bytes(memory.read(caller, ptr, ptr + take)) if take else b"", size)
             total += size
@@ -358,15 +265,25 @@ class _Worker:
             return json.dumps({"e": f"unknown host function {name!r}"}).encode()
         snip.host_calls += 1
         if snip.host_calls > lim.max_host_calls:
-            return json.dumps({"l": 1, "e": (
-                f"{name}(): host call limit reached: at most {lim.max_host_calls} host function calls per "
-                "snippet. Batch the work (fewer, larger calls) or continue in the next snippet."
-            )}).encode()
+            return json.dumps(
+                {
+                    "l": 1,
+                    "e": (
+                        f"{name}(): host call limit reached: at most {lim.max_host_calls} host function calls per "
+                        "snippet. Batch the work (fewer, larger calls) or continue in the next snippet."
+                    ),
+                }
+            ).encode()
         if pl > lim.max_host_payload_bytes:
-            return json.dumps({"l": 1, "e": (
-                f"{name}(): arguments are {pl:,} bytes as JSON; the limit is {lim.max_host_payload_bytes:,} "
-                "bytes per host call. Pass less data (e.g. split the text)."
-            )}).encode()
+            return json.dumps(
+                {
+                    "l": 1,
+                    "e": (
+                        f"{name}(): arguments are {pl:,} bytes as JSON; the limit is {lim.max_host_payload_bytes:,} "
+                        "bytes per host call. Pass less data (e.g. split the text)."
+                    ),
+                }
+            ).encode()
         payload = bytes(memory.read(caller, pp, pp + pl))
         self.outbox.put(("call", name, payload))
         response: bytes = self.inbox.get()[1]
@@ -395,7 +312,9 @@ class SandboxSession:
         self.host_functions = dict(host_functions or {})
         for name in self.host_functions:
             if not name.isidentifier() or name.startswith("_"):
-                raise SandboxConfigError(f"host function name {name!r} must be a public Python identifier")
+                raise SandboxConfigError(
+                    f"host function name {name!r} must be a public Python identifier"
+                )
         self.workspace = Path(workspace).resolve() if workspace is not None else None
         if self.workspace is not None and not self.workspace.is_dir():
             raise SandboxConfigError(f"workspace {workspace} is not a directory")
@@ -410,7 +329,9 @@ class SandboxSession:
         self.runtime.ticker.acquire()
         try:
             self._worker.thread.start()
-            message = self._wait(started + max(self.limits.wall_clock_s, _STARTUP_WALL_S) + _BACKSTOP_GRACE_S)
+            message = self._wait(
+                started + max(self.limits.wall_clock_s, _STARTUP_WALL_S) + _BACKSTOP_GRACE_S
+            )
         finally:
             self.runtime.ticker.release()
         if message[0] != "done":
@@ -427,7 +348,9 @@ class SandboxSession:
             if self._closed:
                 raise SandboxClosed("this sandbox session is closed")
             if self._dead is not None:
-                raise SandboxClosed(f"this sandbox session was stopped ({self._dead}); start a new one")
+                raise SandboxClosed(
+                    f"this sandbox session was stopped ({self._dead}); start a new one"
+                )
             return self._run(code)
 
     def _run(self, code: str) -> SnippetResult:
@@ -463,7 +386,12 @@ class SandboxSession:
         if dead is not None:
             kind, text = dead
             self._dead = text
-            return SnippetResult(error=f"Sandbox stopped: {text}{_RESET_NOTE}", error_type=kind, trapped=True, **common)
+            return SnippetResult(
+                error=f"Sandbox stopped: {text}{_RESET_NOTE}",
+                error_type=kind,
+                trapped=True,
+                **common,
+            )
         error = report.get("e")
         return SnippetResult(
             result=report.get("r"),
@@ -491,8 +419,12 @@ class SandboxSession:
             return self._worker.outbox.get(timeout=max(deadline - time.perf_counter(), 0.0))
         except queue.Empty:
             # The guest is stuck outside wasm (epoch interruption cannot reach it): abandon it.
-            return ("dead", "Stuck", f"the snippet did not finish within the {self.limits.wall_clock_s:g} s "
-                    "wall-clock limit and was abandoned.")
+            return (
+                "dead",
+                "Stuck",
+                f"the snippet did not finish within the {self.limits.wall_clock_s:g} s "
+                "wall-clock limit and was abandoned.",
+            )
 
     def _dispatch(self, name: str, payload: bytes) -> bytes:
         limit = self.limits.max_host_payload_bytes
@@ -506,10 +438,15 @@ class SandboxSession:
         except (TypeError, ValueError) as exc:
             return json.dumps({"e": f"{name}() returned a value that is not JSON: {exc}"}).encode()
         if len(response) > limit:
-            return json.dumps({"l": 1, "e": (
-                f"{name}() returned {len(response):,} bytes as JSON; the limit is {limit:,} bytes per host "
-                "call. Ask for less (e.g. a smaller file or a shorter text)."
-            )}).encode()
+            return json.dumps(
+                {
+                    "l": 1,
+                    "e": (
+                        f"{name}() returned {len(response):,} bytes as JSON; the limit is {limit:,} bytes per host "
+                        "call. Ask for less (e.g. a smaller file or a shorter text)."
+                    ),
+                }
+            ).encode()
         return response
 
     def close(self) -> None:
@@ -533,7 +470,13 @@ def _shutdown(worker: _Worker) -> None:
 
 def _clean_traceback(text: str, max_lines: int = 24) -> str:
     """Drop the bootstrap's own frames and shorten very deep tracebacks."""
-    lines = [line for line in text.rstrip("\n").split("\n") if not line.startswith('  File "<stdin>"')]
+    lines = [
+        line for line in text.rstrip("\n").split("\n") if not line.startswith('  File "<stdin>"')
+    ]
     if len(lines) > max_lines:
-        lines = lines[:4] + [f"  ... {len(lines) - max_lines + 4} more lines ..."] + lines[-(max_lines - 4) :]
+        lines = (
+            lines[:4]
+            + [f"  ... {len(lines) - max_lines + 4} more lines ..."]
+            + lines[-(max_lines - 4) :]
+        )
     return "\n".join(lines) + "\n"

@@ -115,8 +115,14 @@ class AgentWorker:
         self._status.update(fields)
         if self.status_file is None:
             return
-        data = {**self._status, "pid": os.getpid(), "consumer": self.consumer,
-                "agent": self.agent.name, "handled": self.handled, "updated": time.time()}
+        data = {
+            **self._status,
+            "pid": os.getpid(),
+            "consumer": self.consumer,
+            "agent": self.agent.name,
+            "handled": self.handled,
+            "updated": time.time(),
+        }
         tmp = self.status_file.with_name(self.status_file.name + ".tmp")
         tmp.write_text(json.dumps(data), encoding="utf-8")
         os.replace(tmp, self.status_file)
@@ -133,7 +139,7 @@ class AgentWorker:
 
     def resume_unfinished(self) -> int:
         """Resume this partition's runs that have a task but no outcome; returns how many."""
-        from agents.loop import resume_run, unfinished_runs
+        from agents.loop import unfinished_runs
 
         pattern = re.compile(rf"{re.escape(self.agent.name)}-e(\d+)")
         resumed = 0
@@ -143,8 +149,7 @@ class AgentWorker:
                 continue  # a `loopbus run` run, or another instance's
             self.set_status(state="resuming", run_id=run_id, event_id=int(match.group(1)))
             self.log(f"[{self.consumer}] resuming {run_id}")
-            outcome = resume_run(run_id, runtime=self.runtime, bus=self.bus,
-                                 workspace=self.workspace, on_event=self._on_event)
+            outcome = self._drive(run_id, None)
             self.log(f"[{self.consumer}] {run_id} resumed -> {outcome.kind}")
             resumed += 1
         return resumed
@@ -154,66 +159,115 @@ class AgentWorker:
         if not self.owns(event.id):
             self.bus.ack(self.consumer, event.id)
             return
-        from agents.loop import run_agent
-
         run_id = run_id_for(self.agent.name, event.id)
-        self.set_status(state="running", run_id=run_id, event_id=event.id,
-                        event_type=event.event_type, activity="")
-        if self.agent.first_tool and not self.bus.events(run_id=run_id, limit=1):
-            outcome = self._run_with_first_tool(event, run_id)
-        else:
-            outcome = run_agent(
-                self.agent.name,
-                render_task(self.agent.task, event),
-                runtime=self.runtime,
-                bus=self.bus,
-                workspace=self.workspace,
-                max_turns=self.agent.max_turns,
-                budget=self.agent.budget,
-                elide=self.agent.elide,
-                run_id=run_id,
-                caused_by=event.id,
-                on_event=self._on_event,
-            )
+        self.set_status(
+            state="running",
+            run_id=run_id,
+            event_id=event.id,
+            event_type=event.event_type,
+            activity="",
+        )
+        outcome = self._drive(run_id, event)
         self._complete(event, run_id, outcome)
         self.handled += 1
         self.set_status(state="idle", run_id=None, event_id=None, activity=f"last: {outcome.kind}")
 
-    def _run_with_first_tool(self, event: Any, run_id: str) -> Any:
-        """Start the run by calling ``first_tool`` (recorded like any tool call), then let the
-        model decide. Small models tend to answer ``done`` straight away; this makes the step
-        that matters deterministic. A crash anywhere is resumed by the loop as usual."""
+    def _drive(self, run_id: str, event: Any | None) -> Any:
+        """Start (``event`` given) or continue ``run_id`` until its terminal outcome.
+
+        A run already on the bus is resumed by the loop (an ended one just returns its
+        outcome). With ``first_tool``, a run that has no tool call or decision yet (new, or
+        crashed right after its ``run.task``) first gets that tool called, recorded like any
+        tool call, before the model decides anything.
+        """
         from agents import loop, turn
-        from agents.builtin import get_agent
         from agents.decide import Decider
+
+        started = self.bus.events(run_id=run_id, limit=8)
+        if self.agent.first_tool and not any(e.event_type != "run.task" for e in started):
+            if started:
+                state, decider = turn.rebuild(
+                    self.bus,
+                    run_id,
+                    runtime=self.runtime,
+                    workspace=self.workspace,
+                    on_event=self._on_event,
+                )
+            else:
+                assert event is not None
+                settings = self._settings()
+                decider = Decider(settings.function)
+                state = turn.new_run(
+                    settings,
+                    render_task(self.agent.task, event),
+                    runtime=self.runtime,
+                    bus=self.bus,
+                    run_id=run_id,
+                    caused_by=event.id,
+                    on_event=self._on_event,
+                )
+            tool = _tool(self.agent.first_tool)
+            turn.call_tool(state, tool.cls.model_validate({"action": tool.name}))
+            return loop.run(state, self.runtime, decider)
+        if started or event is None:
+            return loop.resume_run(
+                run_id,
+                runtime=self.runtime,
+                bus=self.bus,
+                workspace=self.workspace,
+                on_event=self._on_event,
+            )
+        return loop.run_agent(
+            self.agent.name,
+            render_task(self.agent.task, event),
+            runtime=self.runtime,
+            bus=self.bus,
+            workspace=self.workspace,
+            max_turns=self.agent.max_turns,
+            budget=self.agent.budget,
+            elide=self.agent.elide,
+            run_id=run_id,
+            caused_by=event.id,
+            on_event=self._on_event,
+        )
+
+    def _settings(self) -> Any:
+        """The RunSettings ``run_agent`` would record (needed to start a first_tool run)."""
+        from agents.builtin import get_agent
         from agents.runstate import RunSettings
-        from agents.tools import get_tool
 
         spec = get_agent(self.agent.name)
         rt = self.runtime
-        settings = RunSettings(
-            agent=spec.name, function=spec.function, max_turns=self.agent.max_turns,
-            budget=self.agent.budget, elide=self.agent.elide,
+        return RunSettings(
+            agent=spec.name,
+            function=spec.function,
+            max_turns=self.agent.max_turns,
+            budget=self.agent.budget,
+            elide=self.agent.elide,
             workspace=str(Path(self.workspace).resolve()) if self.workspace else None,
-            model=rt.spec, context_window=rt.context_window,
-            supports_schema=rt.supports_schema, max_tokens=spec.max_tokens)
-        decider = Decider(spec.function)
-        state = turn.new_run(settings, render_task(self.agent.task, event), runtime=rt,
-                             bus=self.bus, run_id=run_id, caused_by=event.id,
-                             on_event=self._on_event)
-        tool = get_tool(self.agent.first_tool)  # type: ignore[arg-type]
-        turn.call_tool(state, tool.cls.model_validate({"action": tool.name}))
-        return loop.run(state, rt, decider)
+            model=rt.spec,
+            context_window=rt.context_window,
+            supports_schema=rt.supports_schema,
+            max_tokens=spec.max_tokens,
+        )
 
     def _complete(self, event: Any, run_id: str, outcome: Any) -> None:
         emit = self.agent.emit
-        if emit is None or self.bus.events(run_id=run_id, types=[emit], limit=1):
+        if emit is None or any(
+            isinstance(e.payload, dict) and e.payload.get("trigger_id") == event.id
+            for e in self.bus.events(run_id=run_id, types=[emit])
+        ):
             self.bus.ack(self.consumer, event.id)
             return
         base = event.payload if isinstance(event.payload, dict) else {"value": event.payload}
-        payload = {**base, "trigger_id": event.id, "trigger_type": event.event_type,
-                   "run_id": run_id, "outcome": outcome.kind,
-                   "summary": outcome.summary if outcome.summary is not None else outcome.reason}
+        payload = {
+            **base,
+            "trigger_id": event.id,
+            "trigger_type": event.event_type,
+            "run_id": run_id,
+            "outcome": outcome.kind,
+            "summary": outcome.summary if outcome.summary is not None else outcome.reason,
+        }
         with self.bus.transaction() as tx:
             tx.publish(emit, payload, agent=self.agent.name, run_id=run_id, caused_by=event.id)
             tx.ack(self.consumer, event.id)
@@ -227,8 +281,9 @@ class AgentWorker:
         idle_since = time.monotonic()
         while not self.stop.is_set():
             self.set_status(state="idle", run_id=None, event_id=None)
-            for event in self.bus.subscribe(self.consumer, list(self.agent.subscribe),
-                                            timeout=poll):
+            for event in self.bus.subscribe(
+                self.consumer, list(self.agent.subscribe), timeout=poll
+            ):
                 self.handle(event)
                 idle_since = time.monotonic()
                 if self.stop.is_set():
@@ -237,6 +292,12 @@ class AgentWorker:
                 break
         self.set_status(state="stopped")
         return self.handled
+
+
+def _tool(name: str | None) -> Any:
+    from agents.tools import get_tool
+
+    return get_tool(name or "")
 
 
 def _watch_parent(parent_pid: int) -> None:
@@ -289,8 +350,16 @@ def serve_agent(
     output = config.output or Path(bus_path).resolve().parent
     with SyncBus(bus_path) as bus:
         chain_agents.configure(bus, output)
-        worker = AgentWorker(config, name, bus, runtime=None, index=index, count=count,
-                             status_file=status_file, log=log)
+        worker = AgentWorker(
+            config,
+            name,
+            bus,
+            runtime=None,
+            index=index,
+            count=count,
+            status_file=status_file,
+            log=log,
+        )
         worker.set_status(state="loading model")
         spec = config.model_for(agent)
         log(f"[{worker.consumer}] pid {os.getpid()} loading model {spec or 'default'}")

@@ -84,7 +84,7 @@ class BamlAsyncClient:
 
     async def Assistant(self, events: str,
         baml_options: BamlCallOptions = {},
-    ) -> typing.Union["types.ListDir", "types.ReadFile", "types.Done"]:
+    ) -> typing.Union["types.ReadFile", "types.ListDir", "types.Done"]:
         # Check if on_tick is provided
         if 'on_tick' in baml_options:
             # Use streaming internally when on_tick is provided
@@ -96,7 +96,7 @@ class BamlAsyncClient:
             __result__ = await self.__options.merge_options(baml_options).call_function_async(function_name="Assistant", args={
                 "events": events,
             })
-            return typing.cast(typing.Union["types.ListDir", "types.ReadFile", "types.Done"], __result__.cast_to(types, types, stream_types, False, __runtime__))
+            return typing.cast(typing.Union["types.ReadFile", "types.ListDir", "types.Done"], __result__.cast_to(types, types, stream_types, False, __runtime__))
     async def Checker(self, events: str,
         baml_options: BamlCallOptions = {},
     ) -> types.CheckFile:
@@ -219,7 +219,7 @@ class BamlAsyncClient:
             return typing.cast(types.WriteReport, __result__.cast_to(types, types, stream_types, False, __runtime__))
     async def Worker(self, events: str,
         baml_options: BamlCallOptions = {},
-    ) -> typing.Union["types.RunPython", "types.Done"]:
+    ) -> typing.Union["types.Done", "types.RunPython"]:
         # Check if on_tick is provided
         if 'on_tick' in baml_options:
             # Use streaming internally when on_tick is provided
@@ -231,7 +231,7 @@ class BamlAsyncClient:
             __result__ = await self.__options.merge_options(baml_options).call_function_async(function_name="Worker", args={
                 "events": events,
             })
-            return typing.cast(typing.Union["types.RunPython", "types.Done"], __result__.cast_to(types, types, stream_types, False, __runtime__))
+            return typing.cast(typing.Union["types.Done", "types.RunPython"], __result__.cast_to(types, types, stream_types, False, __runtime__))
     async def Writer(self, events: str,
         baml_options: BamlCallOptions = {},
     ) -> typing.Union["types.Done", "types.AssembleResult"]:
@@ -258,14 +258,14 @@ class BamlStreamClient:
 
     def Assistant(self, events: str,
         baml_options: BamlCallOptions = {},
-    ) -> baml_py.BamlStream[typing.Union["stream_types.ListDir", "stream_types.ReadFile", "stream_types.Done"], typing.Union["types.ListDir", "types.ReadFile", "types.Done"]]:
+    ) -> baml_py.BamlStream[typing.Union["stream_types.ReadFile", "stream_types.ListDir", "stream_types.Done"], typing.Union["types.ReadFile", "types.ListDir", "types.Done"]]:
         __ctx__, __result__ = self.__options.merge_options(baml_options).create_async_stream(function_name="Assistant", args={
             "events": events,
         })
-        return baml_py.BamlStream[typing.Union["stream_types.ListDir", "stream_types.ReadFile", "stream_types.Done"], typing.Union["types.ListDir", "types.ReadFile", "types.Done"]](
+        return baml_py.BamlStream[typing.Union["stream_types.ReadFile", "stream_types.ListDir", "stream_types.Done"], typing.Union["types.ReadFile", "types.ListDir", "types.Done"]](
           __result__,
-          lambda x: typing.cast(typing.Union["stream_types.ListDir", "stream_types.ReadFile", "stream_types.Done"], x.cast_to(types, types, stream_types, True, __runtime__)),
-          lambda x: typing.cast(typing.Union["types.ListDir", "types.ReadFile", "types.Done"], x.cast_to(types, types, stream_types, False, __runtime__)),
+          lambda x: typing.cast(typing.Union["stream_types.ReadFile", "stream_types.ListDir", "stream_types.Done"], x.cast_to(types, types, stream_types, True, __runtime__)),
+          lambda x: typing.cast(typing.Union["types.ReadFile", "types.ListDir", "types.Done"], x.cast_to(types, types, stream_types, False, __runtime__)),
           __ctx__,
         )
     def Checker(self, events: str,
@@ -366,14 +366,14 @@ class BamlStreamClient:
         )
     def Worker(self, events: str,
         baml_options: BamlCallOptions = {},
-    ) -> baml_py.BamlStream[typing.Union["stream_types.RunPython", "stream_types.Done"], typing.Union["types.RunPython", "types.Done"]]:
+    ) -> baml_py.BamlStream[typing.Union["stream_types.Done", "stream_types.RunPython"], typing.Union["types.Done", "types.RunPython"]]:
         __ctx__, __result__ = self.__options.merge_options(baml_options).create_async_stream(function_name="Worker", args={
             "events": events,
         })
-        return baml_py.BamlStream[typing.Union["stream_types.RunPython", "stream_types.Done"], typing.Union["types.RunPython", "types.Done"]](
+        return baml_py.BamlStream[typing.Union["stream_types.Done", "stream_types.RunPython"], typing.Union["types.Done", "types.RunPython"]](
           __result__,
-          lambda x: typing.cast(typing.Union["stream_types.RunPython", "stream_types.Done"], x.cast_to(types, types, stream_types, True, __runtime__)),
-          lambda x: typing.cast(typing.Union["types.RunPython", "types.Done"], x.cast_to(types, types, stream_types, False, __runtime__)),
+          lambda x: typing.cast(typing.Union["stream_types.Done", "stream_types.RunPython"], x.cast_to(types, types, stream_types, True, __runtime__)),
+          lambda x: typing.cast(typing.Union["types.Done", "types.RunPython"], x.cast_to(types, types, stream_types, False, __runtime__)),
           __ctx__,
         )
     def Writer(self, events: str,

@@ -25,9 +25,9 @@ class LlmResponseParser:
 
     def Assistant(
         self, llm_response: str, baml_options: BamlCallOptions = {},
-    ) -> typing.Union["types.ListDir", "types.ReadFile", "types.Done"]:
+    ) -> typing.Union["types.ReadFile", "types.ListDir", "types.Done"]:
         __result__ = self.__options.merge_options(baml_options).parse_response(function_name="Assistant", llm_response=llm_response, mode="request")
-        return typing.cast(typing.Union["types.ListDir", "types.ReadFile", "types.Done"], __result__)
+        return typing.cast(typing.Union["types.ReadFile", "types.ListDir", "types.Done"], __result__)
 
     def Checker(
         self, llm_response: str, baml_options: BamlCallOptions = {},
@@ -79,9 +79,9 @@ class LlmResponseParser:
 
     def Worker(
         self, llm_response: str, baml_options: BamlCallOptions = {},
-    ) -> typing.Union["types.RunPython", "types.Done"]:
+    ) -> typing.Union["types.Done", "types.RunPython"]:
         __result__ = self.__options.merge_options(baml_options).parse_response(function_name="Worker", llm_response=llm_response, mode="request")
-        return typing.cast(typing.Union["types.RunPython", "types.Done"], __result__)
+        return typing.cast(typing.Union["types.Done", "types.RunPython"], __result__)
 
     def Writer(
         self, llm_response: str, baml_options: BamlCallOptions = {},
@@ -99,9 +99,9 @@ class LlmStreamParser:
 
     def Assistant(
         self, llm_response: str, baml_options: BamlCallOptions = {},
-    ) -> typing.Union["stream_types.ListDir", "stream_types.ReadFile", "stream_types.Done"]:
+    ) -> typing.Union["stream_types.ReadFile", "stream_types.ListDir", "stream_types.Done"]:
         __result__ = self.__options.merge_options(baml_options).parse_response(function_name="Assistant", llm_response=llm_response, mode="stream")
-        return typing.cast(typing.Union["stream_types.ListDir", "stream_types.ReadFile", "stream_types.Done"], __result__)
+        return typing.cast(typing.Union["stream_types.ReadFile", "stream_types.ListDir", "stream_types.Done"], __result__)
 
     def Checker(
         self, llm_response: str, baml_options: BamlCallOptions = {},
@@ -153,9 +153,9 @@ class LlmStreamParser:
 
     def Worker(
         self, llm_response: str, baml_options: BamlCallOptions = {},
-    ) -> typing.Union["stream_types.RunPython", "stream_types.Done"]:
+    ) -> typing.Union["stream_types.Done", "stream_types.RunPython"]:
         __result__ = self.__options.merge_options(baml_options).parse_response(function_name="Worker", llm_response=llm_response, mode="stream")
-        return typing.cast(typing.Union["stream_types.RunPython", "stream_types.Done"], __result__)
+        return typing.cast(typing.Union["stream_types.Done", "stream_types.RunPython"], __result__)
 
     def Writer(
         self, llm_response: str, baml_options: BamlCallOptions = {},

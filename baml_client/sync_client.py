@@ -96,7 +96,7 @@ class BamlSyncClient:
 
     def Assistant(self, events: str,
         baml_options: BamlCallOptions = {},
-    ) -> typing.Union["types.ListDir", "types.ReadFile", "types.Done"]:
+    ) -> typing.Union["types.ReadFile", "types.ListDir", "types.Done"]:
         # Check if on_tick is provided
         if 'on_tick' in baml_options:
             __stream__ = self.stream.Assistant(events=events,
@@ -107,7 +107,7 @@ class BamlSyncClient:
             __result__ = self.__options.merge_options(baml_options).call_function_sync(function_name="Assistant", args={
                 "events": events,
             })
-            return typing.cast(typing.Union["types.ListDir", "types.ReadFile", "types.Done"], __result__.cast_to(types, types, stream_types, False, __runtime__))
+            return typing.cast(typing.Union["types.ReadFile", "types.ListDir", "types.Done"], __result__.cast_to(types, types, stream_types, False, __runtime__))
     def Checker(self, events: str,
         baml_options: BamlCallOptions = {},
     ) -> types.CheckFile:
@@ -222,7 +222,7 @@ class BamlSyncClient:
             return typing.cast(types.WriteReport, __result__.cast_to(types, types, stream_types, False, __runtime__))
     def Worker(self, events: str,
         baml_options: BamlCallOptions = {},
-    ) -> typing.Union["types.RunPython", "types.Done"]:
+    ) -> typing.Union["types.Done", "types.RunPython"]:
         # Check if on_tick is provided
         if 'on_tick' in baml_options:
             __stream__ = self.stream.Worker(events=events,
@@ -233,7 +233,7 @@ class BamlSyncClient:
             __result__ = self.__options.merge_options(baml_options).call_function_sync(function_name="Worker", args={
                 "events": events,
             })
-            return typing.cast(typing.Union["types.RunPython", "types.Done"], __result__.cast_to(types, types, stream_types, False, __runtime__))
+            return typing.cast(typing.Union["types.Done", "types.RunPython"], __result__.cast_to(types, types, stream_types, False, __runtime__))
     def Writer(self, events: str,
         baml_options: BamlCallOptions = {},
     ) -> typing.Union["types.Done", "types.AssembleResult"]:
@@ -259,14 +259,14 @@ class BamlStreamClient:
 
     def Assistant(self, events: str,
         baml_options: BamlCallOptions = {},
-    ) -> baml_py.BamlSyncStream[typing.Union["stream_types.ListDir", "stream_types.ReadFile", "stream_types.Done"], typing.Union["types.ListDir", "types.ReadFile", "types.Done"]]:
+    ) -> baml_py.BamlSyncStream[typing.Union["stream_types.ReadFile", "stream_types.ListDir", "stream_types.Done"], typing.Union["types.ReadFile", "types.ListDir", "types.Done"]]:
         __ctx__, __result__ = self.__options.merge_options(baml_options).create_sync_stream(function_name="Assistant", args={
             "events": events,
         })
-        return baml_py.BamlSyncStream[typing.Union["stream_types.ListDir", "stream_types.ReadFile", "stream_types.Done"], typing.Union["types.ListDir", "types.ReadFile", "types.Done"]](
+        return baml_py.BamlSyncStream[typing.Union["stream_types.ReadFile", "stream_types.ListDir", "stream_types.Done"], typing.Union["types.ReadFile", "types.ListDir", "types.Done"]](
           __result__,
-          lambda x: typing.cast(typing.Union["stream_types.ListDir", "stream_types.ReadFile", "stream_types.Done"], x.cast_to(types, types, stream_types, True, __runtime__)),
-          lambda x: typing.cast(typing.Union["types.ListDir", "types.ReadFile", "types.Done"], x.cast_to(types, types, stream_types, False, __runtime__)),
+          lambda x: typing.cast(typing.Union["stream_types.ReadFile", "stream_types.ListDir", "stream_types.Done"], x.cast_to(types, types, stream_types, True, __runtime__)),
+          lambda x: typing.cast(typing.Union["types.ReadFile", "types.ListDir", "types.Done"], x.cast_to(types, types, stream_types, False, __runtime__)),
           __ctx__,
         )
     def Checker(self, events: str,
@@ -367,14 +367,14 @@ class BamlStreamClient:
         )
     def Worker(self, events: str,
         baml_options: BamlCallOptions = {},
-    ) -> baml_py.BamlSyncStream[typing.Union["stream_types.RunPython", "stream_types.Done"], typing.Union["types.RunPython", "types.Done"]]:
+    ) -> baml_py.BamlSyncStream[typing.Union["stream_types.Done", "stream_types.RunPython"], typing.Union["types.Done", "types.RunPython"]]:
         __ctx__, __result__ = self.__options.merge_options(baml_options).create_sync_stream(function_name="Worker", args={
             "events": events,
         })
-        return baml_py.BamlSyncStream[typing.Union["stream_types.RunPython", "stream_types.Done"], typing.Union["types.RunPython", "types.Done"]](
+        return baml_py.BamlSyncStream[typing.Union["stream_types.Done", "stream_types.RunPython"], typing.Union["types.Done", "types.RunPython"]](
           __result__,
-          lambda x: typing.cast(typing.Union["stream_types.RunPython", "stream_types.Done"], x.cast_to(types, types, stream_types, True, __runtime__)),
-          lambda x: typing.cast(typing.Union["types.RunPython", "types.Done"], x.cast_to(types, types, stream_types, False, __runtime__)),
+          lambda x: typing.cast(typing.Union["stream_types.Done", "stream_types.RunPython"], x.cast_to(types, types, stream_types, True, __runtime__)),
+          lambda x: typing.cast(typing.Union["types.Done", "types.RunPython"], x.cast_to(types, types, stream_types, False, __runtime__)),
           __ctx__,
         )
     def Writer(self, events: str,

@@ -20,25 +20,55 @@ def _config_default() -> str:
 
 @click.command("agent")
 @click.argument("name")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
-              help="Chain config TOML (default: $LOOPBUS_CONFIG, else ./loopbus.toml).")
-@click.option("--instance", default=None, metavar="I/N",
-              help="Run instance I of N of this agent (default: 0/parallelism).")
-@click.option("--workspace", type=click.Path(file_okay=False, exists=True), default=None,
-              help="Override the chain's workspace folder.")
-@click.option("--output", type=click.Path(file_okay=False), default=None,
-              help="Override the chain's output folder.")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Chain config TOML (default: $LOOPBUS_CONFIG, else ./loopbus.toml).",
+)
+@click.option(
+    "--instance",
+    default=None,
+    metavar="I/N",
+    help="Run instance I of N of this agent (default: 0/parallelism).",
+)
+@click.option(
+    "--workspace",
+    type=click.Path(file_okay=False, exists=True),
+    default=None,
+    help="Override the chain's workspace folder.",
+)
+@click.option(
+    "--output",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Override the chain's output folder.",
+)
 @click.option("--model", default=None, help="Override the chain's model spec.")
-@click.option("--exit-when-idle", type=float, default=None, metavar="SECONDS",
-              help="Exit after this many seconds without events.")
+@click.option(
+    "--exit-when-idle",
+    type=float,
+    default=None,
+    metavar="SECONDS",
+    help="Exit after this many seconds without events.",
+)
 @click.option("--status-file", type=click.Path(dir_okay=False), default=None, hidden=True)
 @click.option("--parent-pid", type=int, default=None, hidden=True)
 @click.pass_context
 @handle_errors
-def agent(ctx: click.Context, name: str, config_path: str | None, instance: str | None,
-          workspace: str | None, output: str | None, model: str | None,
-          exit_when_idle: float | None, status_file: str | None,
-          parent_pid: int | None) -> None:
+def agent(
+    ctx: click.Context,
+    name: str,
+    config_path: str | None,
+    instance: str | None,
+    workspace: str | None,
+    output: str | None,
+    model: str | None,
+    exit_when_idle: float | None,
+    status_file: str | None,
+    parent_pid: int | None,
+) -> None:
     """Run one agent of a chain as a long-lived process.
 
     It resumes its unfinished runs, then consumes its subscriptions through its own cursor
@@ -56,16 +86,24 @@ def agent(ctx: click.Context, name: str, config_path: str | None, instance: str 
     try:
         config = load_config(config_path or _config_default()).with_overrides(
             workspace=Path(workspace) if workspace else None,
-            output=Path(output) if output else None, model=model)
+            output=Path(output) if output else None,
+            model=model,
+        )
         config.agent(name)
         parsed = parse_instance(instance) if instance else None
     except (ConfigError, ValueError) as exc:
         click.echo(f"Error: {exc}", err=True)
         raise SystemExit(FATAL_EXIT) from None
     try:
-        serve_agent(config, name, bus_path(ctx), instance=parsed,
-                    status_file=Path(status_file) if status_file else None,
-                    parent_pid=parent_pid, idle_exit=exit_when_idle)
+        serve_agent(
+            config,
+            name,
+            bus_path(ctx),
+            instance=parsed,
+            status_file=Path(status_file) if status_file else None,
+            parent_pid=parent_pid,
+            idle_exit=exit_when_idle,
+        )
     except ConfigError as exc:
         click.echo(f"Error: {exc}", err=True)
         raise SystemExit(FATAL_EXIT) from None
@@ -75,24 +113,54 @@ def agent(ctx: click.Context, name: str, config_path: str | None, instance: str 
 
 @click.command("up")
 @click.argument("config_path", required=False, type=click.Path(dir_okay=False))
-@click.option("--workspace", type=click.Path(file_okay=False, exists=True), default=None,
-              help="Override the chain's workspace folder.")
-@click.option("--output", type=click.Path(file_okay=False), default=None,
-              help="Override the chain's output folder.")
+@click.option(
+    "--workspace",
+    type=click.Path(file_okay=False, exists=True),
+    default=None,
+    help="Override the chain's workspace folder.",
+)
+@click.option(
+    "--output",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Override the chain's output folder.",
+)
 @click.option("--model", default=None, help="Override the chain's model spec.")
-@click.option("--until-idle", is_flag=True,
-              help="Exit 0 once no agent has an unhandled event and every process waits.")
-@click.option("--timeout", type=float, default=None, metavar="SECONDS",
-              help="Stop and exit 1 if still running after this many seconds.")
-@click.option("--max-crashes", type=int, default=5, show_default=True,
-              help="Give up when one agent process crashes this often within 60 s.")
-@click.option("--live/--no-live", default=None,
-              help="Live status table (default: when stdout is a terminal).")
+@click.option(
+    "--until-idle",
+    is_flag=True,
+    help="Exit 0 once no agent has an unhandled event and every process waits.",
+)
+@click.option(
+    "--timeout",
+    type=float,
+    default=None,
+    metavar="SECONDS",
+    help="Stop and exit 1 if still running after this many seconds.",
+)
+@click.option(
+    "--max-crashes",
+    type=int,
+    default=5,
+    show_default=True,
+    help="Give up when one agent process crashes this often within 60 s.",
+)
+@click.option(
+    "--live/--no-live", default=None, help="Live status table (default: when stdout is a terminal)."
+)
 @click.pass_context
 @handle_errors
-def up(ctx: click.Context, config_path: str | None, workspace: str | None, output: str | None,
-       model: str | None, until_idle: bool, timeout: float | None, max_crashes: int,
-       live: bool | None) -> None:
+def up(
+    ctx: click.Context,
+    config_path: str | None,
+    workspace: str | None,
+    output: str | None,
+    model: str | None,
+    until_idle: bool,
+    timeout: float | None,
+    max_crashes: int,
+    live: bool | None,
+) -> None:
     """Start every agent of a chain as its own process and supervise them.
 
     Shows each process's state live, restarts a crashed agent with backoff, gives up after
@@ -111,14 +179,22 @@ def up(ctx: click.Context, config_path: str | None, workspace: str | None, outpu
 
     config = load_config(config_path or _config_default()).with_overrides(
         workspace=Path(workspace) if workspace else None,
-        output=Path(output) if output else None, model=model)
+        output=Path(output) if output else None,
+        model=model,
+    )
     check_registry(config)
     install_sigterm()
     path = bus_path(ctx)
     show_live = sys.stdout.isatty() if live is None else live
     try:
-        finished = supervise(config, path, until_idle=until_idle, timeout=timeout,
-                             max_crashes=max_crashes, live=show_live)
+        finished = supervise(
+            config,
+            path,
+            until_idle=until_idle,
+            timeout=timeout,
+            max_crashes=max_crashes,
+            live=show_live,
+        )
     except KeyboardInterrupt:
         click.echo("stopped all agents")
         return
@@ -128,8 +204,16 @@ def up(ctx: click.Context, config_path: str | None, workspace: str | None, outpu
         click.echo("chain idle: every event handled; stopped all agents")
 
 
-def supervise(config: object, path: str, *, until_idle: bool, timeout: float | None,
-              max_crashes: int = 5, live: bool = True, title: str = "") -> bool:
+def supervise(
+    config: object,
+    path: str,
+    *,
+    until_idle: bool,
+    timeout: float | None,
+    max_crashes: int = 5,
+    live: bool = True,
+    title: str = "",
+) -> bool:
     """Run a Supervisor with a live rich view (or plain log lines); returns True when idle."""
     from rich.console import Console
     from rich.live import Live
@@ -140,8 +224,12 @@ def supervise(config: object, path: str, *, until_idle: bool, timeout: float | N
     console = Console()
     started = time.monotonic()
     if not live:
-        sup = Supervisor(config, path, max_crashes=max_crashes,  # type: ignore[arg-type]
-                         log=lambda line: click.echo(f"[up] {line}"))
+        sup = Supervisor(
+            config,
+            path,
+            max_crashes=max_crashes,  # type: ignore[arg-type]
+            log=lambda line: click.echo(f"[up] {line}"),
+        )
         return sup.run(until_idle=until_idle, timeout=timeout)
     lines: list[str] = []
     sup = Supervisor(config, path, max_crashes=max_crashes, log=lines.append)  # type: ignore[arg-type]

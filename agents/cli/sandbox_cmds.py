@@ -19,7 +19,9 @@ def _parse_bytes(ctx: click.Context, param: click.Parameter, value: str | None) 
         return None
     match = _SIZE.match(value)
     if not match:
-        raise click.BadParameter(f"{value!r} is not a size; use bytes or a suffix like 64M or 512KiB")
+        raise click.BadParameter(
+            f"{value!r} is not a size; use bytes or a suffix like 64M or 512KiB"
+        )
     return int(match.group(1)) * _UNITS[match.group(2).lower()]
 
 
@@ -31,9 +33,15 @@ def _parse_bytes(ctx: click.Context, param: click.Parameter, value: str | None) 
     type=click.Path(exists=True, file_okay=False),
     help="Directory mounted read-only at /input (and readable with read(path)).",
 )
-@click.option("--fuel", type=click.IntRange(min=1), help="Fuel (wasm instructions) for the snippet.")
-@click.option("--memory", callback=_parse_bytes, metavar="BYTES", help="Linear memory limit, e.g. 64M.")
-@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="Wall-clock limit in seconds.")
+@click.option(
+    "--fuel", type=click.IntRange(min=1), help="Fuel (wasm instructions) for the snippet."
+)
+@click.option(
+    "--memory", callback=_parse_bytes, metavar="BYTES", help="Linear memory limit, e.g. 64M."
+)
+@click.option(
+    "--timeout", type=click.FloatRange(min=0, min_open=True), help="Wall-clock limit in seconds."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON.")
 @handle_errors
 def sandbox(
@@ -81,6 +89,10 @@ def sandbox(
         if not as_json and not result.trapped:
             click.echo(result.error, nl=False, err=True)
         if result.trapped:  # the note about the reset session is for agents, not for a one-shot run
-            fail(result.error.split(" The sandbox session was reset")[0].removeprefix("Sandbox stopped: "))
+            fail(
+                result.error.split(" The sandbox session was reset")[0].removeprefix(
+                    "Sandbox stopped: "
+                )
+            )
         fail(result.error.strip().splitlines()[-1])
     sys.stdout.flush()

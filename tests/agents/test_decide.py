@@ -24,7 +24,7 @@ def test_messages_come_from_the_baml_request() -> None:
 def test_union_schema_is_discriminated_by_action() -> None:
     schema = Decider("Assistant").schema
     consts = [m["properties"]["action"]["const"] for m in schema["anyOf"]]
-    assert consts == ["list_dir", "read_file", "done"]
+    assert consts == ["read_file", "list_dir", "done"]
     assert all(m["additionalProperties"] is False for m in schema["anyOf"])
     assert Decider("Coder").actions() == ["run_python", "done"]
 

@@ -128,7 +128,7 @@ def test_unparseable_output_fails_after_bounded_retries(tiny_runtime: Any, bus: 
     assert "did not parse 3 times in a row" in outcome.reason
     errors = [e.payload for e in bus.events(run_id=outcome.run_id, types="run.error")]
     assert len(errors) == 3 and all(e["kind"] == "parse" for e in errors)
-    assert "list_dir, read_file, done" in errors[0]["error"]  # the fed-back hint
+    assert "read_file, list_dir, done" in errors[0]["error"]  # the fed-back hint
 
 
 def test_max_turns(tiny_runtime: Any, bus: Any) -> None:

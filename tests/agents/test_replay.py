@@ -100,7 +100,7 @@ def test_cli_replay_export_and_agents(tmp_path: Path, bus_file: Path) -> None:
     assert missing.exit_code == 1 and "Error:" in missing.output
     listing = runner.invoke(loopbus, ["agents", "--json"])
     names = {a["name"]: a for a in json.loads(listing.output)}
-    assert names["assistant"]["tools"] == ["list_dir", "read_file", "done"]
+    assert names["assistant"]["tools"] == ["read_file", "list_dir", "done"]
 
 
 def test_cli_run_end_to_end(tiny_model_path: Path, bus_file: Path, workspace: Path) -> None:

@@ -41,7 +41,7 @@ def test_registry_dispatches_on_type() -> None:
     assert get_tool("list_dir").idempotent and not get_tool("publish").idempotent
     assert get_tool("run_python").cls is types.RunPython
     names = {a.name: a.tools for a in list_agents()}
-    assert names["assistant"] == ("list_dir", "read_file", "done")
+    assert names["assistant"] == ("read_file", "list_dir", "done")
     assert names["coder"] == ("run_python", "done")
     with pytest.raises(AgentError, match="already registered"):
         register_tool(types.ReadFile, list_dir, idempotent=True, name="list_dir")

@@ -49,8 +49,14 @@ def spawn(*args: str, log: Path) -> subprocess.Popen[bytes]:
     """Start a loopbus command in the background, output to ``log``."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with log.open("ab") as fh:
-        return subprocess.Popen(loopbus(*args), cwd=REPO, stdout=fh, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env=env)
+        return subprocess.Popen(
+            loopbus(*args),
+            cwd=REPO,
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+        )
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, every: float = 0.2) -> Any:

@@ -97,7 +97,9 @@ def test_structural_errors(tmp_path: Path) -> None:
         load_config(write(tmp_path, "[agents.x\n"))
     with pytest.raises(ConfigError, match="no \\[agents.NAME\\] table"):
         load_config(write(tmp_path, '[chain]\nname = "x"\n'))
-    with pytest.raises(ConfigError, match="agents.reviewer.max_turns: .*greater than or equal to 1"):
+    with pytest.raises(
+        ConfigError, match="agents.reviewer.max_turns: .*greater than or equal to 1"
+    ):
         load_config(write(tmp_path, '[agents.reviewer]\nsubscribe = ["x"]\nmax_turns = 0\n'))
     with pytest.raises(ConfigError, match="Extra inputs are not permitted"):
         load_config(write(tmp_path, '[agents.reviewer]\nsubscribe = ["x"]\nsubscribes = 1\n'))
@@ -108,8 +110,17 @@ def test_structural_errors(tmp_path: Path) -> None:
 
 def test_task_template(tmp_path: Path) -> None:
     with pytest.raises(BadTaskTemplate, match="unknown placeholder \\{event.__class__\\}"):
-        load_config(write(tmp_path, '[agents.reviewer]\nsubscribe = ["x"]\ntask = "{event.__class__}"\n'))
-    event = Event(id=7, agent="cli", event_type="file.found", payload={"path": "a.py", "n": 3},
-                  run_id=None, caused_by=None, created_at="2026-01-01T00:00:00.000Z")
+        load_config(
+            write(tmp_path, '[agents.reviewer]\nsubscribe = ["x"]\ntask = "{event.__class__}"\n')
+        )
+    event = Event(
+        id=7,
+        agent="cli",
+        event_type="file.found",
+        payload={"path": "a.py", "n": 3},
+        run_id=None,
+        caused_by=None,
+        created_at="2026-01-01T00:00:00.000Z",
+    )
     text = "{{literal}} {type} #{id}: {payload[path]} {payload[n]} {payload[nope]}"
     assert render_task(text, event) == "{literal} file.found #7: a.py 3 <no nope>"

@@ -20,8 +20,10 @@ from bus import SyncBus
 
 N_INPUTS = 32
 
-# checker (2 processes) -> digester -> tally; one-decision agents so that the tiny random
-# model cannot change the path of a run, and `emit` makes each stage's fan-out exactly-once.
+# checker (2 processes) -> digester -> tally. checker and digester are one-decision agents and
+# tally (a `reporter` under another name) runs write_report as its first_tool before one model
+# decision, so the tiny random model cannot change what a run does; `emit` makes each stage's
+# fan-out exactly-once.
 CHAIN = """
 [agents.checker]
 subscribe = ["file.found"]
@@ -39,29 +41,48 @@ budget = 1.0
 emit = "digest.done"
 
 [agents.tally]
+kind = "reporter"
 subscribe = ["digest.done"]
 task = "Update the report"
+first_tool = "write_report"
 max_turns = 1
 budget = 1.0
 """
 
 
 @pytest.mark.slow
-def test_chain_survives_random_sigkills(tmp_path: Path, tiny_model_path: Path,
-                                        bus_file: Path) -> None:
+def test_chain_survives_random_sigkills(
+    tmp_path: Path, tiny_model_path: Path, bus_file: Path
+) -> None:
     rng = random.Random(int(os.environ.get("CRASH_SEED", "7")))
     ws = make_workspace(tmp_path / "ws", N_INPUTS)
     out = tmp_path / "out"
-    cfg = write_chain(tmp_path / "chain.toml", CHAIN, model=tiny_model_path, workspace=ws,
-                      output=out)
+    cfg = write_chain(
+        tmp_path / "chain.toml", CHAIN, model=tiny_model_path, workspace=ws, output=out
+    )
     with SyncBus(bus_file) as bus:
         scan = bus.publish("scan.request", {})
-        inputs = [bus.publish("file.found", {"path": f"mod{i:02d}.py", "scan": scan,
-                                             "index": i, "total": N_INPUTS})
-                  for i in range(N_INPUTS)]
+        inputs = [
+            bus.publish(
+                "file.found",
+                {"path": f"mod{i:02d}.py", "scan": scan, "index": i, "total": N_INPUTS},
+            )
+            for i in range(N_INPUTS)
+        ]
     log = tmp_path / "up.log"
-    up = spawn("--bus", str(bus_file), "up", str(cfg), "--no-live", "--until-idle",
-               "--timeout", "240", "--max-crashes", "1000", log=log)
+    up = spawn(
+        "--bus",
+        str(bus_file),
+        "up",
+        str(cfg),
+        "--no-live",
+        "--until-idle",
+        "--timeout",
+        "240",
+        "--max-crashes",
+        "1000",
+        log=log,
+    )
     status_dir = state_dir_for(bus_file)
     kills: list[tuple[str, str]] = []
     try:
@@ -69,8 +90,7 @@ def test_chain_survives_random_sigkills(tmp_path: Path, tiny_model_path: Path,
         time.sleep(4.0)
         while up.poll() is None and len(kills) < 12:
             time.sleep(rng.uniform(0.3, 2.0))
-            live = [s for f in status_dir.glob("*.status.json")
-                    if (s := read_status(f)).get("pid")]
+            live = [s for f in status_dir.glob("*.status.json") if (s := read_status(f)).get("pid")]
             if not live:
                 continue
             victim = rng.choice(live)
@@ -100,8 +120,10 @@ def test_chain_survives_random_sigkills(tmp_path: Path, tiny_model_path: Path,
             assert {e.run_id.split("-e")[0] for e in events} == {stage}
         paths = Counter(e.payload["path"] for e in bus.events(types=["file.digest"]))
         assert paths == {f"mod{i:02d}.py": 1 for i in range(N_INPUTS)}
-        findings = Counter((e.payload["path"], e.payload["kind"], e.payload["line"])
-                           for e in bus.events(types=["finding"]))
+        findings = Counter(
+            (e.payload["path"], e.payload["kind"], e.payload["line"])
+            for e in bus.events(types=["finding"])
+        )
         assert max(findings.values()) == 1
         # mod01 has a test file; every third module has a TODO
         assert len(findings) == (N_INPUTS - 1) + len(range(0, N_INPUTS, 3))
@@ -115,3 +137,5 @@ def test_chain_survives_random_sigkills(tmp_path: Path, tiny_model_path: Path,
         assert f"- [x] `mod{i:02d}.py` (" in report
     restarts = log.read_text().count("restarting in")
     assert restarts >= len(kills) - 1  # the last kill may land while the chain stops
+    resumed = sum(p.read_text().count(" resuming ") for p in status_dir.glob("*.log"))
+    print(f"{len(kills)} SIGKILLs ({Counter(state for _, state in kills)}), {resumed} runs resumed")

@@ -41,18 +41,30 @@ def test_up_restarts_a_killed_agent_and_stops_cleanly(
     tmp_path: Path, tiny_model_path: Path, bus_file: Path
 ) -> None:
     ws = make_workspace(tmp_path / "ws", 2)
-    cfg = write_chain(tmp_path / "chain.toml", ONE_AGENT, model=tiny_model_path, workspace=ws,
-                      output=tmp_path / "out")
+    cfg = write_chain(
+        tmp_path / "chain.toml",
+        ONE_AGENT,
+        model=tiny_model_path,
+        workspace=ws,
+        output=tmp_path / "out",
+    )
     log = tmp_path / "up.log"
     up = spawn("--bus", str(bus_file), "up", str(cfg), "--no-live", log=log)
     status = state_dir_for(bus_file) / "checker.status.json"
     try:
-        first = wait_for(lambda: read_status(status).get("state") == "idle" and read_status(status),
-                         60, "the agent to start")["pid"]
+        first = wait_for(
+            lambda: read_status(status).get("state") == "idle" and read_status(status),
+            60,
+            "the agent to start",
+        )["pid"]
         os.kill(first, signal.SIGKILL)
         second = wait_for(
-            lambda: (s := read_status(status)).get("state") == "idle" and s["pid"] != first
-            and s["pid"], 60, "the agent to be restarted")
+            lambda: (
+                (s := read_status(status)).get("state") == "idle" and s["pid"] != first and s["pid"]
+            ),
+            60,
+            "the agent to be restarted",
+        )
         with SyncBus(bus_file) as bus:
             event = bus.publish("file.found", {"path": "mod00.py", "scan": 1, "total": 1})
             done = wait_for(lambda: bus.events(types=["review.done"]), 60, "the restarted agent")
@@ -63,7 +75,7 @@ def test_up_restarts_a_killed_agent_and_stops_cleanly(
         if up.poll() is None:
             up.kill()
     output = log.read_text()
-    assert f"checker: exited with code -9; restarting in 0.5 s" in output, output
+    assert "checker: exited with code -9; restarting in 0.5 s" in output, output
     assert not alive(first) and not alive(second)
 
 
@@ -75,11 +87,15 @@ def test_up_gives_up_loudly_after_repeated_crashes(tmp_path: Path, bus_file: Pat
     broken.mkdir()
     (broken / "config.json").write_text(json.dumps({"model_type": "llama"}))
     ws = make_workspace(tmp_path / "ws", 1)
-    cfg = write_chain(tmp_path / "chain.toml", ONE_AGENT, model=broken, workspace=ws,
-                      output=tmp_path / "out")
+    cfg = write_chain(
+        tmp_path / "chain.toml", ONE_AGENT, model=broken, workspace=ws, output=tmp_path / "out"
+    )
     proc = subprocess.run(
         loopbus("--bus", str(bus_file), "up", str(cfg), "--no-live", "--max-crashes", "2"),
-        capture_output=True, text=True, timeout=120)
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 1
     assert "Error: agent checker crashed 2 times in 60 s" in proc.stderr
     assert "giving up" in proc.stdout
@@ -89,13 +105,17 @@ def test_up_gives_up_loudly_after_repeated_crashes(tmp_path: Path, bus_file: Pat
 def test_up_refuses_an_invalid_config(tmp_path: Path, bus_file: Path) -> None:
     cfg = tmp_path / "chain.toml"
     cfg.write_text('[agents.nobody]\nsubscribe = ["x"]\n')
-    proc = subprocess.run(loopbus("--bus", str(bus_file), "up", str(cfg)),
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        loopbus("--bus", str(bus_file), "up", str(cfg)), capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 1
     assert proc.stderr.startswith("Error: agent 'nobody'")
     assert "unknown kind 'nobody'" in proc.stderr
     proc = subprocess.run(
         loopbus("--bus", str(bus_file), "agent", "ghost", "--config", str(cfg)),
-        capture_output=True, text=True, timeout=60)
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 3
     assert "agent 'ghost' is not in chain" in proc.stderr

@@ -58,8 +58,13 @@ class CountingRuntime:
 def chain(tmp_path: Path, tiny_model_path: Path) -> Any:
     chain_agents.register()
     ws = make_workspace(tmp_path / "ws", 4)
-    cfg = write_chain(tmp_path / "chain.toml", CHECKER, model=tiny_model_path, workspace=ws,
-                      output=tmp_path / "out")
+    cfg = write_chain(
+        tmp_path / "chain.toml",
+        CHECKER,
+        model=tiny_model_path,
+        workspace=ws,
+        output=tmp_path / "out",
+    )
     return load_config(cfg)
 
 
@@ -68,8 +73,10 @@ def cursor(bus: SyncBus, consumer: str) -> int:
 
 
 def publish_files(bus: SyncBus, n: int) -> list[int]:
-    return [bus.publish("file.found", {"path": f"mod{i:02d}.py", "scan": 1, "total": n})
-            for i in range(n)]
+    return [
+        bus.publish("file.found", {"path": f"mod{i:02d}.py", "scan": 1, "total": n})
+        for i in range(n)
+    ]
 
 
 def test_routes_only_matching_events_and_partitions_by_id(
@@ -99,8 +106,9 @@ def test_cursor_stays_before_an_unfinished_run_and_resume_does_not_reask(
     with SyncBus(bus_file) as bus:
         chain_agents.configure(bus, tmp_path / "out")
         [first] = publish_files(bus, 1)
-        worker = CrashingWorker(chain, "checker", bus, runtime=tiny_runtime, index=first % 2,
-                                crash_after="run.decision")
+        worker = CrashingWorker(
+            chain, "checker", bus, runtime=tiny_runtime, index=first % 2, crash_after="run.decision"
+        )
         with pytest.raises(Crash):
             worker.serve(idle_exit=0.3, poll=0.1)
         run_id = f"checker-e{first}"
@@ -127,8 +135,9 @@ def test_crash_between_outcome_and_ack_publishes_nothing_twice(
     with SyncBus(bus_file) as bus:
         chain_agents.configure(bus, tmp_path / "out")
         [first] = publish_files(bus, 1)
-        worker = CrashingWorker(chain, "checker", bus, runtime=tiny_runtime, index=first % 2,
-                                crash_after="run.outcome")
+        worker = CrashingWorker(
+            chain, "checker", bus, runtime=tiny_runtime, index=first % 2, crash_after="run.outcome"
+        )
         with pytest.raises(Crash):
             worker.serve(idle_exit=0.3, poll=0.1)
         assert cursor(bus, worker.consumer) < first

@@ -12,9 +12,15 @@ from agents.sandbox import Sandbox, SandboxLimits, SandboxSession, SnippetResult
 CONFIGS = {
     "defaults": SandboxLimits(),
     "small": SandboxLimits(
-        fuel=200_000_000, memory_bytes=8 * 1024 * 1024, wall_clock_s=2, max_stdout_bytes=1024, max_host_calls=3
+        fuel=200_000_000,
+        memory_bytes=8 * 1024 * 1024,
+        wall_clock_s=2,
+        max_stdout_bytes=1024,
+        max_host_calls=3,
     ),
-    "large": SandboxLimits(fuel=50_000_000_000, memory_bytes=256 * 1024 * 1024, max_host_payload_bytes=1 << 20),
+    "large": SandboxLimits(
+        fuel=50_000_000_000, memory_bytes=256 * 1024 * 1024, max_host_payload_bytes=1 << 20
+    ),
 }
 
 
@@ -46,25 +52,31 @@ class TestSandboxContract:
         assert box.run("print('p')").result is None
         assert box.run("None").result is None
 
-    def test_guest_exception_is_an_error_not_a_trap(self, make_sandbox, limits: SandboxLimits) -> None:
+    def test_guest_exception_is_an_error_not_a_trap(
+        self, make_sandbox, limits: SandboxLimits
+    ) -> None:
         box = make_sandbox(limits)
         box.run("a = 5")
         result = box.run("x = 1\nraise ValueError('bad input')")
         assert not result.ok and not result.trapped
         assert result.error_type == "ValueError"
         assert "ValueError: bad input" in result.error
-        assert 'line 2' in result.error and "<stdin>" not in result.error
+        assert "line 2" in result.error and "<stdin>" not in result.error
         assert box.run("a").result == "5"  # session survived
 
     def test_state_persists_across_snippets(self, make_sandbox, limits: SandboxLimits) -> None:
         box = make_sandbox(limits)
-        box.run("import json\ncounter = 0\ndef bump(n):\n    global counter\n    counter += n\n    return counter")
+        box.run(
+            "import json\ncounter = 0\ndef bump(n):\n    global counter\n    counter += n\n    return counter"
+        )
         box.run("bump(2)")
         result = box.run("bump(3)")
         assert result.result == "5" and not result.fresh_session
         assert box.run("json.dumps({'c': counter})").result == "'{\"c\": 5}'"
 
-    def test_trap_resets_session_and_next_run_is_fresh(self, make_sandbox, limits: SandboxLimits) -> None:
+    def test_trap_resets_session_and_next_run_is_fresh(
+        self, make_sandbox, limits: SandboxLimits
+    ) -> None:
         box = make_sandbox(SandboxLimits(fuel=50_000_000, memory_bytes=limits.memory_bytes))
         box.run("keep = 1")
         trapped = box.run("while True:\n    pass")

@@ -116,7 +116,14 @@ def test_stderr_flood_is_truncated(make_sandbox) -> None:
 
 
 @pytest.mark.parametrize(
-    "path", ["/etc/passwd", "../secret.txt", "/input/../secret.txt", "/input/../../etc/passwd", "/proc/self/environ"]
+    "path",
+    [
+        "/etc/passwd",
+        "../secret.txt",
+        "/input/../secret.txt",
+        "/input/../../etc/passwd",
+        "/proc/self/environ",
+    ],
 )
 def test_host_files_are_invisible(make_sandbox, workspace: Path, path: str) -> None:
     box = make_sandbox(workspace=workspace)
@@ -178,14 +185,20 @@ def test_no_processes_network_or_blocking(make_sandbox, code: str, error_type: s
 
 def test_huge_host_call_payload_is_refused(make_sandbox) -> None:
     calls: list[str] = []
-    box = make_sandbox(SandboxLimits(max_host_payload_bytes=4096), llm=lambda p: calls.append(p) or "ok")
-    result = box.run("try:\n    llm('x' * 100000)\nexcept HostLimitError as e:\n    print('refused:', e)")
+    box = make_sandbox(
+        SandboxLimits(max_host_payload_bytes=4096), llm=lambda p: calls.append(p) or "ok"
+    )
+    result = box.run(
+        "try:\n    llm('x' * 100000)\nexcept HostLimitError as e:\n    print('refused:', e)"
+    )
     assert "refused: llm(): arguments are" in result.stdout and "4,096 bytes" in result.stdout
     assert calls == []  # the callable never saw it
 
 
 def test_huge_host_call_result_is_refused(make_sandbox) -> None:
-    box = make_sandbox(SandboxLimits(max_host_payload_bytes=4096), host_functions={"big": lambda: "y" * 100000})
+    box = make_sandbox(
+        SandboxLimits(max_host_payload_bytes=4096), host_functions={"big": lambda: "y" * 100000}
+    )
     result = box.run("big()")
     assert result.error_type == "HostLimitError"
     assert "big() returned" in result.error and "limit is 4,096 bytes" in result.error
@@ -193,7 +206,9 @@ def test_huge_host_call_result_is_refused(make_sandbox) -> None:
 
 def test_host_call_flood_is_cut_off(make_sandbox) -> None:
     seen: list[int] = []
-    box = make_sandbox(SandboxLimits(max_host_calls=5), host_functions={"ping": lambda i: seen.append(i) or i})
+    box = make_sandbox(
+        SandboxLimits(max_host_calls=5), host_functions={"ping": lambda i: seen.append(i) or i}
+    )
     result = box.run("n = 0\nwhile True:\n    ping(n)\n    n += 1")
     assert result.error_type == "HostLimitError" and "at most 5 host function calls" in result.error
     assert seen == [0, 1, 2, 3, 4] and result.host_calls == 6
@@ -203,9 +218,12 @@ def test_host_call_flood_is_cut_off(make_sandbox) -> None:
 def test_catching_the_limit_does_not_reopen_it(make_sandbox) -> None:
     seen: list[int] = []
     box = make_sandbox(
-        SandboxLimits(max_host_calls=3, fuel=300_000_000), host_functions={"ping": lambda: seen.append(1)}
+        SandboxLimits(max_host_calls=3, fuel=300_000_000),
+        host_functions={"ping": lambda: seen.append(1)},
     )
-    result = box.run("while True:\n    try:\n        ping()\n    except HostLimitError:\n        pass")
+    result = box.run(
+        "while True:\n    try:\n        ping()\n    except HostLimitError:\n        pass"
+    )
     assert result.trapped and result.error_type == "FuelExhausted"
     assert len(seen) == 3
 
@@ -226,7 +244,9 @@ def test_raising_host_function_is_catchable(make_sandbox) -> None:
 def test_guest_that_never_returns_control(make_sandbox) -> None:
     """Recursion-free, allocation-free, host-call-free spin: only the epoch stops it."""
     box = make_sandbox(SandboxLimits(fuel=10**15, wall_clock_s=0.5))
-    result = box.run("def spin():\n    while 1:\n        try:\n            spin_x = 1\n        except BaseException:\n            pass\nspin()")
+    result = box.run(
+        "def spin():\n    while 1:\n        try:\n            spin_x = 1\n        except BaseException:\n            pass\nspin()"
+    )
     assert result.trapped and result.error_type == "Timeout"
     _still_usable(box)
 
