@@ -17,7 +17,8 @@ def test_messages_come_from_the_baml_request() -> None:
     assert [m["role"] for m in messages] == ["system", "user"]
     assert "read_file" in messages[0]["content"]  # ctx.output_format rendered by BAML
     assert messages[1]["content"].startswith('<event type="run.task"')
-    assert prompt_hash(messages) == prompt_hash(decider.messages(messages[1]["content"]))
+    assert prompt_hash(messages) == prompt_hash(decider.messages(
+        '<event type="run.task" ts="t">{"task":"q"}</event>'))
     assert prompt_hash(messages) != prompt_hash(decider.messages("other"))
 
 
