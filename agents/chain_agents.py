@@ -265,7 +265,7 @@ def write_report(call: Any, ctx: ToolContext) -> str:
     text, reviewed, total, count = render_report(chain.bus, scan)
     target = chain.output / "report.md"
     _atomic_write(target, text)
-    return f"wrote {target.name}: {reviewed}/{total} files reviewed, {count} findings"
+    return f"wrote {target.name}: {reviewed}/{total} files reviewed, {count} findings. The report is up to date."
 
 
 # -- planner / writer --------------------------------------------------------------------------

@@ -17,17 +17,18 @@ Example (``agents/examples/review.toml``)::
     budget = 0.4
     parallelism = 2                   # processes; instance i takes events with id % 2 == i
     emit = "review.done"              # published (with the cursor ack) when a run ends
-    first_tool = "check_file"         # called before the model's first decision
+    first_tool = "check_file"         # the first decision of every run (no model call)
 
 ``emit`` makes fan-in independent of what the model chose: when a run reaches its terminal
 outcome the agent process publishes ``emit`` with the trigger's payload fields plus
 ``trigger_id``, ``run_id``, ``outcome`` and ``summary``, in the same transaction as the cursor
 ack, so it appears exactly once per triggering event.
 
-``first_tool`` (a tool of the agent without arguments) is called at the start of every run,
-before the model decides anything; its call and result are recorded like the model's own, so
-resume treats them the same way. Small models (SmolLM2-135M) tend to answer ``done`` at once;
-this keeps the step that matters deterministic and leaves the model the rest of the run.
+``first_tool`` (a tool of the agent without arguments) is the first decision of every run,
+answered without asking the model and recorded like a model decision (``finish_reason:
+"forced"``), so resume and replay treat it like any other; it counts as a turn. Small models
+(SmolLM2-135M) tend to answer ``done`` at once; this keeps the step that matters deterministic
+and leaves the model the rest of the run.
 
 Parsing and structural checks are pure (pydantic); :func:`check_registry` additionally checks
 agent kinds and tools against the loop's registries (it imports the agent loop).

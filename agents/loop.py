@@ -33,8 +33,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from agents import turn
 from agents.decide import Decider
+from agents.errors import AgentError
 from agents.runstate import Outcome, RunSettings, RunState
 
 __all__ = ["Outcome", "resume_run", "run", "run_agent", "step", "unfinished_runs"]
@@ -85,11 +88,16 @@ def run_agent(agent: str, task: str, *, runtime: Any, bus: Any, workspace: Path 
         return resume_run(run_id, runtime=runtime, bus=bus, workspace=workspace,
                           on_event=on_event)
     spec = get_agent(agent)
-    settings = RunSettings(
-        agent=spec.name, function=spec.function, max_turns=max_turns, budget=budget,
-        elide=elide, workspace=str(Path(workspace).resolve()) if workspace else None,
-        model=runtime.spec, context_window=runtime.context_window,
-        supports_schema=runtime.supports_schema, max_tokens=spec.max_tokens)
+    try:
+        settings = RunSettings(
+            agent=spec.name, function=spec.function, max_turns=max_turns, budget=budget,
+            elide=elide, workspace=str(Path(workspace).resolve()) if workspace else None,
+            model=runtime.spec, context_window=runtime.context_window,
+            supports_schema=runtime.supports_schema, max_tokens=spec.max_tokens)
+    except ValidationError as exc:
+        raise AgentError(f"invalid run settings: {exc.errors()[0]['loc'][0]}: "
+                         f"{exc.errors()[0]['msg']} (budget is in (0, 1], max_turns >= 0)"
+                         ) from None
     decider = Decider(spec.function)
     state = turn.new_run(settings, task, runtime=runtime, bus=bus, run_id=run_id,
                          caused_by=caused_by, on_event=on_event)

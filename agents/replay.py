@@ -179,9 +179,16 @@ class ReplayRuntime:
             if e.type in ("run.model_call", "run.outcome"):
                 self.counts.update(e.payload.get("counts") or {})
         self.used = 0
+        self._last: tuple[Any, str] = (None, "")
+
+    def _hash(self, messages: list[dict[str, Any]]) -> str:
+        # The loop hands the same list to count_tokens and generate: hash it once.
+        if messages is not self._last[0]:
+            self._last = (messages, prompt_hash(messages))
+        return self._last[1]
 
     def count_tokens(self, messages: list[dict[str, Any]]) -> int:
-        sha = prompt_hash(messages)
+        sha = self._hash(messages)
         if sha not in self.counts:
             if self.used >= len(self.calls):
                 raise self._exhausted()
@@ -207,7 +214,7 @@ class ReplayRuntime:
             raise self._exhausted()
         call = self.calls[self.used]
         self.used += 1
-        sha = prompt_hash(messages)
+        sha = self._hash(messages)
         if sha != call["prompt_sha256"]:
             raise ReplayDivergence(
                 f"replay diverged at model call {self.used} (turn {call['turn']}): prompt hash "

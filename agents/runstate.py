@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from agents.eventlog import EventLog, LogEvent
 
@@ -55,8 +55,8 @@ class RunSettings(BaseModel):
 
     agent: str
     function: str
-    max_turns: int = 12
-    budget: float = 0.4
+    max_turns: int = Field(12, ge=0)
+    budget: float = Field(0.4, gt=0, le=1)
     elide: bool = False
     workspace: str | None = None
     model: str = ""
@@ -106,7 +106,6 @@ class RunState:
     log: EventLog = field(default_factory=EventLog)
     turn: int = 0
     parse_failures: int = 0
-    last_model_call: int | None = None
     pending: BaseModel | None = None  # a recorded decision not executed yet
     pending_id: int | None = None
     pending_call: PendingCall | None = None
@@ -128,13 +127,16 @@ class RunState:
         from bus import NewEvent
 
         agent = self.settings.agent
-        new = [
-            NewEvent(event_type=t, payload=p, agent=agent, run_id=self.run_id, caused_by=c)
-            for t, p, c in items
-        ]
-        ids = self.bus.publish_many(new) if len(new) > 1 else [self.bus.publish(
-            new[0].event_type, new[0].payload, agent=agent, run_id=self.run_id,
-            caused_by=new[0].caused_by)]
+        if len(items) == 1:
+            (kind, payload, caused_by), = items
+            ids = [self.bus.publish(kind, payload, agent=agent, run_id=self.run_id,
+                                    caused_by=caused_by)]
+        else:  # one transaction: recorded together or not at all
+            ids = self.bus.publish_many([
+                NewEvent(event_type=t, payload=p, agent=agent, run_id=self.run_id, caused_by=c)
+                for t, p, c in items])
+        # Read back for created_at (the log's ts) and for on_event; ids of one call are
+        # consecutive for this run (one transaction, or a single event).
         events = self.bus.events(since_id=ids[0] - 1, run_id=self.run_id, limit=len(ids))
         for event in events:
             self.observe(event)

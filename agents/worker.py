@@ -34,7 +34,7 @@ from typing import Any
 
 from agents.config import AgentConfig, ChainConfig, consumer_name, render_task
 
-__all__ = ["AgentWorker", "parse_instance", "run_id_for"]
+__all__ = ["AgentWorker", "FirstDecision", "parse_instance", "run_id_for"]
 
 
 def run_id_for(agent: str, event_id: int) -> str:
@@ -78,6 +78,41 @@ def describe(event: Any) -> str:
     if kind == "run.outcome":
         return f"outcome {p.get('kind')}: {_short(p.get('summary') or p.get('reason') or '')}"
     return f"published {kind} {_short(event.payload, 50)}"
+
+
+class FirstDecision:
+    """A runtime whose first ``generate`` answers ``decision`` without asking the model.
+
+    Small models (SmolLM2-135M) tend to answer ``done`` before doing anything; a chain agent's
+    ``first_tool`` makes the step that matters deterministic. The loop records this answer like
+    any other (``run.model_call`` with ``finish_reason: "forced"`` and no completion tokens,
+    then ``run.decision``), so resume and ``loopbus replay`` treat it as a recorded decision.
+    Every other call goes to the real runtime.
+    """
+
+    def __init__(self, runtime: Any, decision: dict[str, Any]) -> None:
+        self._runtime = runtime
+        self._text = json.dumps(decision)
+        self._used = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._runtime, name)
+
+    def generate(self, messages: list[dict[str, Any]], **kwargs: Any) -> Any:
+        if self._used:
+            return self._runtime.generate(messages, **kwargs)
+        from models.runtime import Generation
+
+        self._used = True
+        return Generation(
+            text=self._text,
+            prompt_tokens=self._runtime.count_tokens(messages),
+            cached_tokens=0,
+            completion_tokens=0,
+            prefill_s=0.0,
+            decode_s=0.0,
+            finish_reason="forced",
+        )
 
 
 class AgentWorker:
@@ -176,43 +211,20 @@ class AgentWorker:
         """Start (``event`` given) or continue ``run_id`` until its terminal outcome.
 
         A run already on the bus is resumed by the loop (an ended one just returns its
-        outcome). With ``first_tool``, a run that has no tool call or decision yet (new, or
-        crashed right after its ``run.task``) first gets that tool called, recorded like any
-        tool call, before the model decides anything.
+        outcome). With ``first_tool``, the run's first decision, while none is recorded, is
+        that tool (see :class:`FirstDecision`).
         """
-        from agents import loop, turn
-        from agents.decide import Decider
+        from agents import loop
 
-        started = self.bus.events(run_id=run_id, limit=8)
-        if self.agent.first_tool and not any(e.event_type != "run.task" for e in started):
-            if started:
-                state, decider = turn.rebuild(
-                    self.bus,
-                    run_id,
-                    runtime=self.runtime,
-                    workspace=self.workspace,
-                    on_event=self._on_event,
-                )
-            else:
-                assert event is not None
-                settings = self._settings()
-                decider = Decider(settings.function)
-                state = turn.new_run(
-                    settings,
-                    render_task(self.agent.task, event),
-                    runtime=self.runtime,
-                    bus=self.bus,
-                    run_id=run_id,
-                    caused_by=event.id,
-                    on_event=self._on_event,
-                )
-            tool = _tool(self.agent.first_tool)
-            turn.call_tool(state, tool.cls.model_validate({"action": tool.name}))
-            return loop.run(state, self.runtime, decider)
-        if started or event is None:
+        runtime = self.runtime
+        if self.agent.first_tool and not self.bus.events(
+            run_id=run_id, types=["run.model_call"], limit=1
+        ):
+            runtime = FirstDecision(self.runtime, {"action": self.agent.first_tool})
+        if event is None:
             return loop.resume_run(
                 run_id,
-                runtime=self.runtime,
+                runtime=runtime,
                 bus=self.bus,
                 workspace=self.workspace,
                 on_event=self._on_event,
@@ -220,7 +232,7 @@ class AgentWorker:
         return loop.run_agent(
             self.agent.name,
             render_task(self.agent.task, event),
-            runtime=self.runtime,
+            runtime=runtime,
             bus=self.bus,
             workspace=self.workspace,
             max_turns=self.agent.max_turns,
@@ -229,26 +241,6 @@ class AgentWorker:
             run_id=run_id,
             caused_by=event.id,
             on_event=self._on_event,
-        )
-
-    def _settings(self) -> Any:
-        """The RunSettings ``run_agent`` would record (needed to start a first_tool run)."""
-        from agents.builtin import get_agent
-        from agents.runstate import RunSettings
-
-        spec = get_agent(self.agent.name)
-        rt = self.runtime
-        return RunSettings(
-            agent=spec.name,
-            function=spec.function,
-            max_turns=self.agent.max_turns,
-            budget=self.agent.budget,
-            elide=self.agent.elide,
-            workspace=str(Path(self.workspace).resolve()) if self.workspace else None,
-            model=rt.spec,
-            context_window=rt.context_window,
-            supports_schema=rt.supports_schema,
-            max_tokens=spec.max_tokens,
         )
 
     def _complete(self, event: Any, run_id: str, outcome: Any) -> None:
@@ -292,12 +284,6 @@ class AgentWorker:
                 break
         self.set_status(state="stopped")
         return self.handled
-
-
-def _tool(name: str | None) -> Any:
-    from agents.tools import get_tool
-
-    return get_tool(name or "")
 
 
 def _watch_parent(parent_pid: int) -> None:

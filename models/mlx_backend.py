@@ -11,6 +11,9 @@ included); the handle records exactly those, checked against the cache's own off
 turn's prompt normally starts with the previous prompt and the assistant's reply, so it reuses
 everything up to the new message.
 
+Threads: a loaded model is shared by every runtime for its directory in the process and is
+not thread-safe; run one call at a time (``models.server`` serializes requests with a lock).
+
 Compute dtype: without Metal (Linux CPU) bf16/f16 matmuls are slow and only float32 benefits
 from a faster BLAS (see :mod:`models.blas`), so non-quantized float16/bfloat16 weights are cast
 to float32 at load when ``models.blas.compute_dtype()`` says so. ``LOOPBUS_DTYPE=native`` keeps
@@ -134,8 +137,9 @@ class MLXRuntime:
         if not (path / "config.json").is_file():
             raise ModelNotFound(f"{path} has no config.json: not an mlx-lm model directory.")
         model, tokenizer, config = _load(path)
-        return cls(path, model, tokenizer, config, spec=spec or str(path),
-                   context_window=context_window)
+        return cls(
+            path, model, tokenizer, config, spec=spec or str(path), context_window=context_window
+        )
 
     def _config_context_window(self) -> int:
         configs = [self.config, self.config.get("text_config") or {}]

@@ -65,8 +65,13 @@ class OpenAIRuntime:
 
     # -- HTTP ------------------------------------------------------------------------------
 
-    def _request(self, method: str, url: str, body: dict[str, Any] | None = None,
-                 timeout: float | None = None) -> Any:
+    def _request(
+        self,
+        method: str,
+        url: str,
+        body: dict[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> Any:
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(url, data=data, method=method)
         req.add_header("Content-Type", "application/json")
@@ -89,8 +94,14 @@ class OpenAIRuntime:
                 f"{urlsplit(self.base_url).port or 8080}`, or fix the URL in the model spec."
             ) from exc
 
-    def _json(self, method: str, path: str, body: dict[str, Any] | None = None,
-              timeout: float | None = None, url: str | None = None) -> Any:
+    def _json(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        timeout: float | None = None,
+        url: str | None = None,
+    ) -> Any:
         with self._request(method, url or self.base_url + path, body, timeout) as resp:
             return json.loads(resp.read())
 
@@ -125,8 +136,12 @@ class OpenAIRuntime:
         """Exact with a ``/tokenize`` endpoint, else an over-estimate (see module docstring)."""
         if self._tokenize_ok is not False:
             try:
-                with self._request("POST", self._server_root() + "/tokenize",
-                                   {"content": text, "add_special": False}, timeout=30) as r:
+                with self._request(
+                    "POST",
+                    self._server_root() + "/tokenize",
+                    {"content": text, "add_special": False},
+                    timeout=30,
+                ) as r:
                     tokens = json.loads(r.read()).get("tokens")
                 if isinstance(tokens, list):
                     self._tokenize_ok = True
@@ -142,8 +157,13 @@ class OpenAIRuntime:
         msgs = normalize_messages(messages)
         if self._template_ok is not False:
             try:
-                out = self._json("POST", "", {"messages": msgs}, timeout=30,
-                                 url=self._server_root() + "/apply-template")
+                out = self._json(
+                    "POST",
+                    "",
+                    {"messages": msgs},
+                    timeout=30,
+                    url=self._server_root() + "/apply-template",
+                )
                 prompt = out.get("prompt")
                 if isinstance(prompt, str):
                     self._template_ok = True
@@ -163,8 +183,14 @@ class OpenAIRuntime:
 
     # -- generation ------------------------------------------------------------------------
 
-    def _body(self, messages: list[Message], schema: dict[str, Any] | None, max_tokens: int,
-              temperature: float, stream: bool) -> dict[str, Any]:
+    def _body(
+        self,
+        messages: list[Message],
+        schema: dict[str, Any] | None,
+        max_tokens: int,
+        temperature: float,
+        stream: bool,
+    ) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": self.model_name,
             "messages": normalize_messages(messages),
@@ -177,8 +203,11 @@ class OpenAIRuntime:
         if schema is not None:
             body["response_format"] = {
                 "type": "json_schema",
-                "json_schema": {"name": str(schema.get("title") or "response"),
-                                "schema": schema, "strict": True},
+                "json_schema": {
+                    "name": str(schema.get("title") or "response"),
+                    "schema": schema,
+                    "strict": True,
+                },
             }
         return body
 
@@ -193,16 +222,27 @@ class OpenAIRuntime:
     ) -> Generation:
         """One non-streaming chat completion."""
         t0 = time.perf_counter()
-        out = self._json("POST", "/chat/completions",
-                         self._body(messages, schema, max_tokens, temperature, stream=False))
+        out = self._json(
+            "POST",
+            "/chat/completions",
+            self._body(messages, schema, max_tokens, temperature, stream=False),
+        )
         elapsed = time.perf_counter() - t0
         try:
             choice = out["choices"][0]
             text = choice["message"].get("content") or ""
         except (KeyError, IndexError, TypeError) as exc:
-            raise BackendUnreachable(f"Unexpected answer from {self.base_url}: {out!r:.300}") from exc
-        gen = self._generation(text, out.get("usage") or {}, choice.get("finish_reason"),
-                               out.get("timings") or {}, elapsed, 0.0)
+            raise BackendUnreachable(
+                f"Unexpected answer from {self.base_url}: {out!r:.300}"
+            ) from exc
+        gen = self._generation(
+            text,
+            out.get("usage") or {},
+            choice.get("finish_reason"),
+            out.get("timings") or {},
+            elapsed,
+            0.0,
+        )
         self._tally(cache, gen)
         return gen
 
@@ -246,8 +286,15 @@ class OpenAIRuntime:
         self._tally(cache, gen)
         return gen
 
-    def _generation(self, text: str, usage: dict[str, Any], finish: str | None,
-                    timings: dict[str, Any], decode_s: float, prefill_s: float) -> Generation:
+    def _generation(
+        self,
+        text: str,
+        usage: dict[str, Any],
+        finish: str | None,
+        timings: dict[str, Any],
+        decode_s: float,
+        prefill_s: float,
+    ) -> Generation:
         details = usage.get("prompt_tokens_details") or {}
         if "prompt_ms" in timings and not prefill_s:  # llama.cpp and ours report the split
             prefill_s = timings["prompt_ms"] / 1000

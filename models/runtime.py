@@ -42,9 +42,7 @@ def normalize_messages(messages: list[Message]) -> list[dict[str, Any]]:
     for m in messages:
         content = m.get("content", "")
         if isinstance(content, list):
-            content = "".join(
-                p.get("text", "") if isinstance(p, dict) else str(p) for p in content
-            )
+            content = "".join(p.get("text", "") if isinstance(p, dict) else str(p) for p in content)
         elif content is None:
             content = ""
         out.append({**m, "content": content})
@@ -106,7 +104,11 @@ class Runtime(Protocol):
         temperature: float = 0.0,
         cache: object | None = None,
     ) -> Generation:
-        """Complete ``messages``; with ``schema`` the text is JSON that conforms to it."""
+        """Complete ``messages``; with ``schema`` the text is JSON that conforms to it.
+
+        Greedy at ``temperature=0``. With a schema, ``finish_reason == "length"`` means the
+        token budget ran out first and the text is an incomplete document.
+        """
         ...
 
     def stream(

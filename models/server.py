@@ -68,9 +68,20 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 - stdlib naming
         if self.path.rstrip("/") in ("/v1/models", "/models"):
             rt = self.server.runtime
-            self._send_json(200, {"object": "list", "data": [{
-                "id": self.server.model_id, "object": "model", "owned_by": "loopbus",
-                "context_window": rt.context_window}]})
+            self._send_json(
+                200,
+                {
+                    "object": "list",
+                    "data": [
+                        {
+                            "id": self.server.model_id,
+                            "object": "model",
+                            "owned_by": "loopbus",
+                            "context_window": rt.context_window,
+                        }
+                    ],
+                },
+            )
         else:
             self._error(404, f"no route for GET {self.path}")
 
@@ -83,8 +94,15 @@ class Handler(BaseHTTPRequestHandler):
         path = self.path.rstrip("/")
         if path == "/tokenize":
             rt = self.server.runtime
-            self._send_json(200, {"tokens": rt.tokenizer.encode(
-                str(body.get("content", "")), add_special_tokens=bool(body.get("add_special")))})
+            self._send_json(
+                200,
+                {
+                    "tokens": rt.tokenizer.encode(
+                        str(body.get("content", "")),
+                        add_special_tokens=bool(body.get("add_special")),
+                    )
+                },
+            )
         elif path == "/apply-template":
             messages = body.get("messages")
             if not isinstance(messages, list):
@@ -124,14 +142,24 @@ class Handler(BaseHTTPRequestHandler):
             except ModelError as exc:
                 self._error(400, str(exc))
                 return
-        self._send_json(200, {
-            "id": rid, "object": "chat.completion", "created": int(time.time()),
-            "model": self.server.model_id,
-            "choices": [{"index": 0, "finish_reason": gen.finish_reason,
-                         "message": {"role": "assistant", "content": gen.text}}],
-            "usage": _usage(gen),
-            "timings": {"prompt_ms": gen.prefill_s * 1000, "predicted_ms": gen.decode_s * 1000},
-        })
+        self._send_json(
+            200,
+            {
+                "id": rid,
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": self.server.model_id,
+                "choices": [
+                    {
+                        "index": 0,
+                        "finish_reason": gen.finish_reason,
+                        "message": {"role": "assistant", "content": gen.text},
+                    }
+                ],
+                "usage": _usage(gen),
+                "timings": {"prompt_ms": gen.prefill_s * 1000, "predicted_ms": gen.decode_s * 1000},
+            },
+        )
 
     def _stream(self, rid: str, it: Any) -> None:
         self.send_response(200)
@@ -145,17 +173,26 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(b"data: " + json.dumps(obj).encode() + b"\n\n")
             self.wfile.flush()
 
-        base = {"id": rid, "object": "chat.completion.chunk", "created": int(time.time()),
-                "model": self.server.model_id}
+        base = {
+            "id": rid,
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": self.server.model_id,
+        }
         try:
             while True:
                 chunk = next(it)
-                event({**base, "choices": [{"index": 0, "delta": {"content": chunk},
-                                            "finish_reason": None}]})
+                event(
+                    {
+                        **base,
+                        "choices": [
+                            {"index": 0, "delta": {"content": chunk}, "finish_reason": None}
+                        ],
+                    }
+                )
         except StopIteration as stop:
             gen = stop.value
-        event({**base, "choices": [{"index": 0, "delta": {},
-                                    "finish_reason": gen.finish_reason}]})
+        event({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": gen.finish_reason}]})
         event({**base, "choices": [], "usage": _usage(gen)})
         self.wfile.write(b"data: [DONE]\n\n")
         self.wfile.flush()
@@ -182,8 +219,9 @@ def _usage(gen: Any) -> dict[str, Any]:
     }
 
 
-def serve(spec: str | None, host: str = "127.0.0.1", port: int = 8080,
-          context_window: int | None = None) -> ModelServer:
+def serve(
+    spec: str | None, host: str = "127.0.0.1", port: int = 8080, context_window: int | None = None
+) -> ModelServer:
     """Load the model and return a bound (not yet serving) server."""
     from models.mlx_backend import MLXRuntime
     from models.runtime import load_runtime
@@ -200,9 +238,10 @@ def main(argv: list[str] | None = None) -> int:
     from models.blas import reexec_with_openblas
 
     reexec_with_openblas()  # in-process generation: get the fast float32 BLAS when installed
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     epilog="example: python -m models.server --model default "
-                                            "--port 8080")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="example: python -m models.server --model default --port 8080",
+    )
     parser.add_argument("--model", default=None, help="model spec (default: embedded SmolLM2)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080, help="0 picks a free port")

@@ -54,6 +54,7 @@ def describe(event: Any) -> str:
 
 def _printer(as_json: bool) -> Any:
     from rich.console import Console
+    from rich.text import Text
 
     console = Console(highlight=False, soft_wrap=True)
 
@@ -61,9 +62,9 @@ def _printer(as_json: bool) -> Any:
         if as_json:
             click.echo(event.to_json())
             return
+        # Text, not markup: tool results may contain "[/bold]" and the like.
         style = _STYLE.get(event.event_type, "yellow")
-        console.print(f"[dim]#{event.id}[/dim] [{style}]{describe(event)}[/{style}]",
-                      markup=True, emoji=False)
+        console.print(Text.assemble((f"#{event.id} ", "dim"), (describe(event), style)))
 
     return show
 

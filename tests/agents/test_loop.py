@@ -145,3 +145,16 @@ def test_outcome_is_published_once(tiny_runtime: Any, bus: Any) -> None:
     second = turn.finish(state, "done", summary="again")
     assert first == second and _types(bus, "r-once").count("run.outcome") == 1
     assert step(state, tiny_runtime, Decider("Assistant")) == first
+
+
+def test_bad_arguments_are_agent_errors(tiny_runtime: Any, bus: Any) -> None:
+    import pytest
+
+    from agents.builtin import UnknownAgent
+    from agents.errors import AgentError
+
+    with pytest.raises(UnknownAgent, match="available agents: .*assistant"):
+        run_agent("nobody", "x", runtime=tiny_runtime, bus=bus)
+    with pytest.raises(AgentError, match="budget"):
+        run_agent("assistant", "x", runtime=tiny_runtime, bus=bus, budget=1.5)
+    assert bus.events() == []  # nothing was started

@@ -116,3 +116,24 @@ def test_cli_run_end_to_end(tiny_model_path: Path, bus_file: Path, workspace: Pa
     assert exported.exit_code == 0 and exported.output.startswith("<?xml")
     replayed = runner.invoke(loopbus, ["--bus", str(bus_file), "replay", outcome["run_id"]])
     assert replayed.exit_code == 0, replayed.output
+
+
+def test_replay_loads_no_model() -> None:
+    """`loopbus replay` runs in a process that never imports mlx (no model, no tokenizer)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from agents.cli import main\n"
+        f"args = ['replay', {str(CRAFTED)!r}, '--workspace', {str(FIXTURE)!r}]\n"
+        "try:\n"
+        "    main.main(args=args, standalone_mode=False)\n"
+        "except SystemExit as exc:\n"
+        "    assert exc.code == 0, exc.code\n"
+        "loaded = [m for m in sys.modules if m.split('.')[0] in ('mlx', 'mlx_lm', 'transformers')]\n"
+        "assert not loaded, loaded\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]

@@ -19,7 +19,7 @@ REVIEW = """
 [agents.scanner]
 subscribe = ["scan.request"]
 first_tool = "scan_files"
-max_turns = 1
+max_turns = 2
 budget = 1.0
 
 [agents.reviewer]
@@ -31,7 +31,7 @@ budget = 1.0
 """
 
 
-def test_first_tool_runs_before_the_model_and_scanner_fans_out(
+def test_first_tool_is_the_first_decision_and_scanner_fans_out(
     tmp_path: Path, tiny_model_path: Path, bus_file: Path, tiny_runtime: Any
 ) -> None:
     chain_agents.register()
@@ -62,9 +62,14 @@ def test_first_tool_runs_before_the_model_and_scanner_fans_out(
         }
         run = bus.events(run_id=f"scanner-e{scan}")
         kinds = [e.event_type for e in run]
-        # the prelude tool call comes first, before any model call
-        assert kinds[:2] == ["run.task", "run.tool_call"]
-        assert kinds.index("run.tool_result") < kinds.index("run.model_call")
+        # the first decision is the first_tool, recorded like a model decision (no model call)
+        assert kinds[:4] == ["run.task", "run.model_call", "run.decision", "run.tool_call"]
+        assert run[1].payload["finish_reason"] == "forced"
+        assert run[1].payload["completion_tokens"] == 0
+        assert run[2].payload["decision"] == {"action": "scan_files"}
+        # then the real model takes turn 2
+        calls = [e.payload for e in run if e.event_type == "run.model_call"]
+        assert len(calls) == 2 and calls[1]["finish_reason"] != "forced"
         assert kinds[-1] == "run.outcome"
 
         AgentWorker(config, "reviewer", bus, runtime=tiny_runtime).serve(idle_exit=0.3, poll=0.1)

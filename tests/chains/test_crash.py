@@ -20,10 +20,10 @@ from bus import SyncBus
 
 N_INPUTS = 32
 
-# checker (2 processes) -> digester -> tally. checker and digester are one-decision agents and
-# tally (a `reporter` under another name) runs write_report as its first_tool before one model
-# decision, so the tiny random model cannot change what a run does; `emit` makes each stage's
-# fan-out exactly-once.
+# checker (2 processes) -> digester -> tally. checker and digester are one-decision agents;
+# tally (a `reporter` under another name) has write_report as its forced first decision, then
+# one model decision. So the tiny random model cannot change what a run does, and `emit`
+# makes each stage's fan-out exactly-once.
 CHAIN = """
 [agents.checker]
 subscribe = ["file.found"]
@@ -45,7 +45,7 @@ kind = "reporter"
 subscribe = ["digest.done"]
 task = "Update the report"
 first_tool = "write_report"
-max_turns = 1
+max_turns = 2
 budget = 1.0
 """
 
@@ -86,19 +86,24 @@ def test_chain_survives_random_sigkills(
     status_dir = state_dir_for(bus_file)
     kills: list[tuple[str, str]] = []
     try:
-        # Kill random agent processes at random moments until 12 kills or the chain finishes.
+        # Kill random agent processes at random moments: at least 12 kills, 3 of them in the
+        # middle of a run (at most 24), unless the chain finishes first.
         time.sleep(4.0)
-        while up.poll() is None and len(kills) < 12:
+        mid_run = 0
+        while up.poll() is None and len(kills) < 24 and (len(kills) < 12 or mid_run < 3):
             time.sleep(rng.uniform(0.3, 2.0))
             live = [s for f in status_dir.glob("*.status.json") if (s := read_status(f)).get("pid")]
             if not live:
                 continue
-            victim = rng.choice(live)
+            # mostly hit processes in the middle of a run: that is where state can be lost
+            running = [s for s in live if s.get("state") == "running"]
+            victim = rng.choice(running if running and rng.random() < 0.75 else live)
             try:
                 os.kill(victim["pid"], signal.SIGKILL)
             except ProcessLookupError:
                 continue
             kills.append((victim["consumer"], victim.get("state", "?")))
+            mid_run += victim.get("state") == "running"
         assert up.wait(300) == 0, log.read_text()[-3000:]
     finally:
         if up.poll() is None:
@@ -138,4 +143,5 @@ def test_chain_survives_random_sigkills(
     restarts = log.read_text().count("restarting in")
     assert restarts >= len(kills) - 1  # the last kill may land while the chain stops
     resumed = sum(p.read_text().count(" resuming ") for p in status_dir.glob("*.log"))
+    assert resumed >= 1  # some kill interrupted a run, and a restarted process resumed it
     print(f"{len(kills)} SIGKILLs ({Counter(state for _, state in kills)}), {resumed} runs resumed")

@@ -65,15 +65,19 @@ class Options(Strict):
 
 VARIED: list[TypeAdapter[Any]] = [
     TypeAdapter(Plan),
-    TypeAdapter(Annotated[list[Literal["red", "green", "blue"]], Field(min_length=1, max_length=4)]),
+    TypeAdapter(
+        Annotated[list[Literal["red", "green", "blue"]], Field(min_length=1, max_length=4)]
+    ),
     TypeAdapter(Annotated[int, Field(ge=-50, le=50)]),
     TypeAdapter(Options),
 ]
 
 
 def _chat(prompt: str) -> list[dict[str, str]]:
-    return [{"role": "system", "content": "Reply with one JSON tool call."},
-            {"role": "user", "content": prompt}]
+    return [
+        {"role": "system", "content": "Reply with one JSON tool call."},
+        {"role": "user", "content": prompt},
+    ]
 
 
 @pytest.mark.parametrize("adapter", [DISCRIMINATED, PLAIN_UNION], ids=["oneOf", "anyOf"])
@@ -96,7 +100,9 @@ def test_each_member_is_reachable(tiny_rt: MLXRuntime) -> None:
         assert isinstance(DISCRIMINATED.validate_json(gen.text), member)
 
 
-@pytest.mark.parametrize("adapter", VARIED, ids=["nested", "enum-list", "int-range", "optional-keys"])
+@pytest.mark.parametrize(
+    "adapter", VARIED, ids=["nested", "enum-list", "int-range", "optional-keys"]
+)
 def test_varied_schemas_conform(tiny_rt: MLXRuntime, adapter: TypeAdapter[Any]) -> None:
     schema = adapter.json_schema()
     for prompt in PROMPTS[:3]:

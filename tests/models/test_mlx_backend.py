@@ -18,7 +18,9 @@ def test_runtime_protocol_and_config(tiny_rt: MLXRuntime) -> None:
     assert tiny_rt.eos_token_ids == [tiny_rt.tokenizer.convert_tokens_to_ids("<|im_end|>")]
 
 
-def test_context_window_override_and_memoized_load(tiny_model_path: Path, tiny_rt: MLXRuntime) -> None:
+def test_context_window_override_and_memoized_load(
+    tiny_model_path: Path, tiny_rt: MLXRuntime
+) -> None:
     rt = load_runtime(str(tiny_model_path), context_window=64)
     assert rt.context_window == 64
     assert rt.model is tiny_rt.model  # weights are loaded once per process
@@ -44,7 +46,9 @@ def test_content_parts_are_flattened(tiny_rt: MLXRuntime, chat: list[dict[str, s
     assert tiny_rt.prompt_ids(parts) == tiny_rt.prompt_ids(chat)
 
 
-def test_greedy_generation_is_deterministic(tiny_rt: MLXRuntime, chat: list[dict[str, str]]) -> None:
+def test_greedy_generation_is_deterministic(
+    tiny_rt: MLXRuntime, chat: list[dict[str, str]]
+) -> None:
     a = tiny_rt.generate(chat, max_tokens=24)
     b = tiny_rt.generate(chat, max_tokens=24)
     assert isinstance(a, Generation)
@@ -99,4 +103,6 @@ def test_token_counts_are_consistent(tiny_rt: MLXRuntime, chat: list[dict[str, s
     longer = chat + [{"role": "assistant", "content": text}]
     # An assistant turn adds its content, its end marker and the next assistant header.
     added = tiny_rt.count_tokens(longer) - tiny_rt.count_tokens(chat)
-    assert added == tiny_rt.count_text(text) + tiny_rt.count_text("<|im_end|>\n<|im_start|>assistant\n")
+    assert added == tiny_rt.count_text(text) + tiny_rt.count_text(
+        "<|im_end|>\n<|im_start|>assistant\n"
+    )

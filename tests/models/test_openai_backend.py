@@ -21,12 +21,22 @@ from models.openai_backend import OpenAIRuntime
 REPO = Path(__file__).resolve().parents[2]
 SCHEMA = {
     "anyOf": [
-        {"type": "object", "properties": {"type": {"const": "answer"},
-                                           "text": {"type": "string", "maxLength": 30}},
-         "required": ["type", "text"]},
-        {"type": "object", "properties": {"type": {"const": "run_python"},
-                                           "code": {"type": "string", "maxLength": 30}},
-         "required": ["type", "code"]},
+        {
+            "type": "object",
+            "properties": {
+                "type": {"const": "answer"},
+                "text": {"type": "string", "maxLength": 30},
+            },
+            "required": ["type", "text"],
+        },
+        {
+            "type": "object",
+            "properties": {
+                "type": {"const": "run_python"},
+                "code": {"type": "string", "maxLength": 30},
+            },
+            "required": ["type", "code"],
+        },
         {"type": "object", "properties": {"type": {"const": "done"}}, "required": ["type"]},
     ]
 }
@@ -36,7 +46,10 @@ SCHEMA = {
 def server_url(tiny_model_path: Path) -> Iterator[str]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "models.server", "--model", str(tiny_model_path), "--port", "0"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         assert proc.stdout is not None
@@ -66,8 +79,9 @@ def _drain(it: Iterator[str]) -> tuple[list[str], Any]:
             return chunks, stop.value
 
 
-def test_same_greedy_text_as_in_process(remote: OpenAIRuntime, tiny_rt: MLXRuntime,
-                                        chat: list[dict[str, str]]) -> None:
+def test_same_greedy_text_as_in_process(
+    remote: OpenAIRuntime, tiny_rt: MLXRuntime, chat: list[dict[str, str]]
+) -> None:
     gen = remote.generate(chat, max_tokens=20)
     local = tiny_rt.generate(chat, max_tokens=20)
     assert gen.text == local.text
@@ -75,8 +89,9 @@ def test_same_greedy_text_as_in_process(remote: OpenAIRuntime, tiny_rt: MLXRunti
     assert gen.finish_reason == "length"
 
 
-def test_streaming_over_sse(remote: OpenAIRuntime, tiny_rt: MLXRuntime,
-                            chat: list[dict[str, str]]) -> None:
+def test_streaming_over_sse(
+    remote: OpenAIRuntime, tiny_rt: MLXRuntime, chat: list[dict[str, str]]
+) -> None:
     chunks, gen = _drain(remote.stream(chat, max_tokens=20))
     assert len(chunks) > 1
     assert "".join(chunks) == gen.text == tiny_rt.generate(chat, max_tokens=20).text
@@ -89,23 +104,27 @@ def test_response_format_schema_is_enforced(remote: OpenAIRuntime) -> None:
         value = json.loads(gen.text)
         assert value["type"] in {"answer", "run_python", "done"}
         assert set(value) <= {"type", "text", "code"}
-    chunks, gen = _drain(remote.stream([{"role": "user", "content": "x"}], schema=SCHEMA,
-                                       max_tokens=120))
+    chunks, gen = _drain(
+        remote.stream([{"role": "user", "content": "x"}], schema=SCHEMA, max_tokens=120)
+    )
     assert json.loads("".join(chunks))["type"] in {"answer", "run_python", "done"}
 
 
 def test_server_prefix_cache_is_reported(remote: OpenAIRuntime, chat: list[dict[str, str]]) -> None:
     cache = remote.new_cache()
     first = remote.generate(chat, max_tokens=8, cache=cache)
-    follow = chat + [{"role": "assistant", "content": first.text},
-                     {"role": "user", "content": "and then?"}]
+    follow = chat + [
+        {"role": "assistant", "content": first.text},
+        {"role": "user", "content": "and then?"},
+    ]
     second = remote.generate(follow, max_tokens=8, cache=cache)
     assert second.cached_tokens >= first.prompt_tokens
     assert cache.reused >= first.prompt_tokens
 
 
-def test_counts_and_window_come_from_the_server(remote: OpenAIRuntime, tiny_rt: MLXRuntime,
-                                                chat: list[dict[str, str]]) -> None:
+def test_counts_and_window_come_from_the_server(
+    remote: OpenAIRuntime, tiny_rt: MLXRuntime, chat: list[dict[str, str]]
+) -> None:
     assert remote.context_window == tiny_rt.context_window == 2048
     text = "read the file and count the lines"
     assert remote.count_text(text) == tiny_rt.count_text(text)  # exact, via /tokenize
@@ -115,8 +134,11 @@ def test_counts_and_window_come_from_the_server(remote: OpenAIRuntime, tiny_rt: 
 
 def test_schema_rejected_by_server(remote: OpenAIRuntime) -> None:
     with pytest.raises(ModelError, match="look-around"):
-        remote.generate([{"role": "user", "content": "x"}],
-                        schema={"type": "string", "pattern": "(?<=a)b"}, max_tokens=5)
+        remote.generate(
+            [{"role": "user", "content": "x"}],
+            schema={"type": "string", "pattern": "(?<=a)b"},
+            max_tokens=5,
+        )
 
 
 def test_unreachable_server() -> None:
@@ -137,3 +159,15 @@ def test_wrong_path_is_an_http_error(server_url: str) -> None:
     rt = load_runtime(f"openai:{server_url.removesuffix('/v1')}/v2#tiny")
     with pytest.raises(BackendUnreachable, match="HTTP 404"):
         rt.generate([{"role": "user", "content": "hi"}], max_tokens=4)
+
+
+def test_server_cli_reports_a_missing_model(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "models.server", "--model", str(tmp_path / "nope"), "--port", "0"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1
+    assert done.stderr.startswith("Error: ") and "loopbus models import" in done.stderr

@@ -74,7 +74,9 @@ def test_prefix_change_trims_and_stays_identical(
     assert again.token_ids == tiny_rt.generate(other, max_tokens=16).token_ids
 
 
-def test_same_prompt_twice_reuses_all_but_one(tiny_rt: MLXRuntime, chat: list[dict[str, str]]) -> None:
+def test_same_prompt_twice_reuses_all_but_one(
+    tiny_rt: MLXRuntime, chat: list[dict[str, str]]
+) -> None:
     cache = tiny_rt.new_cache()
     first = tiny_rt.generate(chat, max_tokens=12, cache=cache)
     second = tiny_rt.generate(chat, max_tokens=12, cache=cache)
@@ -87,7 +89,9 @@ def test_same_prompt_twice_reuses_all_but_one(tiny_rt: MLXRuntime, chat: list[di
     _check_handle(cache, tiny_rt.prompt_ids(chat), short.token_ids)
 
 
-def test_streaming_with_cache_and_early_stop(tiny_rt: MLXRuntime, chat: list[dict[str, str]]) -> None:
+def test_streaming_with_cache_and_early_stop(
+    tiny_rt: MLXRuntime, chat: list[dict[str, str]]
+) -> None:
     cache = tiny_rt.new_cache()
     it = tiny_rt.stream(chat, max_tokens=30, cache=cache)
     next(it)
@@ -102,7 +106,9 @@ def test_streaming_with_cache_and_early_stop(tiny_rt: MLXRuntime, chat: list[dic
     )
 
 
-def test_constrained_generation_with_cache_matches(tiny_rt: MLXRuntime, chat: list[dict[str, str]]) -> None:
+def test_constrained_generation_with_cache_matches(
+    tiny_rt: MLXRuntime, chat: list[dict[str, str]]
+) -> None:
     schema = {
         "type": "object",
         "properties": {"answer": {"type": "string", "maxLength": 30}},
@@ -115,4 +121,7 @@ def test_constrained_generation_with_cache_matches(tiny_rt: MLXRuntime, chat: li
         fresh = tiny_rt.generate(messages, schema=schema, max_tokens=60)
         assert cached.token_ids == fresh.token_ids
         _check_handle(cache, tiny_rt.prompt_ids(messages), cached.token_ids)
-        messages += [{"role": "assistant", "content": cached.text}, {"role": "user", "content": user}]
+        messages += [
+            {"role": "assistant", "content": cached.text},
+            {"role": "user", "content": user},
+        ]

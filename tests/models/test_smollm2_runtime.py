@@ -51,8 +51,11 @@ def test_default_spec_is_smollm2(smol: MLXRuntime) -> None:
 
 def test_constrained_decision_parses(smol: MLXRuntime) -> None:
     messages = [
-        {"role": "system", "content": "You are an agent. Reply with one JSON tool call: "
-                                      "Answer, RunPython or ReadFile."},
+        {
+            "role": "system",
+            "content": "You are an agent. Reply with one JSON tool call: "
+            "Answer, RunPython or ReadFile.",
+        },
         {"role": "user", "content": "What is the capital of France?"},
     ]
     gen = smol.generate(messages, schema=DECISION.json_schema(), max_tokens=60)
@@ -65,12 +68,16 @@ def test_prefix_cache_is_exact_on_smollm2(smol: MLXRuntime) -> None:
     cache = smol.new_cache()
     messages: list[dict[str, Any]] = [{"role": "user", "content": "Name a color."}]
     for follow_up in ("Another one?", "And one more."):
-        cached = smol.generate(messages, max_tokens=8, cache=cache)
-        fresh = smol.generate(messages, max_tokens=8)
+        cached = smol.generate(messages, max_tokens=6, cache=cache)
+        fresh = smol.generate(messages, max_tokens=6)
         assert cached.token_ids == fresh.token_ids
-        messages += [{"role": "assistant", "content": cached.text},
-                     {"role": "user", "content": follow_up}]
-    last = smol.generate(messages, max_tokens=8, cache=cache)
-    # A real model's reply re-tokenizes to what it sampled: only the new message is prefilled.
-    assert last.prompt_tokens - last.cached_tokens <= smol.count_text("And one more.") + 8
-    assert last.token_ids == smol.generate(messages, max_tokens=8).token_ids
+        messages += [
+            {"role": "assistant", "content": cached.text},
+            {"role": "user", "content": follow_up},
+        ]
+    last = smol.generate(messages, max_tokens=6, cache=cache)
+    # A real model's reply re-tokenizes to what it sampled: only the new message (with the
+    # end marker of a reply cut by max_tokens) is prefilled.
+    new = "<|im_end|>\n<|im_start|>user\nAnd one more.<|im_end|>\n<|im_start|>assistant\n"
+    assert last.prompt_tokens - last.cached_tokens <= smol.count_text(new)
+    assert last.token_ids == smol.generate(messages, max_tokens=6).token_ids

@@ -22,9 +22,15 @@ from models.runtime import ModelSpec, resolve_mlx_target
         ("", ModelSpec("default")),
         ("default", ModelSpec("default")),
         ("./m", ModelSpec("mlx", "./m")),
-        ("mlx-community/SmolLM2-135M-Instruct", ModelSpec("mlx", "mlx-community/SmolLM2-135M-Instruct")),
+        (
+            "mlx-community/SmolLM2-135M-Instruct",
+            ModelSpec("mlx", "mlx-community/SmolLM2-135M-Instruct"),
+        ),
         ("mlx:org/name", ModelSpec("mlx", "org/name")),
-        ("openai:http://127.0.0.1:8080/v1#qwen", ModelSpec("openai", "http://127.0.0.1:8080/v1", "qwen")),
+        (
+            "openai:http://127.0.0.1:8080/v1#qwen",
+            ModelSpec("openai", "http://127.0.0.1:8080/v1", "qwen"),
+        ),
         ("openai:https://h.example/v1/", ModelSpec("openai", "https://h.example/v1", "default")),
     ],
 )

@@ -1,0 +1,36 @@
+"""The embedded SmolLM2: committed real recordings replay (fast), and a live run (slow)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agents.testing import assert_replays
+
+RUNS = Path(__file__).resolve().parents[1] / "runs"
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "workspace"
+
+
+def test_smollm2_version_question_replays() -> None:
+    assert_replays(RUNS / "smollm2_version.xml", workspace=FIXTURE)
+
+
+def test_smollm2_todo_question_replays() -> None:
+    assert_replays(RUNS / "smollm2_todo.xml", workspace=FIXTURE)
+
+
+@pytest.mark.slow
+def test_live_smollm2_turn_replays(smollm2_path: Path, bus: Any, tmp_path: Path) -> None:
+    from agents.loop import run_agent
+    from agents.replay import export_run
+    from models import load_runtime
+
+    runtime = load_runtime(str(smollm2_path))
+    assert runtime.supports_schema
+    outcome = run_agent("assistant", "What files are in this folder?", runtime=runtime, bus=bus,
+                        workspace=FIXTURE, max_turns=1)
+    assert outcome.kind in ("done", "max_turns")
+    (tmp_path / "run.xml").write_text(export_run(bus, outcome.run_id))
+    assert assert_replays(tmp_path / "run.xml", workspace=FIXTURE).outcome == outcome
