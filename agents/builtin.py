@@ -49,10 +49,10 @@ def register_agent(
     name: str, function: str, description: str, *, max_tokens: int = 256, replace: bool = True
 ) -> AgentDef:
     """Register agent ``name`` driven by BAML function ``function``; returns its AgentDef."""
-    from agents.decide import Decider
+    from agents.decide import get_decider
 
     _ensure_builtin_tools()
-    decider = Decider(function)
+    decider = get_decider(function)
     from agents.tools import action_name, tool_for
 
     for cls in decider.classes:

@@ -126,8 +126,10 @@ class Decider:
 
     @staticmethod
     def _substitute(template: list[dict[str, Any]], events: str) -> list[dict[str, Any]]:
-        return [{"role": m["role"], "content": m["content"].replace(_PLACEHOLDER, events)}
-                for m in template]
+        return [
+            {"role": m["role"], "content": m["content"].replace(_PLACEHOLDER, events)}
+            for m in template
+        ]
 
     def messages(self, events: str) -> list[dict[str, Any]]:
         """The chat messages BAML renders for this event log (identical to :meth:`render`)."""
@@ -161,3 +163,9 @@ class Decider:
         from agents.tools import action_name
 
         return [action_name(cls) for cls in self.classes]
+
+
+@functools.cache
+def get_decider(function: str) -> Decider:
+    """The (cached) Decider of a BAML function: its schema and prompt template are built once."""
+    return Decider(function)

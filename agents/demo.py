@@ -1,114 +1,159 @@
-"""`make demo`: a short tour of the bus CLI on a fresh temporary bus file.
+"""`make demo`: the review chain, offline, with the embedded SmolLM2 model.
 
-Runs offline in a few seconds. Each command is printed before it runs, then run
-in-process through the real `loopbus` click group (one follower runs as a real
-subprocess to show the cross-process wake-up). A later issue replaces this tour
-with the agent chain.
+Three agents run as separate OS processes, coupled only by the bus (``agents/examples/
+review.toml``): ``scanner`` publishes one ``file.found`` per file of a folder, ``reviewer``
+(two processes) checks each file and publishes ``finding`` events, ``reporter`` re-renders
+``report.md`` after each review. The demo starts the chain with ``loopbus up``'s supervisor,
+shows it live, waits until every event is handled, then prints the report and a few
+``loopbus sql`` queries to inspect what happened.
+
+The bus tour that used to be the demo is ``python -m agents.bus_tour``.
 """
 
 from __future__ import annotations
 
-import os
 import shlex
-import signal
-import subprocess
+import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import click
 
-from agents.cli import main as loopbus
+EXAMPLES = Path(__file__).resolve().parent / "examples"
+CONFIG = EXAMPLES / "review.toml"
+FIXTURE = EXAMPLES / "fixture_project"
+
+QUERIES = (
+    (
+        "events per agent and type",
+        "SELECT agent, event_type, count(*) AS n FROM outbox GROUP BY 1, 2 ORDER BY 1, 2",
+    ),
+    (
+        "the findings",
+        "SELECT json_extract(payload, '$.path') AS file, json_extract(payload, '$.message') AS "
+        "finding FROM outbox WHERE event_type = 'finding' ORDER BY id",
+    ),
+    (
+        "how each run ended",
+        "SELECT run_id, json_extract(payload, '$.kind') AS outcome, json_extract(payload, "
+        "'$.summary') AS summary FROM outbox WHERE event_type = 'run.outcome' ORDER BY id",
+    ),
+    (
+        "model time per agent",
+        "SELECT agent, count(*) AS calls, sum(json_extract(payload, '$.completion_tokens')) AS "
+        "tokens, round(sum(json_extract(payload, '$.prefill_s') + json_extract(payload, "
+        "'$.decode_s')), 1) AS seconds FROM outbox WHERE event_type = 'run.model_call' GROUP BY 1",
+    ),
+)
 
 
-def run(*args: str) -> None:
-    """Print `$ loopbus ARGS` and run it in-process, like the shell would."""
-    click.secho(f"\n$ loopbus {shlex.join(args)}", bold=True)
-    try:
-        loopbus.main(args=list(args), prog_name="loopbus", standalone_mode=False)
-    except SystemExit as exc:  # `Error: ...` exits 1; the tour goes on
-        click.secho(f"(exit status {exc.code})", dim=True)
+def _fresh_bus(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    shutil.rmtree(f"{path}.agents", ignore_errors=True)
 
 
-def follow_demo(bus_file: Path) -> None:
-    """Start `loopbus tail --follow` in another process and publish to it."""
-    args = ["tail", "--follow", "--type", "alert.*"]
-    click.secho(f"\n$ loopbus {shlex.join(args)} &   # another process", bold=True)
-    env = {**os.environ, "LOOPBUS_BUS": str(bus_file), "PYTHONUNBUFFERED": "1"}
-    follower = subprocess.Popen(
-        [sys.executable, "-m", "agents.cli", *args],
-        env=env,
-        stdout=subprocess.PIPE,
-        text=True,
+@click.command()
+@click.option(
+    "--folder",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    default=FIXTURE,
+    show_default="the shipped fixture project",
+    help="The folder to review.",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("demo-out"),
+    show_default=True,
+    help="Where the bus file, the agents' logs and report.md go.",
+)
+@click.option("--model", default=None, help="Model spec (default: the embedded SmolLM2).")
+@click.option(
+    "--timeout", type=float, default=900, show_default=True, help="Give up after this many seconds."
+)
+@click.option(
+    "--live/--no-live", default=None, help="Live status table (default: when stdout is a terminal)."
+)
+def main(folder: Path, out: Path, model: str | None, timeout: float, live: bool | None) -> None:
+    """Run the review chain over FOLDER offline and print the report.
+
+    \b
+    Example:
+      python -m agents.demo
+      python -m agents.demo --folder ~/src/project --out /tmp/review
+    """
+    from agents.cli.chain_cmds import supervise
+    from agents.config import check_registry, load_config
+    from agents.errors import AgentError
+    from bus import SyncBus
+
+    out = out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    bus_path = out / "demo.db"
+    _fresh_bus(bus_path)
+    config = load_config(CONFIG).with_overrides(workspace=folder, output=out, model=model)
+    check_registry(config)
+    click.secho("loopbus demo: a chain of agent processes reviews a folder, offline", bold=True)
+    click.echo(
+        f"  folder: {folder.resolve()}\n  bus:    {bus_path}\n  agents: "
+        + ", ".join(f"{a.name} x{a.parallelism}" for a in config.agents.values())
     )
+    if config.model in (None, "", "default"):
+        from models.embedded import ensure_default_model
+
+        click.echo("  model:  embedded SmolLM2-135M-Instruct (imported once on first use)")
+        ensure_default_model()  # before the agents start, so they do not race to import it
+    with SyncBus(bus_path) as bus:
+        bus.publish("scan.request", {"root": str(folder.resolve())}, agent="demo")
+    started = time.monotonic()
+    show_live = sys.stdout.isatty() if live is None else live
     try:
-        assert follower.stdout is not None
-        time.sleep(1.0)  # let it start
-        run("publish", "alert.disk", '{"free_gb": 3}', "--agent", "monitor")
-        click.echo(f"[follower] {follower.stdout.readline().rstrip()}")
-        time.sleep(0.3)  # now it is idle, waiting on the wake-up socket
-        started = time.monotonic()
-        run("publish", "alert.cpu", '{"load": 0.97}', "--agent", "monitor")
-        line = follower.stdout.readline().rstrip()
-        elapsed_ms = (time.monotonic() - started) * 1000
-        click.echo(f"[follower] {line}")
-        click.secho(
-            f"(the follower printed it {elapsed_ms:.0f} ms after `publish` started; that"
-            " includes opening the bus and a durable commit)",
-            dim=True,
+        idle = supervise(
+            config,
+            str(bus_path),
+            until_idle=True,
+            timeout=timeout,
+            live=show_live,
+            title="loopbus demo: review chain",
         )
-    finally:
-        follower.send_signal(signal.SIGINT)
-        try:
-            follower.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            follower.kill()
-            follower.wait()
-
-
-def main() -> None:
-    """Run the tour on a bus file in a temporary directory."""
-    with tempfile.TemporaryDirectory(prefix="loopbus-demo-") as tmp:
-        bus_file = Path(tmp) / "demo.db"
-        os.environ["LOOPBUS_BUS"] = str(bus_file)
-        click.secho(f"# A fresh bus: LOOPBUS_BUS={bus_file}", fg="cyan")
-
-        run("publish", "file.found", '{"path": "README.md", "size": 1834}')
-        run("publish", "file.found", '{"path": "bus/core.py", "size": 9120}', "--agent", "scanner")
-        run(
-            "publish",
-            "finding",
-            '{"path": "bus/core.py", "note": "long function"}',
-            "--agent",
-            "reviewer",
+    except AgentError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        raise SystemExit(1) from None
+    except KeyboardInterrupt:
+        click.echo("stopped")
+        raise SystemExit(130) from None
+    elapsed = time.monotonic() - started
+    if not idle:
+        click.echo(
+            f"Error: the chain did not finish in {timeout:.0f} s; logs in {bus_path}.agents/",
+            err=True,
         )
-        run("tail")
-        run("tail", "--type", "file.*", "--json")
-
-        click.secho("\n# A consumer acknowledges what it has handled (library call):", fg="cyan")
-        from bus import SyncBus
-
-        with SyncBus(bus_file) as bus:
-            bus.ack("indexer", 2)
-        click.echo(">>> SyncBus(bus_file).ack('indexer', 2)")
-        run("cursors")
-
-        run(
-            "sql",
-            "SELECT event_type, count(*) AS n FROM outbox GROUP BY event_type ORDER BY n DESC",
+        raise SystemExit(1)
+    report = out / "report.md"
+    click.secho(f"\nchain finished in {elapsed:.0f} s; every event handled.", bold=True)
+    if report.is_file():
+        click.echo("\n" + report.read_text(encoding="utf-8"))
+    click.secho(f"report: {report}", bold=True)
+    click.echo("\nInspect the run with read-only SQL, for example:")
+    bus_arg = shlex.quote(str(bus_path))
+    queries = list(QUERIES)
+    with SyncBus(bus_path) as bus:
+        found = bus.events(types=["file.found"], limit=1)
+    if found:
+        fid = found[0].id
+        queries.append(
+            (
+                f"one file's story: event {fid}, the run it triggered and what it published",
+                f"SELECT id, agent, event_type, run_id, caused_by FROM outbox WHERE id = {fid} "
+                f"OR run_id = 'reviewer-e{fid}' OR caused_by = {fid} ORDER BY id",
+            )
         )
-        run("sql", "SELECT id, agent, event_type FROM outbox WHERE id > 1", "--csv")
-        run(
-            "sql",
-            "SELECT id, agent, json_extract(payload, ?) AS note FROM outbox WHERE event_type = ?",
-            *("-p", "$.note", "-p", "finding", "--json"),
-        )
-        run("sql", "DELETE FROM outbox")  # refused: the sql command is read-only
-        run("prune", "--dry-run")
-
-        follow_demo(bus_file)
-        click.secho("\n# Done: the bus file was a temporary one and is gone.", fg="cyan")
+    for title, sql in queries:
+        # the queries hold no double quotes, backslashes or $names: safe inside "..."
+        click.echo(f'  # {title}\n  loopbus --bus {bus_arg} sql "{sql}"')
+    click.echo(f"  # or everything, in order: loopbus --bus {bus_arg} tail --since 0")
 
 
 if __name__ == "__main__":

@@ -14,8 +14,12 @@ DEFAULT_WORKSPACE = Path(__file__).resolve().parents[1] / "tests" / "fixtures" /
 DEFAULT_QUESTION = "What version is Pebble?"
 
 
-def run_demo(workspace: Path = DEFAULT_WORKSPACE, question: str = DEFAULT_QUESTION,
-             bus_file: Path = Path("demo-out/loopbus.db"), max_turns: int = 4) -> int:
+def run_demo(
+    workspace: Path = DEFAULT_WORKSPACE,
+    question: str = DEFAULT_QUESTION,
+    bus_file: Path = Path("demo-out/loopbus.db"),
+    max_turns: int = 4,
+) -> int:
     """Run the assistant once; returns the exit status (0 when it answered)."""
     from agents.cli.run_cmds import describe
     from agents.loop import run_agent
@@ -27,25 +31,45 @@ def run_demo(workspace: Path = DEFAULT_WORKSPACE, question: str = DEFAULT_QUESTI
     runtime = load_runtime(None)
     click.secho(f"assistant on {workspace}: {question}", bold=True)
     with SyncBus(bus_file) as bus:
-        outcome = run_agent("assistant", question, runtime=runtime, bus=bus,
-                            workspace=workspace, max_turns=max_turns,
-                            on_event=lambda e: click.echo(f"  #{e.id} {describe(e)}"))
-    click.secho(f"\n{outcome.kind}: {outcome.summary or outcome.reason}", bold=True,
-                fg="green" if outcome.ok else "yellow")
-    click.echo(f"\nThe run is on the bus ({bus_file}); try:\n"
-               f"  loopbus --bus {bus_file} sql \"SELECT id, event_type, "
-               f"substr(payload, 1, 80) FROM outbox WHERE run_id = '{outcome.run_id}'\"\n"
-               f"  loopbus --bus {bus_file} export {outcome.run_id} > run.xml\n"
-               f"  loopbus replay run.xml")
+        outcome = run_agent(
+            "assistant",
+            question,
+            runtime=runtime,
+            bus=bus,
+            workspace=workspace,
+            max_turns=max_turns,
+            on_event=lambda e: click.echo(f"  #{e.id} {describe(e)}"),
+        )
+    click.secho(
+        f"\n{outcome.kind}: {outcome.summary or outcome.reason}",
+        bold=True,
+        fg="green" if outcome.ok else "yellow",
+    )
+    click.echo(
+        f"\nThe run is on the bus ({bus_file}); try:\n"
+        f'  loopbus --bus {bus_file} sql "SELECT id, event_type, '
+        f"substr(payload, 1, 80) FROM outbox WHERE run_id = '{outcome.run_id}'\"\n"
+        f"  loopbus --bus {bus_file} export {outcome.run_id} > run.xml\n"
+        f"  loopbus replay run.xml"
+    )
     return 0 if outcome.ok else 1
 
 
 @click.command()
-@click.option("--workspace", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              default=DEFAULT_WORKSPACE, show_default=True)
+@click.option(
+    "--workspace",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=DEFAULT_WORKSPACE,
+    show_default=True,
+)
 @click.option("--question", default=DEFAULT_QUESTION, show_default=True)
-@click.option("--bus", "bus_file", type=click.Path(dir_okay=False, path_type=Path),
-              default=Path("demo-out/loopbus.db"), show_default=True)
+@click.option(
+    "--bus",
+    "bus_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("demo-out/loopbus.db"),
+    show_default=True,
+)
 def main(workspace: Path, question: str, bus_file: Path) -> None:
     """Ask the built-in assistant a question about a folder, offline."""
     raise SystemExit(run_demo(workspace, question, bus_file))

@@ -106,7 +106,9 @@ def iter_log(text: str) -> Iterator[LogEvent | Elided]:
         try:
             data = json.loads(match.group(2))
         except json.JSONDecodeError as exc:
-            raise EventLogError(f"event at offset {match.start()} has invalid JSON: {exc}") from None
+            raise EventLogError(
+                f"event at offset {match.start()} has invalid JSON: {exc}"
+            ) from None
         yield LogEvent(kind, ts, data, tuple(attrs.items()))
     if text[pos:].strip():
         raise EventLogError(f"unexpected text in event log at offset {pos}")

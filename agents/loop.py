@@ -22,6 +22,10 @@ Public API (used by the CLI and by chains of agent processes)::
   not asked of the model again; a ``run.tool_call`` without a result is re-run when the tool is
   idempotent, else reported to the model as "outcome unknown after crash"; a run that already
   has an outcome returns it without publishing anything.
+* Lower level (stable, used by chains of agent processes): ``step(state, runtime, decider)``,
+  ``run(state, runtime, decider)``, :func:`agents.turn.new_run` / :func:`agents.turn.rebuild`
+  (a :class:`~agents.runstate.RunState` from scratch or from the bus),
+  :func:`agents.turn.call_tool` and :class:`~agents.runstate.RunSettings`.
 * ``budget``: before each model call the rendered prompt is counted with
   ``runtime.count_tokens``; over ``budget * runtime.context_window`` the run ends with
   ``budget_exceeded`` unless ``elide`` drops the oldest unpinned events first.
@@ -36,7 +40,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from agents import turn
-from agents.decide import Decider
+from agents.decide import Decider, get_decider
 from agents.errors import AgentError
 from agents.runstate import Outcome, RunSettings, RunState
 
@@ -77,40 +81,71 @@ def run(state: RunState, runtime: Any, decider: Decider) -> Outcome:
         state.ctx.close()
 
 
-def run_agent(agent: str, task: str, *, runtime: Any, bus: Any, workspace: Path | None = None,
-              max_turns: int = 12, budget: float = 0.4, elide: bool = False,
-              run_id: str | None = None, caused_by: int | None = None,
-              on_event: Callable[[Any], None] | None = None) -> Outcome:
+def run_agent(
+    agent: str,
+    task: str,
+    *,
+    runtime: Any,
+    bus: Any,
+    workspace: Path | None = None,
+    max_turns: int = 12,
+    budget: float = 0.4,
+    elide: bool = False,
+    run_id: str | None = None,
+    caused_by: int | None = None,
+    on_event: Callable[[Any], None] | None = None,
+) -> Outcome:
     """Run ``agent`` on ``task`` to its outcome (or resume ``run_id`` if it is already on the bus)."""
     from agents.builtin import get_agent
 
     if run_id is not None and bus.events(run_id=run_id, limit=1):
-        return resume_run(run_id, runtime=runtime, bus=bus, workspace=workspace,
-                          on_event=on_event)
+        return resume_run(run_id, runtime=runtime, bus=bus, workspace=workspace, on_event=on_event)
     spec = get_agent(agent)
     try:
         settings = RunSettings(
-            agent=spec.name, function=spec.function, max_turns=max_turns, budget=budget,
-            elide=elide, workspace=str(Path(workspace).resolve()) if workspace else None,
-            model=runtime.spec, context_window=runtime.context_window,
-            supports_schema=runtime.supports_schema, max_tokens=spec.max_tokens)
+            agent=spec.name,
+            function=spec.function,
+            max_turns=max_turns,
+            budget=budget,
+            elide=elide,
+            workspace=str(Path(workspace).resolve()) if workspace else None,
+            model=runtime.spec,
+            context_window=runtime.context_window,
+            supports_schema=runtime.supports_schema,
+            max_tokens=spec.max_tokens,
+        )
     except ValidationError as exc:
-        raise AgentError(f"invalid run settings: {exc.errors()[0]['loc'][0]}: "
-                         f"{exc.errors()[0]['msg']} (budget is in (0, 1], max_turns >= 0)"
-                         ) from None
-    decider = Decider(spec.function)
-    state = turn.new_run(settings, task, runtime=runtime, bus=bus, run_id=run_id,
-                         caused_by=caused_by, on_event=on_event)
+        raise AgentError(
+            f"invalid run settings: {exc.errors()[0]['loc'][0]}: "
+            f"{exc.errors()[0]['msg']} (budget is in (0, 1], max_turns >= 0)"
+        ) from None
+    decider = get_decider(spec.function)
+    state = turn.new_run(
+        settings,
+        task,
+        runtime=runtime,
+        bus=bus,
+        run_id=run_id,
+        caused_by=caused_by,
+        on_event=on_event,
+    )
     return run(state, runtime, decider)
 
 
-def resume_run(run_id: str, *, runtime: Any, bus: Any, workspace: Path | None = None,
-               on_event: Callable[[Any], None] | None = None) -> Outcome:
+def resume_run(
+    run_id: str,
+    *,
+    runtime: Any,
+    bus: Any,
+    workspace: Path | None = None,
+    on_event: Callable[[Any], None] | None = None,
+) -> Outcome:
     """Continue a run from the bus (see the module docstring); never re-asks recorded decisions."""
     from agents.builtin import get_agent
 
-    state, decider = turn.rebuild(bus, run_id, runtime=runtime, workspace=workspace,
-                                  on_event=on_event)
+    state, decider = turn.rebuild(
+        bus, run_id, runtime=runtime, workspace=workspace, on_event=on_event
+    )
     if state.outcome is not None:
         return state.outcome
     get_agent(state.settings.agent)  # its module registered the agent's tools

@@ -34,8 +34,10 @@ def run_python(call: Any, ctx: ToolContext) -> str:
         ctx.resources["sandbox"] = sandbox
     result = sandbox.run(extract_code(call.code))
     if result.trapped:
-        raise ToolError(result.to_text(max_chars=2000) + "\n[the sandbox was restarted: "
-                        "variables from earlier turns are gone]")
+        raise ToolError(
+            result.to_text(max_chars=2000) + "\n[the sandbox was restarted: "
+            "variables from earlier turns are gone]"
+        )
     if not result.ok:
         raise ToolError(result.to_text(max_chars=2000))
     return result.to_text()
@@ -45,5 +47,10 @@ def register_run_python() -> None:
     """Register RunPython (not idempotent: a snippet may publish, and the session is stateful)."""
     from baml_client import types
 
-    register_tool(types.RunPython, run_python, idempotent=False, replace=True,
-                  description="run MicroPython code in the sandbox")
+    register_tool(
+        types.RunPython,
+        run_python,
+        idempotent=False,
+        replace=True,
+        description="run MicroPython code in the sandbox",
+    )

@@ -78,9 +78,19 @@ class Recording(BaseModel):
         """From bus ``Event`` objects of one run (the first must be its ``run.task``)."""
         if not events or events[0].event_type != "run.task":
             raise AgentError(f"no run {run_id!r} on this bus (no run.task event)")
-        return cls(run_id=run_id, events=[
-            RecordedEvent(type=e.event_type, ts=e.created_at, payload=e.payload, id=e.id,
-                          caused_by=e.caused_by) for e in events])
+        return cls(
+            run_id=run_id,
+            events=[
+                RecordedEvent(
+                    type=e.event_type,
+                    ts=e.created_at,
+                    payload=e.payload,
+                    id=e.id,
+                    caused_by=e.caused_by,
+                )
+                for e in events
+            ],
+        )
 
     @classmethod
     def from_bus(cls, bus: Any, run_id: str) -> Recording:
@@ -88,9 +98,11 @@ class Recording(BaseModel):
 
     def to_xml(self) -> str:
         """The export format (see the module docstring)."""
-        lines = ['<?xml version="1.0" encoding="utf-8"?>',
-                 f'<recording format="{FORMAT}" run_id="{_attr(self.run_id)}" '
-                 f'agent="{_attr(self.settings.agent)}">']
+        lines = [
+            '<?xml version="1.0" encoding="utf-8"?>',
+            f'<recording format="{FORMAT}" run_id="{_attr(self.run_id)}" '
+            f'agent="{_attr(self.settings.agent)}">',
+        ]
         for e in self.events:
             attrs = [("id", str(e.id))] if e.id is not None else []
             if e.caused_by is not None:
@@ -110,14 +122,19 @@ class Recording(BaseModel):
             raise AgentError(f"unsupported recording format {match.group(1)!r}; want {FORMAT}")
         events = []
         try:
-            for item in iter_log(text[match.end():end]):
+            for item in iter_log(text[match.end() : end]):
                 if not isinstance(item, LogEvent):
                     raise AgentError("a recording cannot contain elision markers")
                 attrs = dict(item.attrs)
-                events.append(RecordedEvent(
-                    type=item.type, ts=item.ts, payload=item.data,
-                    id=int(attrs["id"]) if "id" in attrs else None,
-                    caused_by=int(attrs["caused_by"]) if "caused_by" in attrs else None))
+                events.append(
+                    RecordedEvent(
+                        type=item.type,
+                        ts=item.ts,
+                        payload=item.data,
+                        id=int(attrs["id"]) if "id" in attrs else None,
+                        caused_by=int(attrs["caused_by"]) if "caused_by" in attrs else None,
+                    )
+                )
         except EventLogError as exc:
             raise AgentError(f"malformed recording: {exc}") from None
         return cls(run_id=_unattr(match.group(2)), events=events)
@@ -128,8 +145,9 @@ def _attr(value: str) -> str:
 
 
 def _unattr(value: str) -> str:
-    return value.replace("&quot;", '"').replace("&lt;", "<").replace("&gt;", ">").replace(
-        "&amp;", "&")
+    return (
+        value.replace("&quot;", '"').replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+    )
 
 
 def export_run(bus: Any, run_id: str) -> str:
@@ -195,7 +213,8 @@ class ReplayRuntime:
             raise ReplayDivergence(
                 f"replay diverged before model call {self.used + 1}: the prompt hash "
                 f"{sha[:16]} is not in the recording, so the prompt template or the context "
-                "changed")
+                "changed"
+            )
         return self.counts[sha]
 
     def count_text(self, text: str) -> int:
@@ -207,7 +226,8 @@ class ReplayRuntime:
     def _exhausted(self) -> ReplayDivergence:
         return ReplayDivergence(
             f"replay diverged: it asked the model {self.used + 1} times, the recording has "
-            f"only {len(self.calls)} model calls")
+            f"only {len(self.calls)} model calls"
+        )
 
     def generate(self, messages: list[dict[str, Any]], **_: Any) -> ReplayGeneration:
         if self.used >= len(self.calls):
@@ -219,9 +239,14 @@ class ReplayRuntime:
             raise ReplayDivergence(
                 f"replay diverged at model call {self.used} (turn {call['turn']}): prompt hash "
                 f"changed\n  recorded: {call['prompt_sha256']}\n  replayed: {sha}\n"
-                "the prompt template (baml_src) or the context changed")
-        return ReplayGeneration(call["raw"], call["prompt_tokens"], call.get("finish_reason"),
-                                call.get("completion_tokens"))
+                "the prompt template (baml_src) or the context changed"
+            )
+        return ReplayGeneration(
+            call["raw"],
+            call["prompt_tokens"],
+            call.get("finish_reason"),
+            call.get("completion_tokens"),
+        )
 
 
 def essence(event_type: str, payload: Any) -> Any:
@@ -244,8 +269,12 @@ def _diff(index: int, total: int, recorded: RecordedEvent | None, replayed: Any)
     def show(kind: str | None, payload: Any) -> list[str]:
         if kind is None:
             return ["(no event)"]
-        text = json.dumps({"type": kind, **{"payload": essence(kind, payload)}}, indent=2,
-                          sort_keys=True, ensure_ascii=False)
+        text = json.dumps(
+            {"type": kind, **{"payload": essence(kind, payload)}},
+            indent=2,
+            sort_keys=True,
+            ensure_ascii=False,
+        )
         return text.splitlines()
 
     old = show(recorded.type, recorded.payload) if recorded else show(None, None)
@@ -269,20 +298,29 @@ class Checker:
         index = self.seen
         self.seen += 1
         recorded = self.expected[index] if index < len(self.expected) else None
-        if recorded is None or recorded.type != event.event_type or essence(
-                recorded.type, recorded.payload) != essence(event.event_type, event.payload):
+        if (
+            recorded is None
+            or recorded.type != event.event_type
+            or essence(recorded.type, recorded.payload) != essence(event.event_type, event.payload)
+        ):
             raise ReplayDivergence(_diff(index, len(self.expected), recorded, event))
 
-    def stamp(self, index: int, event: Any) -> str:
+    def stamp(self, index: int, event_type: str) -> str:
         """The recorded timestamp of the index-th event (prompts then hash the same)."""
-        if index < len(self.expected) and self.expected[index].type == event.event_type:
-            return self.expected[index].ts
-        return event.created_at
+        if index < len(self.expected) and self.expected[index].type == event_type:
+            recorded = self.expected[index]
+            if isinstance(recorded.payload, dict) and "ts" in recorded.payload:
+                return recorded.payload["ts"]
+            return recorded.ts
+        from agents.runstate import utc_now
+
+        return utc_now()
 
     def finish(self) -> None:
         if self.seen < len(self.expected):
-            raise ReplayDivergence(_diff(self.seen, len(self.expected),
-                                         self.expected[self.seen], None))
+            raise ReplayDivergence(
+                _diff(self.seen, len(self.expected), self.expected[self.seen], None)
+            )
 
 
 class ReplayReport(BaseModel):
@@ -295,12 +333,17 @@ class ReplayReport(BaseModel):
     outcome: Outcome | None = None
 
 
-def prepare(recording: Recording, bus: Any, *, workspace: Path | None = None,
-            on_event: Callable[[Any], None] | None = None) -> tuple[Any, Any, Any, Checker]:
+def prepare(
+    recording: Recording,
+    bus: Any,
+    *,
+    workspace: Path | None = None,
+    on_event: Callable[[Any], None] | None = None,
+) -> tuple[Any, Any, Any, Checker]:
     """(state, runtime, decider, checker) ready for :func:`agents.loop.run` on ``bus``."""
     from agents import turn
     from agents.builtin import get_agent
-    from agents.decide import Decider
+    from agents.decide import get_decider
 
     settings = recording.settings
     get_agent(settings.agent)  # registers the agent's tools
@@ -313,14 +356,25 @@ def prepare(recording: Recording, bus: Any, *, workspace: Path | None = None,
         if on_event is not None:
             on_event(event)
 
-    state = turn.new_run(settings, recording.task, runtime=runtime, bus=bus,
-                         run_id=recording.run_id, caused_by=recording.task_event.caused_by,
-                         on_event=observe, stamp=checker.stamp)
-    return state, runtime, Decider(settings.function), checker
+    state = turn.new_run(
+        settings,
+        recording.task,
+        runtime=runtime,
+        bus=bus,
+        run_id=recording.run_id,
+        caused_by=recording.task_event.caused_by,
+        on_event=observe,
+        stamp=checker.stamp,
+    )
+    return state, runtime, get_decider(settings.function), checker
 
 
-def replay(recording: Recording, *, workspace: Path | None = None,
-           on_event: Callable[[Any], None] | None = None) -> ReplayReport:
+def replay(
+    recording: Recording,
+    *,
+    workspace: Path | None = None,
+    on_event: Callable[[Any], None] | None = None,
+) -> ReplayReport:
     """Re-run ``recording`` on a scratch bus with recorded model outputs and real tools."""
     from agents.loop import run
     from bus import SyncBus
@@ -329,13 +383,14 @@ def replay(recording: Recording, *, workspace: Path | None = None,
         with SyncBus(Path(tmp) / "replay.db", synchronous="NORMAL") as bus:
             runtime = None
             try:
-                state, runtime, decider, checker = prepare(recording, bus, workspace=workspace,
-                                                           on_event=on_event)
+                state, runtime, decider, checker = prepare(
+                    recording, bus, workspace=workspace, on_event=on_event
+                )
                 outcome = run(state, runtime, decider)
                 checker.finish()
             except ReplayDivergence as exc:
                 turns = runtime.used if runtime is not None else 0
-                return ReplayReport(ok=False, run_id=recording.run_id, turns=turns,
-                                    diff=str(exc))
-            return ReplayReport(ok=True, run_id=recording.run_id, turns=runtime.used,
-                                outcome=outcome)
+                return ReplayReport(ok=False, run_id=recording.run_id, turns=turns, diff=str(exc))
+            return ReplayReport(
+                ok=True, run_id=recording.run_id, turns=runtime.used, outcome=outcome
+            )

@@ -19,6 +19,8 @@ run.outcome        kind, summary, reason, turns                                 
 <other types>      what the Publish tool emitted                                       trigger
 =================  ==================================================================  =========
 
+Every ``run.*`` payload also has ``ts``: the loop's clock, which the event log renders (so the
+context rebuilt from the bus is byte-identical, and replay can stamp the recorded times).
 Only task, decision, tool_result and error events are part of the model's context.
 """
 
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -65,6 +68,12 @@ class RunSettings(BaseModel):
     max_tokens: int = 256
     max_parse_failures: int = 2
     max_result_chars: int = 4000
+
+
+def utc_now() -> str:
+    """Now as ISO-8601 UTC with milliseconds, like the bus's ``created_at``."""
+    now = datetime.now(UTC)
+    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
 
 
 def context_view(event_type: str, payload: Any) -> Any:
@@ -111,8 +120,9 @@ class RunState:
     pending_call: PendingCall | None = None
     outcome: Outcome | None = None
     on_event: Callable[[Any], None] | None = None
-    # replay maps the n-th event of the run to its recorded timestamp so prompts hash the same
-    stamp: Callable[[int, Any], str] | None = None
+    # replay maps the n-th event of the run (and its type) to the recorded timestamp, so the
+    # prompts hash the same
+    stamp: Callable[[int, str], str] | None = None
     emitted: int = 0
     cache: object | None = None
     ctx: Any = None  # agents.tools.ToolContext, set when the run starts
@@ -123,21 +133,47 @@ class RunState:
         return self.trigger if self.trigger is not None else self.task_event_id
 
     def emit(self, *items: tuple[str, Any, int | None]) -> list[Any]:
-        """Publish ``(type, payload, caused_by)`` events in one transaction; update the context."""
-        from bus import NewEvent
+        """Publish ``(type, payload, caused_by)`` events in one transaction; update the context.
 
-        agent = self.settings.agent
-        if len(items) == 1:
-            (kind, payload, caused_by), = items
-            ids = [self.bus.publish(kind, payload, agent=agent, run_id=self.run_id,
-                                    caused_by=caused_by)]
+        ``run.*`` payloads get a ``ts`` (the loop's clock, ISO-8601 UTC with ms): the event log
+        renders it, so the bus alone rebuilds the exact context, and a replay stamps the
+        recorded one. The returned :class:`bus.Event` objects are built here (no read-back);
+        their ``created_at`` is that ts, within a millisecond or so of the stored column.
+        """
+        from bus import Event, NewEvent
+
+        agent, stamped = self.settings.agent, []
+        for i, (kind, payload, caused_by) in enumerate(items):
+            ts = self.stamp(self.emitted + i, kind) if self.stamp else utc_now()
+            if kind.startswith("run."):
+                payload = {**payload, "ts": ts}
+            stamped.append((kind, payload, caused_by, ts))
+        if len(stamped) == 1:
+            kind, payload, caused_by, _ = stamped[0]
+            ids = [
+                self.bus.publish(
+                    kind, payload, agent=agent, run_id=self.run_id, caused_by=caused_by
+                )
+            ]
         else:  # one transaction: recorded together or not at all
-            ids = self.bus.publish_many([
-                NewEvent(event_type=t, payload=p, agent=agent, run_id=self.run_id, caused_by=c)
-                for t, p, c in items])
-        # Read back for created_at (the log's ts) and for on_event; ids of one call are
-        # consecutive for this run (one transaction, or a single event).
-        events = self.bus.events(since_id=ids[0] - 1, run_id=self.run_id, limit=len(ids))
+            ids = self.bus.publish_many(
+                [
+                    NewEvent(event_type=k, payload=p, agent=agent, run_id=self.run_id, caused_by=c)
+                    for k, p, c, _ in stamped
+                ]
+            )
+        events = [
+            Event(
+                id=i,
+                agent=agent,
+                event_type=k,
+                payload=p,
+                run_id=self.run_id,
+                caused_by=c,
+                created_at=ts,
+            )
+            for i, (k, p, c, ts) in zip(ids, stamped, strict=True)
+        ]
         for event in events:
             self.observe(event)
             if self.on_event is not None:
@@ -146,10 +182,10 @@ class RunState:
 
     def observe(self, event: Any, *, pinned: bool = False) -> None:
         """Add a bus event of this run to the context (if it belongs there)."""
-        ts = self.stamp(self.emitted, event) if self.stamp else event.created_at
         self.emitted += 1
         view = context_view(event.event_type, event.payload)
         if view is not None:
+            ts = event.payload.get("ts") or event.created_at
             pinned = pinned or event.event_type == "run.task"
             self.log.append(LogEvent(event.event_type, ts, view), pinned=pinned)
 

@@ -299,6 +299,7 @@ class Supervisor:
         for slot in self.slots:
             if slot.proc is not None:
                 slot.handled_before += int(slot.status.get("handled", 0))
+                slot.status = {"activity": slot.status.get("activity", "")}
                 slot.proc = None
             if slot.state != "gave up":
                 slot.state = "stopped"

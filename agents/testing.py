@@ -1,9 +1,9 @@
 """Test helpers for agent runs: a committed recording becomes a one-line replay test.
 
-    from agents.testing import assert_replays
+from agents.testing import assert_replays
 
-    def test_readme_question():
-        assert_replays("tests/runs/assistant_readme.xml", workspace="tests/fixtures/workspace")
+def test_readme_question():
+    assert_replays("tests/runs/assistant_readme.xml", workspace="tests/fixtures/workspace")
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ def assert_replays(recording: str | Path, *, workspace: str | Path | None = None
     if workspace is None and rec.settings.workspace and not Path(rec.settings.workspace).is_dir():
         raise AssertionError(
             f"the recorded workspace {rec.settings.workspace} does not exist here; "
-            "pass workspace=...")
+            "pass workspace=..."
+        )
     report = replay(rec, workspace=Path(workspace) if workspace is not None else None)
     if not report.ok:
         raise AssertionError(f"{recording} does not replay:\n{report.diff}")
@@ -37,14 +38,14 @@ class CountingRuntime:
     OpenAI-compatible server); ``context_window`` overrides the window the budget uses.
     """
 
-    def __init__(self, inner: Any, *, supports_schema: bool | None = None,
-                 context_window: int | None = None) -> None:
+    def __init__(
+        self, inner: Any, *, supports_schema: bool | None = None, context_window: int | None = None
+    ) -> None:
         self.inner = inner
         self.calls = 0
         self.spec = inner.spec
         self.context_window = context_window or inner.context_window
-        self.supports_schema = (inner.supports_schema if supports_schema is None
-                                else supports_schema)
+        self.supports_schema = inner.supports_schema if supports_schema is None else supports_schema
 
     def count_tokens(self, messages: list[dict[str, Any]]) -> int:
         return self.inner.count_tokens(messages)

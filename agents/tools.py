@@ -130,7 +130,9 @@ def register_tool(
 
     Raises AgentError when the name is taken by another class (pass ``replace=True`` to override).
     """
-    tool = Tool(name or action_name(cls), cls, handler, idempotent, description or cls.__doc__ or "")
+    tool = Tool(
+        name or action_name(cls), cls, handler, idempotent, description or cls.__doc__ or ""
+    )
     existing = _BY_NAME.get(tool.name)
     if existing is not None and existing.cls is not cls and not replace:
         raise AgentError(f"tool {tool.name!r} is already registered for {existing.cls.__name__}")
@@ -220,14 +222,30 @@ def register_builtins() -> None:
     """Register ListDir, ReadFile, Publish, RunPython and Done (idempotent to call twice)."""
     from baml_client import types
 
-    register_tool(types.ListDir, list_dir, idempotent=True, replace=True,
-                  description="list a workspace directory")
-    register_tool(types.ReadFile, read_file, idempotent=True, replace=True,
-                  description="read a workspace file")
-    register_tool(types.Publish, publish, idempotent=False, replace=True,
-                  description="publish an event for other agents")
-    register_tool(types.Done, None, idempotent=True, replace=True,
-                  description="finish with a summary")
+    register_tool(
+        types.ListDir,
+        list_dir,
+        idempotent=True,
+        replace=True,
+        description="list a workspace directory",
+    )
+    register_tool(
+        types.ReadFile,
+        read_file,
+        idempotent=True,
+        replace=True,
+        description="read a workspace file",
+    )
+    register_tool(
+        types.Publish,
+        publish,
+        idempotent=False,
+        replace=True,
+        description="publish an event for other agents",
+    )
+    register_tool(
+        types.Done, None, idempotent=True, replace=True, description="finish with a summary"
+    )
     from agents.pytool import register_run_python
 
     register_run_python()

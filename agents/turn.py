@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from agents.decide import Decider, DecisionParseError, prompt_hash
+from agents.decide import Decider, DecisionParseError, get_decider, prompt_hash
 from agents.errors import AgentError
 from agents.runstate import Outcome, PendingCall, RunSettings, RunState
 from agents.tools import ToolContext, get_tool, shape_result, tool_for
@@ -27,8 +27,14 @@ class RunNotFound(AgentError):
     """The bus has no ``run.task`` event for this run id."""
 
 
-def finish(state: RunState, kind: str, *, summary: str | None = None,
-           reason: str | None = None, **extra: Any) -> Outcome:
+def finish(
+    state: RunState,
+    kind: str,
+    *,
+    summary: str | None = None,
+    reason: str | None = None,
+    **extra: Any,
+) -> Outcome:
     """Record the run's one terminal outcome (a second call returns the first outcome)."""
     if state.outcome is not None:
         return state.outcome
@@ -57,36 +63,53 @@ def ask_model(state: RunState, runtime: Any, decider: Decider) -> Outcome | None
         if tokens <= limit:
             break
         if not (settings.elide and state.log.elide_oldest()):
-            reason = (f"the prompt is {tokens} tokens, over {settings.budget:.0%} of the "
-                      f"{runtime.context_window}-token context window ({limit} tokens)")
+            reason = (
+                f"the prompt is {tokens} tokens, over {settings.budget:.0%} of the "
+                f"{runtime.context_window}-token context window ({limit} tokens)"
+            )
             return finish(state, "budget_exceeded", reason=reason, counts=counts)
     schema = decider.schema if runtime.supports_schema else None
     try:
-        gen = runtime.generate(messages, schema=schema, max_tokens=settings.max_tokens,
-                               cache=state.cache)
+        gen = runtime.generate(
+            messages, schema=schema, max_tokens=settings.max_tokens, cache=state.cache
+        )
     except ModelError as exc:
         return finish(state, "failed", reason=f"model error: {exc}", counts=counts)
     state.turn += 1
     call = {
-        "turn": state.turn, "prompt_sha256": sha, "prompt_tokens": tokens, "counts": counts,
-        "elided": state.log.elided, "raw": gen.text,
+        "turn": state.turn,
+        "prompt_sha256": sha,
+        "prompt_tokens": tokens,
+        "counts": counts,
+        "elided": state.log.elided,
+        "raw": gen.text,
         "finish_reason": getattr(gen, "finish_reason", None),
         "completion_tokens": getattr(gen, "completion_tokens", None),
         "cached_tokens": getattr(gen, "cached_tokens", None),
-        "prefill_s": getattr(gen, "prefill_s", None), "decode_s": getattr(gen, "decode_s", None),
+        "prefill_s": getattr(gen, "prefill_s", None),
+        "decode_s": getattr(gen, "decode_s", None),
     }
     try:
         decision = decider.parse(gen.text)
     except DecisionParseError as exc:
         state.parse_failures += 1
-        error = ("your answer was not valid: reply with exactly one JSON object whose action "
-                 f"is one of: {', '.join(decider.actions())}")
+        error = (
+            "your answer was not valid: reply with exactly one JSON object whose action "
+            f"is one of: {', '.join(decider.actions())}"
+        )
         call["parse_error"] = str(exc)  # the details stay out of the context
-        state.emit(("run.model_call", call, None),
-                   ("run.error", {"turn": state.turn, "kind": "parse", "error": error}, None))
+        state.emit(
+            ("run.model_call", call, None),
+            ("run.error", {"turn": state.turn, "kind": "parse", "error": error}, None),
+        )
         if state.parse_failures > settings.max_parse_failures:
-            return finish(state, "failed", reason=(
-                f"the model's output did not parse {state.parse_failures} times in a row: {exc}"))
+            return finish(
+                state,
+                "failed",
+                reason=(
+                    f"the model's output did not parse {state.parse_failures} times in a row: {exc}"
+                ),
+            )
         return None
     state.parse_failures = 0
     record = {"turn": state.turn, "decision": decision.model_dump(mode="json")}
@@ -143,25 +166,39 @@ def _attach_context(state: RunState, runtime: Any) -> None:
     def publish(event_type: str, payload: Any) -> int:
         return state.emit((event_type, payload, state.origin))[0].id
 
-    state.ctx = ToolContext(state.run_id, state.settings.agent, state.workspace_path(),
-                            publish=publish, runtime=runtime)
+    state.ctx = ToolContext(
+        state.run_id, state.settings.agent, state.workspace_path(), publish=publish, runtime=runtime
+    )
 
 
-def new_run(settings: RunSettings, task: str, *, runtime: Any, bus: Any, run_id: str | None,
-            caused_by: int | None, on_event: Callable[[Any], None] | None = None,
-            stamp: Callable[[int, Any], str] | None = None) -> RunState:
+def new_run(
+    settings: RunSettings,
+    task: str,
+    *,
+    runtime: Any,
+    bus: Any,
+    run_id: str | None,
+    caused_by: int | None,
+    on_event: Callable[[Any], None] | None = None,
+    stamp: Callable[[int, str], str] | None = None,
+) -> RunState:
     """Create a run and publish its ``run.task`` event (the pinned start of its context)."""
     run_id = run_id or f"{settings.agent}-{uuid.uuid4().hex[:12]}"
-    state = RunState(run_id, task, settings, bus, trigger=caused_by, on_event=on_event,
-                     stamp=stamp)
+    state = RunState(run_id, task, settings, bus, trigger=caused_by, on_event=on_event, stamp=stamp)
     payload = {"task": task, "settings": settings.model_dump(mode="json")}
     state.task_event_id = state.emit(("run.task", payload, caused_by))[0].id
     _attach_context(state, runtime)
     return state
 
 
-def rebuild(bus: Any, run_id: str, *, runtime: Any, workspace: Path | None = None,
-            on_event: Callable[[Any], None] | None = None) -> tuple[RunState, Decider]:
+def rebuild(
+    bus: Any,
+    run_id: str,
+    *,
+    runtime: Any,
+    workspace: Path | None = None,
+    on_event: Callable[[Any], None] | None = None,
+) -> tuple[RunState, Decider]:
     """The state of ``run_id`` rebuilt from its events on the bus (durable resume)."""
     events = bus.events(run_id=run_id)
     if not events or events[0].event_type != "run.task":
@@ -170,9 +207,16 @@ def rebuild(bus: Any, run_id: str, *, runtime: Any, workspace: Path | None = Non
     settings = RunSettings.model_validate(first.payload["settings"])
     if workspace is not None:
         settings = settings.model_copy(update={"workspace": str(workspace)})
-    state = RunState(run_id, first.payload["task"], settings, bus, trigger=first.caused_by,
-                     task_event_id=first.id, on_event=on_event)
-    decider = Decider(settings.function)
+    state = RunState(
+        run_id,
+        first.payload["task"],
+        settings,
+        bus,
+        trigger=first.caused_by,
+        task_event_id=first.id,
+        on_event=on_event,
+    )
+    decider = get_decider(settings.function)
     for event in events:
         state.observe(event)
         kind, payload = event.event_type, event.payload
@@ -185,13 +229,21 @@ def rebuild(bus: Any, run_id: str, *, runtime: Any, workspace: Path | None = Non
             state.parse_failures += 1
         elif kind == "run.tool_call":
             state.pending = state.pending_id = None
-            state.pending_call = PendingCall(event.id, payload["tool"], payload["args"],
-                                             payload["idempotent"])
-        elif kind in ("run.tool_result", "run.error") and state.pending_call is not None \
-                and event.caused_by == state.pending_call.event_id:
+            state.pending_call = PendingCall(
+                event.id, payload["tool"], payload["args"], payload["idempotent"]
+            )
+        elif (
+            kind in ("run.tool_result", "run.error")
+            and state.pending_call is not None
+            and event.caused_by == state.pending_call.event_id
+        ):
             state.pending_call = None
         elif kind == "run.outcome":
-            state.outcome = Outcome(kind=payload["kind"], run_id=run_id,
-                                    summary=payload.get("summary"), reason=payload.get("reason"))
+            state.outcome = Outcome(
+                kind=payload["kind"],
+                run_id=run_id,
+                summary=payload.get("summary"),
+                reason=payload.get("reason"),
+            )
     _attach_context(state, runtime)
     return state, decider

@@ -328,7 +328,7 @@ def serve_agent(
         # Events carry the configured name; resume looks the agent up by that name.
         kind = get_agent(agent.kind)
         register_agent(agent.name, kind.function, kind.description, max_tokens=kind.max_tokens)
-    index, count = instance or (0, agent.parallelism)
+    index, count = instance or (0, 1)  # alone, one process handles every event
 
     def log(line: str) -> None:
         print(line, flush=True)

@@ -61,9 +61,15 @@ def craft_recording(turns: int = 50) -> str:
     from bus import SyncBus
 
     with tempfile.TemporaryDirectory() as tmp, SyncBus(Path(tmp) / "b.db") as bus:
-        outcome = run_agent("assistant", "What version is Pebble, and where is the TODO?",
-                            runtime=ScriptedRuntime(turns), bus=bus, workspace=WORKSPACE,
-                            max_turns=turns, run_id="crafted-50")
+        outcome = run_agent(
+            "assistant",
+            "What version is Pebble, and where is the TODO?",
+            runtime=ScriptedRuntime(turns),
+            bus=bus,
+            workspace=WORKSPACE,
+            max_turns=turns,
+            run_id="crafted-50",
+        )
         assert outcome.kind == "done", outcome
         return export_run(bus, outcome.run_id)
 
@@ -74,8 +80,10 @@ def time_replay(recording: Any, synchronous: str) -> list[float]:
     from agents.replay import prepare
     from bus import SyncBus
 
-    with tempfile.TemporaryDirectory() as tmp, \
-            SyncBus(Path(tmp) / "b.db", synchronous=synchronous) as bus:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        SyncBus(Path(tmp) / "b.db", synchronous=synchronous) as bus,
+    ):
         state, runtime, decider, checker = prepare(recording, bus, workspace=WORKSPACE)
         times = []
         while True:
@@ -126,14 +134,19 @@ def smollm2_share(overhead_s: float) -> list[str]:
     lines = []
     for path in sorted((ROOT / "tests" / "runs").glob("smollm2_*.xml")):
         rec = Recording.from_xml(path.read_text())
-        model = [(e.payload.get("prefill_s") or 0) + (e.payload.get("decode_s") or 0)
-                 for e in rec.events if e.type == "run.model_call"]
+        model = [
+            (e.payload.get("prefill_s") or 0) + (e.payload.get("decode_s") or 0)
+            for e in rec.events
+            if e.type == "run.model_call"
+        ]
         if not model:
             continue
         mean = statistics.mean(model)
         share = mean / (mean + overhead_s)
-        lines.append(f"  {path.name}: {len(model)} turns, model {mean:.2f} s/turn, "
-                     f"loop {overhead_s * 1e3:.2f} ms/turn -> model share {share:.2%}")
+        lines.append(
+            f"  {path.name}: {len(model)} turns, model {mean:.2f} s/turn, "
+            f"loop {overhead_s * 1e3:.2f} ms/turn -> model share {share:.2%}"
+        )
     return lines or ["  (no tests/runs/smollm2_*.xml recordings found)"]
 
 
@@ -153,9 +166,11 @@ def main() -> None:
         p50 = statistics.median(per_turn)
         p90 = per_turn[int(len(per_turn) * 0.9)]
         results[sync] = p50
-        print(f"  bus synchronous={sync:6s}: per turn p50 {p50 * 1e3:.3f} ms, "
-              f"p90 {p90 * 1e3:.3f} ms (target p50 <= 1 ms: "
-              f"{'met' if p50 <= 1e-3 else 'NOT met'})")
+        print(
+            f"  bus synchronous={sync:6s}: per turn p50 {p50 * 1e3:.3f} ms, "
+            f"p90 {p90 * 1e3:.3f} ms (target p50 <= 1 ms: "
+            f"{'met' if p50 <= 1e-3 else 'NOT met'})"
+        )
     print("  pure-Python parts of one turn at the largest context (us):")
     for name, value in components(recording).items():
         print(f"    {name:22s} {value:8.1f}")

@@ -31,7 +31,7 @@ def _config_default() -> str:
     "--instance",
     default=None,
     metavar="I/N",
-    help="Run instance I of N of this agent (default: 0/parallelism).",
+    help="Run instance I of N (events with id % N == I; default 0/1: all events).",
 )
 @click.option(
     "--workspace",

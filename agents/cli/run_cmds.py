@@ -16,8 +16,12 @@ import click
 from agents.cli.common import bus_path, handle_errors
 
 _STYLE = {
-    "run.task": "bold cyan", "run.decision": "green", "run.tool_result": "white",
-    "run.error": "red", "run.outcome": "bold magenta", "run.model_call": "dim",
+    "run.task": "bold cyan",
+    "run.decision": "green",
+    "run.tool_result": "white",
+    "run.error": "red",
+    "run.outcome": "bold magenta",
+    "run.model_call": "dim",
     "run.tool_call": "dim",
 }
 
@@ -35,9 +39,11 @@ def describe(event: Any) -> str:
         case "run.task":
             return f"task: {p.get('task')}"
         case "run.model_call":
-            return (f"model: {p.get('prompt_tokens')} prompt tokens "
-                    f"({p.get('cached_tokens') or 0} cached) -> {p.get('completion_tokens')} "
-                    f"tokens, {(p.get('prefill_s') or 0) + (p.get('decode_s') or 0):.2f}s")
+            return (
+                f"model: {p.get('prompt_tokens')} prompt tokens "
+                f"({p.get('cached_tokens') or 0} cached) -> {p.get('completion_tokens')} "
+                f"tokens, {(p.get('prefill_s') or 0) + (p.get('decode_s') or 0):.2f}s"
+            )
         case "run.decision":
             return f"decision: {_short(p.get('decision'))}"
         case "run.tool_call":
@@ -72,30 +78,60 @@ def _printer(as_json: bool) -> Any:
 @click.command("run")
 @click.argument("agent")
 @click.argument("task")
-@click.option("--model", "model_spec", default=None, metavar="SPEC",
-              help="Model spec (default: the embedded SmolLM2; see `loopbus models`).")
-@click.option("--workspace", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              default=None, help="Folder the agent may list and read (read-only).")
+@click.option(
+    "--model",
+    "model_spec",
+    default=None,
+    metavar="SPEC",
+    help="Model spec (default: the embedded SmolLM2; see `loopbus models`).",
+)
+@click.option(
+    "--workspace",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Folder the agent may list and read (read-only).",
+)
 @click.option("--max-turns", type=click.IntRange(1), default=12, show_default=True)
-@click.option("--budget", type=click.FloatRange(0.01, 1.0), default=0.4, show_default=True,
-              help="Largest prompt as a fraction of the model's context window.")
-@click.option("--elide", is_flag=True, help="Drop the oldest events instead of stopping at the budget.")
-@click.option("--context-window", type=click.IntRange(64), default=None,
-              help="Override the model's context window (tokens).")
+@click.option(
+    "--budget",
+    type=click.FloatRange(0.01, 1.0),
+    default=0.4,
+    show_default=True,
+    help="Largest prompt as a fraction of the model's context window.",
+)
+@click.option(
+    "--elide", is_flag=True, help="Drop the oldest events instead of stopping at the budget."
+)
+@click.option(
+    "--context-window",
+    type=click.IntRange(64),
+    default=None,
+    help="Override the model's context window (tokens).",
+)
 @click.option("--run-id", default=None, help="Run id (a run already on the bus is resumed).")
 @click.option("--json", "as_json", is_flag=True, help="Print events and the outcome as JSON lines.")
 @click.pass_context
 @handle_errors
-def run(ctx: click.Context, agent: str, task: str, model_spec: str | None,
-        workspace: Path | None, max_turns: int, budget: float, elide: bool,
-        context_window: int | None, run_id: str | None, as_json: bool) -> None:
+def run(
+    ctx: click.Context,
+    agent: str,
+    task: str,
+    model_spec: str | None,
+    workspace: Path | None,
+    max_turns: int,
+    budget: float,
+    elide: bool,
+    context_window: int | None,
+    run_id: str | None,
+    as_json: bool,
+) -> None:
     """Run AGENT once on TASK, printing its event log live; exit 0 when it ends `done`.
 
     Every event also lands on the bus (`loopbus export RUN` turns the run into a recording).
 
     \b
     Example:
-      loopbus run assistant "What version is this project?" --workspace tests/fixtures/workspace
+      loopbus run assistant "What version is Pebble?" --workspace tests/fixtures/workspace
       loopbus run coder "Sum the squares of 1..10" --max-turns 4 --json
     """
     from agents.builtin import get_agent
@@ -106,14 +142,26 @@ def run(ctx: click.Context, agent: str, task: str, model_spec: str | None,
     get_agent(agent)  # fail fast, before loading a model
     runtime = load_runtime(model_spec, context_window=context_window)
     with SyncBus(bus_path(ctx)) as bus:
-        outcome = run_agent(agent, task, runtime=runtime, bus=bus, workspace=workspace,
-                            max_turns=max_turns, budget=budget, elide=elide, run_id=run_id,
-                            on_event=_printer(as_json))
+        outcome = run_agent(
+            agent,
+            task,
+            runtime=runtime,
+            bus=bus,
+            workspace=workspace,
+            max_turns=max_turns,
+            budget=budget,
+            elide=elide,
+            run_id=run_id,
+            on_event=_printer(as_json),
+        )
     if as_json:
         click.echo(outcome.model_dump_json())
     else:
-        click.secho(f"{outcome.kind}: {outcome.summary or outcome.reason or ''}  "
-                    f"(run {outcome.run_id})", bold=True, fg="green" if outcome.ok else "red")
+        click.secho(
+            f"{outcome.kind}: {outcome.summary or outcome.reason or ''}  (run {outcome.run_id})",
+            bold=True,
+            fg="green" if outcome.ok else "red",
+        )
     sys.exit(0 if outcome.ok else 1)
 
 
@@ -131,8 +179,20 @@ def agents_cmd(as_json: bool) -> None:
 
     agents = list_agents()
     if as_json:
-        click.echo(json.dumps([{"name": a.name, "function": a.function, "tools": list(a.tools),
-                                "description": a.description} for a in agents], indent=2))
+        click.echo(
+            json.dumps(
+                [
+                    {
+                        "name": a.name,
+                        "function": a.function,
+                        "tools": list(a.tools),
+                        "description": a.description,
+                    }
+                    for a in agents
+                ],
+                indent=2,
+            )
+        )
         return
     from rich.console import Console
     from rich.table import Table
@@ -145,14 +205,19 @@ def agents_cmd(as_json: bool) -> None:
 
 @click.command("replay")
 @click.argument("source")
-@click.option("--workspace", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              default=None, help="Workspace to re-run the tools on (default: the recorded one).")
+@click.option(
+    "--workspace",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Workspace to re-run the tools on (default: the recorded one).",
+)
 @click.option("--verbose", "-v", is_flag=True, help="Print the replayed events.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.pass_context
 @handle_errors
-def replay(ctx: click.Context, source: str, workspace: Path | None, verbose: bool,
-           as_json: bool) -> None:
+def replay(
+    ctx: click.Context, source: str, workspace: Path | None, verbose: bool, as_json: bool
+) -> None:
     """Re-run a recorded run (a run id on the bus, or an exported FILE) without a model.
 
     Recorded model outputs are replayed, tools run again; exit 0 when every decision and tool
@@ -160,15 +225,18 @@ def replay(ctx: click.Context, source: str, workspace: Path | None, verbose: boo
 
     \b
     Example:
-      loopbus replay tests/runs/assistant_version.xml --workspace tests/fixtures/workspace
+      loopbus replay tests/runs/smollm2_version.xml --workspace tests/fixtures/workspace
       loopbus replay assistant-3f2a9c1d0b4e
     """
     from agents.replay import load_recording
     from agents.replay import replay as do_replay
 
     recording = load_recording(source, bus_path=bus_path(ctx))
-    report = do_replay(recording, workspace=workspace,
-                       on_event=_printer(False) if verbose and not as_json else None)
+    report = do_replay(
+        recording,
+        workspace=workspace,
+        on_event=_printer(False) if verbose and not as_json else None,
+    )
     if as_json:
         click.echo(report.model_dump_json())
     elif report.ok:
@@ -180,8 +248,13 @@ def replay(ctx: click.Context, source: str, workspace: Path | None, verbose: boo
 
 @click.command("export")
 @click.argument("run_id")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write to this file instead of stdout.")
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write to this file instead of stdout.",
+)
 @click.pass_context
 @handle_errors
 def export(ctx: click.Context, run_id: str, output: Path | None) -> None:

@@ -23,11 +23,15 @@ def test_baml_client_is_up_to_date(tmp_path: Path) -> None:
     cli = Path(sys.executable).with_name("baml-cli")
     subprocess.run(
         [str(cli), "generate", "--from", str(tmp_path / "baml_src")],
-        cwd=tmp_path, check=True, capture_output=True, timeout=120,
+        cwd=tmp_path,
+        check=True,
+        capture_output=True,
+        timeout=120,
     )
     fresh, committed = _files(tmp_path / "baml_client"), _files(ROOT / "baml_client")
-    stale = sorted(name for name in fresh.keys() | committed.keys()
-                   if fresh.get(name) != committed.get(name))
+    stale = sorted(
+        name for name in fresh.keys() | committed.keys() if fresh.get(name) != committed.get(name)
+    )
     assert not stale, f"baml_client/ is out of date with baml_src/ ({stale}); run `make generate`"
 
 

@@ -22,13 +22,13 @@ def _run_code(state: Any, code: str) -> Any:
     return state.bus.events(run_id=state.run_id)[-1]
 
 
-@pytest.mark.slow
 def test_sandbox_session_per_run(tiny_runtime: Any, bus: Any, workspace: Path) -> None:
     spec = get_agent("coder")
     assert spec.tools == ("run_python", "done")
     settings = RunSettings(agent="coder", function=spec.function, workspace=str(workspace))
-    state = turn.new_run(settings, "compute", runtime=tiny_runtime, bus=bus, run_id="r-code",
-                         caused_by=None)
+    state = turn.new_run(
+        settings, "compute", runtime=tiny_runtime, bus=bus, run_id="r-code", caused_by=None
+    )
     try:
         # Fenced code (as small models write it) runs; variables persist across turns.
         first = _run_code(state, "```python\n# plan: store x\nx = 21\nprint(x * 2)\n```")

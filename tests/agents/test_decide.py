@@ -17,8 +17,9 @@ def test_messages_come_from_the_baml_request() -> None:
     assert [m["role"] for m in messages] == ["system", "user"]
     assert "read_file" in messages[0]["content"]  # ctx.output_format rendered by BAML
     assert messages[1]["content"].startswith('<event type="run.task"')
-    assert prompt_hash(messages) == prompt_hash(decider.messages(
-        '<event type="run.task" ts="t">{"task":"q"}</event>'))
+    assert prompt_hash(messages) == prompt_hash(
+        decider.messages('<event type="run.task" ts="t">{"task":"q"}</event>')
+    )
     assert prompt_hash(messages) != prompt_hash(decider.messages("other"))
 
 
@@ -42,7 +43,8 @@ def test_parse_returns_generated_types() -> None:
         with pytest.raises(DecisionParseError):
             decider.parse(bad)
     assert decider.load({"action": "list_dir", "path": "."}) == types.ListDir(
-        action="list_dir", path=".")
+        action="list_dir", path="."
+    )
 
 
 def test_unknown_function() -> None:
@@ -56,7 +58,7 @@ def test_unknown_function() -> None:
 def test_constrained_output_always_parses(tiny_runtime: Any, function: str) -> None:
     decider = Decider(function)
     seen = set()
-    for i, task in enumerate(["list files", "read README.md", "answer 42", "é<>&\"", "x" * 50]):
+    for i, task in enumerate(["list files", "read README.md", "answer 42", 'é<>&"', "x" * 50]):
         messages = decider.messages(f'<event type="run.task" ts="{i}">{{"task":"{task}"}}</event>')
         gen = tiny_runtime.generate(messages, schema=decider.schema, max_tokens=96)
         decision = decider.parse(gen.text)
@@ -64,8 +66,9 @@ def test_constrained_output_always_parses(tiny_runtime: Any, function: str) -> N
     assert seen <= {c.__name__ for c in decider.classes}
 
 
-@given(st.lists(st.text(alphabet=st.characters(blacklist_categories=("Cs",))), min_size=1,
-                max_size=3))
+@given(
+    st.lists(st.text(alphabet=st.characters(blacklist_categories=("Cs",))), min_size=1, max_size=3)
+)
 @settings(max_examples=60, deadline=None)
 def test_cached_template_renders_exactly_like_baml(parts: list[str]) -> None:
     from agents.eventlog import LogEvent, render_log

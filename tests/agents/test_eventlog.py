@@ -32,11 +32,16 @@ HOSTILE = [
 ]
 
 text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)))
-hostile_text = st.one_of(text, st.sampled_from(HOSTILE), st.builds("".join, st.lists(
-    st.sampled_from(HOSTILE + ["a", " ", "<", ">", "&", '"'])
-)))
+hostile_text = st.one_of(
+    text,
+    st.sampled_from(HOSTILE),
+    st.builds("".join, st.lists(st.sampled_from(HOSTILE + ["a", " ", "<", ">", "&", '"']))),
+)
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | hostile_text
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | hostile_text
     | st.floats(allow_nan=False, allow_infinity=False),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(hostile_text, inner, max_size=4),
     max_leaves=12,

@@ -17,10 +17,15 @@ from agents.testing import CountingRuntime
 
 def _settings(runtime: Any, workspace: Path | None = None, **kw: Any) -> RunSettings:
     spec = get_agent("assistant")
-    return RunSettings(agent="assistant", function=spec.function, model=runtime.spec,
-                       context_window=runtime.context_window,
-                       supports_schema=runtime.supports_schema,
-                       workspace=str(workspace) if workspace else None, **kw)
+    return RunSettings(
+        agent="assistant",
+        function=spec.function,
+        model=runtime.spec,
+        context_window=runtime.context_window,
+        supports_schema=runtime.supports_schema,
+        workspace=str(workspace) if workspace else None,
+        **kw,
+    )
 
 
 def _types(bus: Any, run_id: str) -> list[str]:
@@ -29,8 +34,15 @@ def _types(bus: Any, run_id: str) -> list[str]:
 
 def test_full_run_end_to_end(tiny_runtime: Any, bus: Any, workspace: Path) -> None:
     seen: list[Any] = []
-    outcome = run_agent("assistant", "What version is Pebble?", runtime=tiny_runtime, bus=bus,
-                        workspace=workspace, max_turns=3, on_event=seen.append)
+    outcome = run_agent(
+        "assistant",
+        "What version is Pebble?",
+        runtime=tiny_runtime,
+        bus=bus,
+        workspace=workspace,
+        max_turns=3,
+        on_event=seen.append,
+    )
     assert outcome.kind in ("done", "max_turns", "budget_exceeded")  # random weights
     events = bus.events(run_id=outcome.run_id)
     assert [e.id for e in events] == [e.id for e in seen]  # on_event saw every committed event
@@ -42,7 +54,8 @@ def test_full_run_end_to_end(tiny_runtime: Any, bus: Any, workspace: Path) -> No
         if e.event_type == "run.tool_call":
             assert by_id[e.caused_by].event_type == "run.decision"
         if e.event_type in ("run.tool_result",) or (
-                e.event_type == "run.error" and e.payload["kind"] == "tool"):
+            e.event_type == "run.error" and e.payload["kind"] == "tool"
+        ):
             assert by_id[e.caused_by].event_type == "run.tool_call"
     calls = [e for e in events if e.event_type == "run.model_call"]
     assert 1 <= len(calls) == events[-1].payload["turns"] <= 3
@@ -52,8 +65,14 @@ def test_full_run_end_to_end(tiny_runtime: Any, bus: Any, workspace: Path) -> No
 
 
 def test_step_is_exactly_one_turn(tiny_runtime: Any, bus: Any, workspace: Path) -> None:
-    state = turn.new_run(_settings(tiny_runtime, workspace), "List the files.",
-                         runtime=tiny_runtime, bus=bus, run_id="r-step", caused_by=None)
+    state = turn.new_run(
+        _settings(tiny_runtime, workspace),
+        "List the files.",
+        runtime=tiny_runtime,
+        bus=bus,
+        run_id="r-step",
+        caused_by=None,
+    )
     decider = Decider("Assistant")
     result = step(state, tiny_runtime, decider)
     types = _types(bus, "r-step")
@@ -68,13 +87,15 @@ def test_step_is_exactly_one_turn(tiny_runtime: Any, bus: Any, workspace: Path) 
     assert rebuilt.turn == state.turn
 
 
-def test_budget_exceeded_before_any_model_call(tiny_model_path: Path, bus: Any,
-                                               workspace: Path) -> None:
+def test_budget_exceeded_before_any_model_call(
+    tiny_model_path: Path, bus: Any, workspace: Path
+) -> None:
     from models import load_runtime
 
     runtime = CountingRuntime(load_runtime(str(tiny_model_path), context_window=400))
-    outcome = run_agent("assistant", "What version is Pebble?", runtime=runtime, bus=bus,
-                        workspace=workspace)
+    outcome = run_agent(
+        "assistant", "What version is Pebble?", runtime=runtime, bus=bus, workspace=workspace
+    )
     assert outcome.kind == "budget_exceeded" and runtime.calls == 0
     assert "over 40% of the 400-token context window (160 tokens)" in outcome.reason
     last = bus.events(run_id=outcome.run_id)[-1]
@@ -84,8 +105,14 @@ def test_budget_exceeded_before_any_model_call(tiny_model_path: Path, bus: Any,
 def _window_for_one_turn(runtime: Any, bus: Any, workspace: Path, budget: float) -> int:
     """A context window whose budget fits the first prompt (+16 tokens) but not two turns."""
     decider = Decider("Assistant")
-    probe = turn.new_run(_settings(runtime, workspace), "What version is Pebble?",
-                         runtime=runtime, bus=bus, run_id="probe", caused_by=None)
+    probe = turn.new_run(
+        _settings(runtime, workspace),
+        "What version is Pebble?",
+        runtime=runtime,
+        bus=bus,
+        run_id="probe",
+        caused_by=None,
+    )
     tokens = runtime.count_tokens(decider.messages(probe.log.render()))
     return math.ceil((tokens + 16) / budget)
 
@@ -97,13 +124,26 @@ def test_budget_cap_and_elision(tiny_model_path: Path, bus: Any, workspace: Path
     window = _window_for_one_turn(base, bus, workspace, 0.4)
     # Unconstrained: every answer fails to parse, so each turn adds an error event.
     strict = CountingRuntime(base, supports_schema=False, context_window=window)
-    outcome = run_agent("assistant", "What version is Pebble?", runtime=strict, bus=bus,
-                        workspace=workspace, max_turns=3)
+    outcome = run_agent(
+        "assistant",
+        "What version is Pebble?",
+        runtime=strict,
+        bus=bus,
+        workspace=workspace,
+        max_turns=3,
+    )
     assert outcome.kind == "budget_exceeded" and strict.calls == 1
 
     eliding = CountingRuntime(base, supports_schema=False, context_window=window)
-    outcome = run_agent("assistant", "What version is Pebble?", runtime=eliding, bus=bus,
-                        workspace=workspace, max_turns=3, elide=True)
+    outcome = run_agent(
+        "assistant",
+        "What version is Pebble?",
+        runtime=eliding,
+        bus=bus,
+        workspace=workspace,
+        max_turns=3,
+        elide=True,
+    )
     assert outcome.kind == "failed" and eliding.calls == 3  # the parse-failure bound, not budget
     calls = [e.payload for e in bus.events(run_id=outcome.run_id, types="run.model_call")]
     assert [c["elided"] for c in calls] == [0, 1, 2]
@@ -111,8 +151,14 @@ def test_budget_cap_and_elision(tiny_model_path: Path, bus: Any, workspace: Path
 
 
 def test_elided_context_keeps_the_task_and_marks_the_gap(tiny_runtime: Any, bus: Any) -> None:
-    state = turn.new_run(_settings(tiny_runtime), "task <stays>", runtime=tiny_runtime, bus=bus,
-                         run_id="r-el", caused_by=None)
+    state = turn.new_run(
+        _settings(tiny_runtime),
+        "task <stays>",
+        runtime=tiny_runtime,
+        bus=bus,
+        run_id="r-el",
+        caused_by=None,
+    )
     for i in range(3):
         state.emit(("run.error", {"turn": i, "kind": "tool", "error": f"e{i}"}, None))
     state.log.elide_oldest(2)
@@ -139,8 +185,9 @@ def test_max_turns(tiny_runtime: Any, bus: Any) -> None:
 
 
 def test_outcome_is_published_once(tiny_runtime: Any, bus: Any) -> None:
-    state = turn.new_run(_settings(tiny_runtime), "x", runtime=tiny_runtime, bus=bus,
-                         run_id="r-once", caused_by=None)
+    state = turn.new_run(
+        _settings(tiny_runtime), "x", runtime=tiny_runtime, bus=bus, run_id="r-once", caused_by=None
+    )
     first = turn.finish(state, "max_turns", reason="stop")
     second = turn.finish(state, "done", summary="again")
     assert first == second and _types(bus, "r-once").count("run.outcome") == 1

@@ -27,15 +27,23 @@ def test_crafted_fifty_turn_recording_replays() -> None:
     assert report.turns == 50 and report.outcome.kind == "done"
 
 
-def test_live_tiny_run_exports_and_replays(tiny_runtime: Any, bus: Any, workspace: Path,
-                                           tmp_path: Path) -> None:
-    outcome = run_agent("assistant", "What is in src?", runtime=tiny_runtime, bus=bus,
-                        workspace=workspace, max_turns=3)
+def test_live_tiny_run_exports_and_replays(
+    tiny_runtime: Any, bus: Any, workspace: Path, tmp_path: Path
+) -> None:
+    outcome = run_agent(
+        "assistant",
+        "What is in src?",
+        runtime=tiny_runtime,
+        bus=bus,
+        workspace=workspace,
+        max_turns=3,
+    )
     text = export_run(bus, outcome.run_id)
     recording = Recording.from_xml(text)
     assert recording.to_xml() == text  # the export format round-trips exactly
     assert [e.type for e in recording.events] == [
-        e.event_type for e in bus.events(run_id=outcome.run_id)]
+        e.event_type for e in bus.events(run_id=outcome.run_id)
+    ]
     (tmp_path / "run.xml").write_text(text)
     report = assert_replays(tmp_path / "run.xml", workspace=workspace)
     assert report.outcome == outcome
@@ -105,9 +113,23 @@ def test_cli_replay_export_and_agents(tmp_path: Path, bus_file: Path) -> None:
 
 def test_cli_run_end_to_end(tiny_model_path: Path, bus_file: Path, workspace: Path) -> None:
     runner = CliRunner()
-    result = runner.invoke(loopbus, [
-        "--bus", str(bus_file), "run", "assistant", "What is in notes?", "--model",
-        str(tiny_model_path), "--workspace", str(workspace), "--max-turns", "2", "--json"])
+    result = runner.invoke(
+        loopbus,
+        [
+            "--bus",
+            str(bus_file),
+            "run",
+            "assistant",
+            "What is in notes?",
+            "--model",
+            str(tiny_model_path),
+            "--workspace",
+            str(workspace),
+            "--max-turns",
+            "2",
+            "--json",
+        ],
+    )
     lines = [json.loads(line) for line in result.output.splitlines()]
     outcome = lines[-1]
     assert result.exit_code == (0 if outcome["kind"] == "done" else 1)
@@ -134,6 +156,5 @@ def test_replay_loads_no_model() -> None:
         "loaded = [m for m in sys.modules if m.split('.')[0] in ('mlx', 'mlx_lm', 'transformers')]\n"
         "assert not loaded, loaded\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=120)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -16,28 +16,47 @@ from agents.testing import CountingRuntime
 from baml_client import types
 
 
-def _start(runtime: Any, bus: Any, run_id: str, workspace: Path | None = None,
-           max_turns: int = 3, agent: str = "assistant") -> Any:
+def _start(
+    runtime: Any,
+    bus: Any,
+    run_id: str,
+    workspace: Path | None = None,
+    max_turns: int = 3,
+    agent: str = "assistant",
+) -> Any:
     spec = get_agent(agent)
-    settings = RunSettings(agent=agent, function=spec.function, max_turns=max_turns,
-                           workspace=str(workspace) if workspace else None, model=runtime.spec,
-                           context_window=runtime.context_window,
-                           supports_schema=runtime.supports_schema)
-    return turn.new_run(settings, "What is in the folder?", runtime=runtime, bus=bus,
-                        run_id=run_id, caused_by=None)
+    settings = RunSettings(
+        agent=agent,
+        function=spec.function,
+        max_turns=max_turns,
+        workspace=str(workspace) if workspace else None,
+        model=runtime.spec,
+        context_window=runtime.context_window,
+        supports_schema=runtime.supports_schema,
+    )
+    return turn.new_run(
+        settings, "What is in the folder?", runtime=runtime, bus=bus, run_id=run_id, caused_by=None
+    )
 
 
 def _record_decision(state: Any, decision: Any) -> None:
     """What a crash right after the model answered leaves on the bus (as ask_model records it)."""
     state.turn += 1
-    call = {"turn": state.turn, "prompt_sha256": "-", "prompt_tokens": 0, "counts": {},
-            "elided": 0, "raw": decision.model_dump_json()}
+    call = {
+        "turn": state.turn,
+        "prompt_sha256": "-",
+        "prompt_tokens": 0,
+        "counts": {},
+        "elided": 0,
+        "raw": decision.model_dump_json(),
+    }
     record = {"turn": state.turn, "decision": decision.model_dump(mode="json")}
     state.emit(("run.model_call", call, None), ("run.decision", record, None))
 
 
-def test_resume_does_not_reask_a_recorded_decision(tiny_runtime: Any, bus: Any,
-                                                   workspace: Path) -> None:
+def test_resume_does_not_reask_a_recorded_decision(
+    tiny_runtime: Any, bus: Any, workspace: Path
+) -> None:
     state = _start(tiny_runtime, bus, "r-crash1", workspace)
     _record_decision(state, types.ListDir(action="list_dir", path="."))
     assert unfinished_runs(bus, "assistant") == ["r-crash1"]
@@ -60,13 +79,23 @@ def test_resume_does_not_reask_a_recorded_decision(tiny_runtime: Any, bus: Any,
     assert run_agent("assistant", "other", runtime=again, bus=bus, run_id="r-crash1") == outcome
 
 
-def test_idempotent_call_without_result_is_rerun(tiny_runtime: Any, bus: Any,
-                                                 workspace: Path) -> None:
+def test_idempotent_call_without_result_is_rerun(
+    tiny_runtime: Any, bus: Any, workspace: Path
+) -> None:
     state = _start(tiny_runtime, bus, "r-crash2", workspace, max_turns=1)
     _record_decision(state, types.ReadFile(action="read_file", path="README.md"))
-    call = state.emit(("run.tool_call", {"turn": 1, "tool": "read_file",
-                                         "args": {"action": "read_file", "path": "README.md"},
-                                         "idempotent": True}, state.bus.last_id()))[0]
+    call = state.emit(
+        (
+            "run.tool_call",
+            {
+                "turn": 1,
+                "tool": "read_file",
+                "args": {"action": "read_file", "path": "README.md"},
+                "idempotent": True,
+            },
+            state.bus.last_id(),
+        )
+    )[0]
     runtime = CountingRuntime(tiny_runtime)
     outcome = resume_run("r-crash2", runtime=runtime, bus=bus)
     events = bus.events(run_id="r-crash2")
@@ -81,8 +110,18 @@ def test_non_idempotent_call_in_doubt_is_reported(tiny_runtime: Any, bus: Any) -
     state = _start(tiny_runtime, bus, "r-crash3", max_turns=1, agent="coder")
     code = "publish('finding', {'n': 1})"
     _record_decision(state, types.RunPython(action="run_python", code=code))
-    state.emit(("run.tool_call", {"turn": 1, "tool": "run_python", "args": {
-        "action": "run_python", "code": code}, "idempotent": False}, None))
+    state.emit(
+        (
+            "run.tool_call",
+            {
+                "turn": 1,
+                "tool": "run_python",
+                "args": {"action": "run_python", "code": code},
+                "idempotent": False,
+            },
+            None,
+        )
+    )
     resume_run("r-crash3", runtime=tiny_runtime, bus=bus)
     error = bus.events(run_id="r-crash3", types="run.error")[0]
     assert error.payload["kind"] == "unknown_outcome"
@@ -132,6 +171,7 @@ with SyncBus({str(bus_file)!r}) as bus:
         assert [e.event_type for e in after].count("run.outcome") == 1
         recorded = [e for e in before if e.event_type == "run.model_call"]
         assert runtime.calls == len([e for e in after if e.event_type == "run.model_call"]) - len(
-            recorded)
+            recorded
+        )
         assert outcome.kind in ("done", "max_turns", "budget_exceeded")
         assert Decider("Assistant")  # the decider of the recorded function still loads

@@ -29,8 +29,14 @@ def test_live_smollm2_turn_replays(smollm2_path: Path, bus: Any, tmp_path: Path)
 
     runtime = load_runtime(str(smollm2_path))
     assert runtime.supports_schema
-    outcome = run_agent("assistant", "What files are in this folder?", runtime=runtime, bus=bus,
-                        workspace=FIXTURE, max_turns=1)
+    outcome = run_agent(
+        "assistant",
+        "What files are in this folder?",
+        runtime=runtime,
+        bus=bus,
+        workspace=FIXTURE,
+        max_turns=1,
+    )
     assert outcome.kind in ("done", "max_turns")
     (tmp_path / "run.xml").write_text(export_run(bus, outcome.run_id))
     assert assert_replays(tmp_path / "run.xml", workspace=FIXTURE).outcome == outcome

@@ -24,10 +24,17 @@ def root(tmp_path: Path) -> Path:
     return ws
 
 
-@pytest.mark.parametrize("good,expected", [
-    (".", "."), ("", "."), ("a.txt", "a.txt"), ("sub/b.txt", "sub/b.txt"),
-    ("./sub/../a.txt", None), ("alias.txt", "a.txt"),
-])
+@pytest.mark.parametrize(
+    "good,expected",
+    [
+        (".", "."),
+        ("", "."),
+        ("a.txt", "a.txt"),
+        ("sub/b.txt", "sub/b.txt"),
+        ("./sub/../a.txt", None),
+        ("alias.txt", "a.txt"),
+    ],
+)
 def test_inside_paths_resolve(root: Path, good: str, expected: str | None) -> None:
     if expected is None:  # '..' is refused even when it would stay inside
         with pytest.raises(PathEscape):
@@ -36,10 +43,20 @@ def test_inside_paths_resolve(root: Path, good: str, expected: str | None) -> No
     assert resolve(root, good) == (root / expected).resolve()
 
 
-@pytest.mark.parametrize("bad", [
-    "/etc/passwd", "../outside.txt", "sub/../../outside.txt", "leak.txt", "up/outside.txt",
-    "~/x", "C:\\Windows", "..\\outside.txt", "a\x00b",
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "/etc/passwd",
+        "../outside.txt",
+        "sub/../../outside.txt",
+        "leak.txt",
+        "up/outside.txt",
+        "~/x",
+        "C:\\Windows",
+        "..\\outside.txt",
+        "a\x00b",
+    ],
+)
 def test_escapes_are_refused(root: Path, bad: str) -> None:
     with pytest.raises(PathEscape) as info:
         resolve(root, bad)

@@ -119,3 +119,31 @@ def test_up_refuses_an_invalid_config(tmp_path: Path, bus_file: Path) -> None:
     )
     assert proc.returncode == 3
     assert "agent 'ghost' is not in chain" in proc.stderr
+
+
+def test_up_until_idle_with_the_live_view(
+    tmp_path: Path, tiny_model_path: Path, bus_file: Path
+) -> None:
+    ws = make_workspace(tmp_path / "ws", 2)
+    cfg = write_chain(
+        tmp_path / "chain.toml", ONE_AGENT, model=tiny_model_path, workspace=ws, output=ws
+    )
+    with SyncBus(bus_file) as bus:
+        bus.publish("file.found", {"path": "mod00.py", "scan": 1, "total": 1})
+        bus.publish("file.found", {"path": "mod01.py", "scan": 1, "total": 1})
+    proc = subprocess.run(
+        loopbus(
+            "--bus", str(bus_file), "up", str(cfg), "--until-idle", "--live", "--timeout", "90"
+        ),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "160"},
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "chain test" in proc.stdout  # the status table's title
+    assert "review.done" in proc.stdout  # the events panel
+    assert "chain idle: every event handled" in proc.stdout
+    with SyncBus(bus_file) as bus:
+        assert len(bus.events(types=["review.done"])) == 2
+        assert {c.consumer: c.last_seen_id for c in bus.cursors()}["checker"] == 2
