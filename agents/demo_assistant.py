@@ -1,7 +1,7 @@
 """Offline demo of one agent run: the built-in `assistant` answers a question about a folder
 with the embedded SmolLM2 model, printing its event log live; everything lands on a bus file.
 
-    python -m agents.demo_assistant [--workspace DIR] [--question TEXT] [--bus FILE]
+    python -m agents.demo_assistant [--workspace DIR] [--question TEXT] [--bus FILE] [--model SPEC]
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ def run_demo(
     question: str = DEFAULT_QUESTION,
     bus_file: Path = Path("demo-out/loopbus.db"),
     max_turns: int = 4,
+    model: str | None = None,
 ) -> int:
     """Run the assistant once; returns the exit status (0 when it answered)."""
     from agents.cli.run_cmds import describe
@@ -27,8 +28,8 @@ def run_demo(
     from models import load_runtime
 
     bus_file.parent.mkdir(parents=True, exist_ok=True)
-    click.secho("loading the embedded model (SmolLM2-135M) ...", dim=True)
-    runtime = load_runtime(None)
+    click.secho(f"loading the model ({model or 'embedded SmolLM2-135M'}) ...", dim=True)
+    runtime = load_runtime(model)
     click.secho(f"assistant on {workspace}: {question}", bold=True)
     with SyncBus(bus_file) as bus:
         outcome = run_agent(
@@ -70,9 +71,10 @@ def run_demo(
     default=Path("demo-out/loopbus.db"),
     show_default=True,
 )
-def main(workspace: Path, question: str, bus_file: Path) -> None:
+@click.option("--model", default=None, help="Model spec (default: the embedded SmolLM2).")
+def main(workspace: Path, question: str, bus_file: Path, model: str | None) -> None:
     """Ask the built-in assistant a question about a folder, offline."""
-    raise SystemExit(run_demo(workspace, question, bus_file))
+    raise SystemExit(run_demo(workspace, question, bus_file, model=model))
 
 
 if __name__ == "__main__":

@@ -158,3 +158,16 @@ def test_replay_loads_no_model() -> None:
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_demo_assistant_runs_offline(
+    tiny_model_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from agents.demo_assistant import run_demo
+
+    status = run_demo(
+        FIXTURE, "What is Pebble?", tmp_path / "demo.db", max_turns=2, model=str(tiny_model_path)
+    )
+    out = capsys.readouterr().out
+    assert status in (0, 1) and "task: What is Pebble?" in out
+    assert f"loopbus --bus {tmp_path / 'demo.db'} sql" in out
