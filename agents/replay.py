@@ -349,6 +349,11 @@ def prepare(
     get_agent(settings.agent)  # registers the agent's tools
     if workspace is not None:
         settings = settings.model_copy(update={"workspace": str(Path(workspace).resolve())})
+    elif settings.workspace and not Path(settings.workspace).is_dir():
+        raise AgentError(
+            f"the recorded workspace {settings.workspace} does not exist here; "
+            "pass the folder to re-run the tools on (--workspace DIR)"
+        )
     runtime, checker = ReplayRuntime(recording), Checker(recording)
 
     def observe(event: Any) -> None:

@@ -171,3 +171,13 @@ def test_demo_assistant_runs_offline(
     out = capsys.readouterr().out
     assert status in (0, 1) and "task: What is Pebble?" in out
     assert f"loopbus --bus {tmp_path / 'demo.db'} sql" in out
+
+
+def test_missing_recorded_workspace_is_a_clear_error(tmp_path: Path) -> None:
+    from agents.errors import AgentError
+
+    recording = Recording.from_xml(CRAFTED.read_text())
+    task = recording.events[0].payload
+    task["settings"]["workspace"] = str(tmp_path / "gone")
+    with pytest.raises(AgentError, match="does not exist here.*--workspace"):
+        replay(recording)
