@@ -43,7 +43,9 @@ def _generate(model_dir: str, dtype: str) -> dict[str, float]:
 
     model, tokenizer = load(model_dir)
     target = getattr(mx, dtype)
-    model.update(tree_unflatten([(k, v.astype(target)) for k, v in tree_flatten(model.parameters())]))
+    model.update(
+        tree_unflatten([(k, v.astype(target)) for k, v in tree_flatten(model.parameters())])
+    )
     mx.eval(model.parameters())
     prompt = tokenizer.apply_chat_template(
         [{"role": "user", "content": PROMPT}], add_generation_prompt=True, tokenize=False
@@ -95,8 +97,10 @@ def main() -> None:
         print(f"  {label:<28} {r['float32']:>9.1f} {r['bfloat16']:>10.1f}")
 
     model_dir = str(ensure_default_model())
-    runs = {f"float32, {label}": _run_child(["generate", model_dir, "float32"], env)
-            for label, env in envs.items()}
+    runs = {
+        f"float32, {label}": _run_child(["generate", model_dir, "float32"], env)
+        for label, env in envs.items()
+    }
     runs["bfloat16, OpenBLAS 1 thread"] = _run_child(
         ["generate", model_dir, "bfloat16"], envs["OpenBLAS 1 thread"]
     )

@@ -122,7 +122,13 @@ def _gfortran_shim_dir() -> Path | None:
         shim.mkdir(parents=True, exist_ok=True)
         links = {"libgfortran.so.5": bundled[0]}
         # libgfortran finds its own (renamed) dependencies next to itself via $ORIGIN.
-        links.update({p.name: p for p in libs.glob("lib*.so*") if "fortran" in p.name or "quadmath" in p.name})
+        links.update(
+            {
+                p.name: p
+                for p in libs.glob("lib*.so*")
+                if "fortran" in p.name or "quadmath" in p.name
+            }
+        )
         for name, target in links.items():
             link = shim / name
             if not (link.is_symlink() and os.readlink(link) == str(target)):

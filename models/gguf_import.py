@@ -262,9 +262,7 @@ def _dequantized(tensor: Any) -> Any:
     return np.asarray(values, dtype=np.float32).reshape(shape)
 
 
-def _converted(
-    reader: Any, meta: dict[str, Any], arch: str
-) -> Iterator[tuple[str, Any]]:
+def _converted(reader: Any, meta: dict[str, Any], arch: str) -> Iterator[tuple[str, Any]]:
     """(hf_name, float32 numpy array) for every tensor, with GGUF-specific layouts undone."""
     spec = _ARCHS[arch]
     heads = int(meta[f"{arch}.attention.head_count"])
@@ -386,7 +384,9 @@ def import_gguf(
     embd = next(t for t in reader.tensors if t.name == "token_embd.weight")
     vocab_size = int(embd.shape.tolist()[-1])
     # Fails early (before any dequantization) for unknown architectures.
-    config = build_config(meta, vocab_size=vocab_size, tied="output.weight" not in names, tokenizer=None)
+    config = build_config(
+        meta, vocab_size=vocab_size, tied="output.weight" not in names, tokenizer=None
+    )
 
     dest_path = Path(dest).expanduser() if dest is not None else default_dest(src_path)
     if dest_path.exists() and any(dest_path.iterdir()) and not overwrite:

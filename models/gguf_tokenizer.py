@@ -179,9 +179,7 @@ def write_tokenizer(
     add_bos = bool(_field(meta, "add_bos_token", False)) and bos is not None
     add_eos = bool(_field(meta, "add_eos_token", False)) and eos is not None
     if add_bos or add_eos:
-        single = " ".join(
-            [f"{bos}:0"] * add_bos + ["$A:0"] + [f"{eos}:0"] * add_eos
-        )
+        single = " ".join([f"{bos}:0"] * add_bos + ["$A:0"] + [f"{eos}:0"] * add_eos)
         pair = single + " " + " ".join([f"{bos}:1"] * add_bos + ["$B:1"] + [f"{eos}:1"] * add_eos)
         special = [(t, tokens.index(t)) for t in dict.fromkeys([bos] * add_bos + [eos] * add_eos)]
         tok.post_processor = processors.TemplateProcessing(
@@ -214,7 +212,9 @@ def write_tokenizer(
     if chat_template:
         config["chat_template"] = str(chat_template)
     (dest / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False))
-    (dest / "special_tokens_map.json").write_text(json.dumps(specials, indent=2, ensure_ascii=False))
+    (dest / "special_tokens_map.json").write_text(
+        json.dumps(specials, indent=2, ensure_ascii=False)
+    )
 
     eos_ids: list[int] = []
     for key in ("eos_token_id", "eot_token_id", "eom_token_id"):

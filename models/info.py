@@ -19,7 +19,6 @@ from .gguf_import import SUPPORTED_ARCHITECTURES, open_gguf, read_metadata
 def gguf_summary(src: str | os.PathLike[str]) -> dict[str, Any]:
     """Architecture, vocabulary, context window and tensor types of a GGUF file (no conversion)."""
 
-
     reader = open_gguf(Path(src))
     meta = read_metadata(reader)
     arch = str(meta.get("general.architecture", ""))
@@ -77,7 +76,6 @@ def _safetensors_dtype(path: Path) -> str | None:
         if key != "__metadata__":
             return names.get(value.get("dtype"), str(value.get("dtype")).lower())
     return None
-
 
 
 def describe(spec: str | None) -> dict[str, Any]:

@@ -59,8 +59,12 @@ def tiny_gguf(path: Path, arch: str = "llama") -> Path:
     writer.add_tensor("token_embd.weight", rnd(len(vocab), hidden))
     writer.add_tensor("output_norm.weight", np.ones(hidden, dtype=np.float32))
     for name, shape in {
-        "attn_q": (hidden, hidden), "attn_k": (hidden, hidden), "attn_v": (hidden, hidden),
-        "attn_output": (hidden, hidden), "ffn_gate": (ffn, hidden), "ffn_up": (ffn, hidden),
+        "attn_q": (hidden, hidden),
+        "attn_k": (hidden, hidden),
+        "attn_v": (hidden, hidden),
+        "attn_output": (hidden, hidden),
+        "ffn_gate": (ffn, hidden),
+        "ffn_up": (ffn, hidden),
         "ffn_down": (hidden, ffn),
     }.items():
         writer.add_tensor(f"blk.0.{name}.weight", rnd(*shape))

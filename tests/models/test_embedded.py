@@ -125,7 +125,10 @@ def test_concurrent_first_imports_agree(tmp_path: Path) -> None:
     code = "from models.embedded import ensure_default_model; print(ensure_default_model())"
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            [sys.executable, "-c", code],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
         )
         for _ in range(2)

@@ -43,7 +43,11 @@ def _byte_tokens() -> list[str]:
 
 def _permute(w: np.ndarray, n_head: int) -> np.ndarray:
     """llama.cpp's LlamaModel.permute (convert_hf_to_gguf.py), applied to Q and K."""
-    return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+    return (
+        w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(w.shape)
+    )
 
 
 def _reference_weights(arch: str, vocab: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -57,7 +61,9 @@ def _reference_weights(arch: str, vocab: int, rng: np.random.Generator) -> dict[
 
     # Gemma multiplies embeddings by sqrt(hidden); keep them small so the stream is not constant.
     embed_scale = 0.1 if arch == "gemma3" else 1.0
-    w: dict[str, np.ndarray] = {"model.embed_tokens.weight": q8(rnd(vocab, HIDDEN, scale=embed_scale))}
+    w: dict[str, np.ndarray] = {
+        "model.embed_tokens.weight": q8(rnd(vocab, HIDDEN, scale=embed_scale))
+    }
     w["model.norm.weight"] = 1.0 + rnd(HIDDEN, scale=0.1)
     for i in range(LAYERS):
         p = f"model.layers.{i}."
@@ -114,7 +120,10 @@ def _gguf_name(name: str, arch: str) -> str:
         "pre_feedforward_layernorm": "ffn_norm",
         "post_feedforward_layernorm": "post_ffw_norm",
     }
-    table = {**_TO_GGUF, **(gemma if arch == "gemma3" else {"post_attention_layernorm": "ffn_norm"})}
+    table = {
+        **_TO_GGUF,
+        **(gemma if arch == "gemma3" else {"post_attention_layernorm": "ffn_norm"}),
+    }
     return f"blk.{layer}.{table[base]}.{kind}"
 
 
@@ -157,8 +166,15 @@ def write_gguf(
             data = _permute(value, KV_HEADS)
         if arch == "gemma3" and name.endswith("norm.weight"):
             data = value + 1.0
-        quantized = name.endswith(("embed_tokens.weight", "q_proj.weight", "v_proj.weight",
-                                   "gate_proj.weight", "down_proj.weight"))
+        quantized = name.endswith(
+            (
+                "embed_tokens.weight",
+                "q_proj.weight",
+                "v_proj.weight",
+                "gate_proj.weight",
+                "down_proj.weight",
+            )
+        )
         if quantized:
             writer.add_tensor(_gguf_name(name, arch), quantize(data, Q8), raw_dtype=Q8)
         else:
@@ -215,7 +231,7 @@ def _greedy(model: Any, prompt: list[int], steps: int = 12) -> tuple[list[int], 
         if first_logits is None:
             first_logits = np.array(logits)
         ids.append(int(mx.argmax(logits).item()))
-    return ids[len(prompt):], first_logits
+    return ids[len(prompt) :], first_logits
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3"])
@@ -253,7 +269,10 @@ def test_permutation_matters(tmp_path: Path) -> None:
     weights = _reference_weights("llama", len(vocab), np.random.default_rng(7))
     permuted = dict(weights)
     for i in range(LAYERS):
-        q, k = f"model.layers.{i}.self_attn.q_proj.weight", f"model.layers.{i}.self_attn.k_proj.weight"
+        q, k = (
+            f"model.layers.{i}.self_attn.q_proj.weight",
+            f"model.layers.{i}.self_attn.k_proj.weight",
+        )
         permuted[q], permuted[k] = _permute(weights[q], HEADS), _permute(weights[k], KV_HEADS)
     config = _expected_config("llama", len(vocab))
     prompt = [5, 80, 17, 101, 33, 64]
@@ -295,8 +314,27 @@ def test_sentencepiece_tokenizer(tmp_path: Path) -> None:
 
     from models.gguf_tokenizer import write_tokenizer
 
-    pieces = ["▁", "h", "e", "l", "o", "w", "r", "d", "he", "ll", "▁h", "▁w", "hell", "▁hell",
-              "▁hello", "or", "▁wor", "ld", "▁world"]
+    pieces = [
+        "▁",
+        "h",
+        "e",
+        "l",
+        "o",
+        "w",
+        "r",
+        "d",
+        "he",
+        "ll",
+        "▁h",
+        "▁w",
+        "hell",
+        "▁hell",
+        "▁hello",
+        "or",
+        "▁wor",
+        "ld",
+        "▁world",
+    ]
     tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)] + pieces
     types = [2, 3, 3] + [6] * 256 + [1] * len(pieces)
     scores = [0.0] * (3 + 256) + [-float(i) for i in range(len(pieces))]
