@@ -4,6 +4,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
+# Run with OpenBLAS preloaded when one is usable (Linux CPU: ~10x faster float32 matmuls).
+FAST   := $(BIN)/python -m models.blas exec
 
 .PHONY: install test demo bench lint generate clean
 
@@ -19,13 +21,13 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: install
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(FAST) $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 demo: install
-	$(BIN)/python -m agents.demo
+	$(FAST) $(BIN)/python -m agents.demo
 
 bench: install
-	$(BIN)/python -m bench
+	$(FAST) $(BIN)/python -m bench
 
 lint: install
 	$(BIN)/ruff check .

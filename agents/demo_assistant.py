@@ -26,7 +26,9 @@ def run_demo(
     from agents.loop import run_agent
     from bus import SyncBus
     from models import load_runtime
+    from models.blas import reexec_with_openblas
 
+    reexec_with_openblas()  # in-process generation: restart once with the fast float32 BLAS
     bus_file.parent.mkdir(parents=True, exist_ok=True)
     click.secho(f"loading the model ({model or 'embedded SmolLM2-135M'}) ...", dim=True)
     runtime = load_runtime(model)

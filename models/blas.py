@@ -253,9 +253,27 @@ def reexec_with_openblas() -> None:
     if "LD_PRELOAD" not in env or env.get("LD_PRELOAD") == os.environ.get("LD_PRELOAD"):
         return
     env[_REEXEC_MARK] = "1"
-    os.execve(sys.executable, [sys.executable, *sys.argv], env)
+    # orig_argv keeps `-m module` and interpreter flags; argv[0] of `-m` runs is a file path.
+    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
 
 
 def all_candidates() -> list[str]:
     """Every location searched, for diagnostics (``loopbus models info`` and the benchmark)."""
     return [str(p) for p in _system_candidates() + _wheel_candidates()]
+
+
+def main(argv: list[str]) -> int:
+    """``python -m models.blas exec CMD ...``: run CMD with the OpenBLAS environment.
+
+    The Makefile starts the test suite, the demo and the benchmarks this way, so everything
+    they generate in process gets the fast float32 BLAS without re-executing itself.
+    """
+    if len(argv) < 2 or argv[0] != "exec":
+        print("usage: python -m models.blas exec CMD [ARG ...]", file=sys.stderr)
+        return 2
+    os.execvpe(argv[1], argv[1:], blas_env())
+    return 0  # not reached
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))

@@ -94,6 +94,9 @@ def agent(
     except (ConfigError, ValueError) as exc:
         click.echo(f"Error: {exc}", err=True)
         raise SystemExit(FATAL_EXIT) from None
+    from models.blas import reexec_with_openblas
+
+    reexec_with_openblas()  # started by hand: get the fast float32 BLAS (`up` already sets it)
     try:
         serve_agent(
             config,
