@@ -48,6 +48,17 @@ QUERIES = (
 )
 
 
+def _loopbus_command() -> str:
+    """`loopbus` when it is on PATH, else the venv's script (after `make demo` it usually isn't)."""
+    script = Path(sys.executable).parent / "loopbus"
+    if shutil.which("loopbus") == str(script) or not script.exists():
+        return "loopbus"
+    try:
+        return str(script.relative_to(Path.cwd()))
+    except ValueError:
+        return shlex.quote(str(script))
+
+
 def _fresh_bus(path: Path) -> None:
     for suffix in ("", "-wal", "-shm"):
         Path(f"{path}{suffix}").unlink(missing_ok=True)
@@ -138,6 +149,7 @@ def main(folder: Path, out: Path, model: str | None, timeout: float, live: bool 
     click.secho(f"report: {report}", bold=True)
     click.echo("\nInspect the run with read-only SQL, for example:")
     bus_arg = shlex.quote(str(bus_path))
+    exe = _loopbus_command()
     queries = list(QUERIES)
     with SyncBus(bus_path) as bus:
         found = bus.events(types=["file.found"], limit=1)
@@ -152,8 +164,8 @@ def main(folder: Path, out: Path, model: str | None, timeout: float, live: bool 
         )
     for title, sql in queries:
         # the queries hold no double quotes, backslashes or $names: safe inside "..."
-        click.echo(f'  # {title}\n  loopbus --bus {bus_arg} sql "{sql}"')
-    click.echo(f"  # or everything, in order: loopbus --bus {bus_arg} tail --since 0")
+        click.echo(f'  # {title}\n  {exe} --bus {bus_arg} sql "{sql}"')
+    click.echo(f"  # or everything, in order: {exe} --bus {bus_arg} tail --since 0")
 
 
 if __name__ == "__main__":
