@@ -26,9 +26,6 @@ def run_demo(
     from agents.loop import run_agent
     from bus import SyncBus
     from models import load_runtime
-    from models.blas import reexec_with_openblas
-
-    reexec_with_openblas()  # in-process generation: restart once with the fast float32 BLAS
     bus_file.parent.mkdir(parents=True, exist_ok=True)
     click.secho(f"loading the model ({model or 'embedded SmolLM2-135M'}) ...", dim=True)
     runtime = load_runtime(model)
@@ -80,4 +77,7 @@ def main(workspace: Path, question: str, bus_file: Path, model: str | None) -> N
 
 
 if __name__ == "__main__":
+    from models.blas import reexec_with_openblas
+
+    reexec_with_openblas()  # in-process generation: restart once with the fast float32 BLAS
     main()

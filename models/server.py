@@ -235,9 +235,6 @@ def serve(
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point (``python -m models.server``)."""
-    from models.blas import reexec_with_openblas
-
-    reexec_with_openblas()  # in-process generation: get the fast float32 BLAS when installed
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
         epilog="example: python -m models.server --model default --port 8080",
@@ -264,4 +261,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from models.blas import reexec_with_openblas
+
+    reexec_with_openblas()  # in-process generation: get the fast float32 BLAS when installed
     raise SystemExit(main())

@@ -70,6 +70,37 @@ class LazyGroup(click.Group):
         return getattr(module, attr)
 
 
+# Commands that generate in process: their process restarts once with OpenBLAS preloaded.
+GENERATING = frozenset({"run", "agent"})
+
+
+def _command_name(args: list[str]) -> str | None:
+    """The subcommand named on a command line (skipping the global options)."""
+    it = iter(args)
+    for arg in it:
+        if arg == "--bus":
+            next(it, None)
+        elif not arg.startswith("-"):
+            return arg
+    return None
+
+
+def entry() -> None:
+    """Console-script entry point (``loopbus``, ``python -m agents.cli``).
+
+    Only here, before click dispatches, may the process re-execute itself: a process cannot
+    swap its BLAS once loaded, and re-executing from inside a command would replace whatever
+    called it in process (a test runner, for one).
+    """
+    import sys
+
+    if _command_name(sys.argv[1:]) in GENERATING:
+        from models.blas import reexec_with_openblas
+
+        reexec_with_openblas()
+    main(prog_name="loopbus")
+
+
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--bus",

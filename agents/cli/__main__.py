@@ -1,5 +1,5 @@
 """`python -m agents.cli` runs the `loopbus` command line."""
 
-from agents.cli import main
+from agents.cli import entry
 
-main(prog_name="loopbus")
+entry()

@@ -74,6 +74,8 @@ def agent(
     It resumes its unfinished runs, then consumes its subscriptions through its own cursor
     (consumer NAME, or NAME#I/N with parallel instances), runs the agent loop per event and
     commits the cursor once the event's run has a terminal outcome. Stop it with Ctrl-C.
+    A configuration error prints `Error: ...` and exits 3, which tells `loopbus up` not to
+    restart it.
 
     \b
     Example:
@@ -94,9 +96,6 @@ def agent(
     except (ConfigError, ValueError) as exc:
         click.echo(f"Error: {exc}", err=True)
         raise SystemExit(FATAL_EXIT) from None
-    from models.blas import reexec_with_openblas
-
-    reexec_with_openblas()  # started by hand: get the fast float32 BLAS (`up` already sets it)
     try:
         serve_agent(
             config,

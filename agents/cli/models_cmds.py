@@ -42,7 +42,7 @@ def import_cmd(src: str, dest: str | None, dtype: str | None, overwrite: bool, q
     \b
     Examples:
       loopbus models import qwen2.5-0.5b-instruct-q4_k_m.gguf ./models/qwen
-      loopbus run "summarize README.md" --model ./models/qwen
+      loopbus run assistant "What does README.md say?" --model ./models/qwen
     """
     from models.gguf_import import import_gguf
 

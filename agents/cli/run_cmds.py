@@ -140,9 +140,6 @@ def run(
     from models import load_runtime
 
     get_agent(agent)  # fail fast, before loading a model
-    from models.blas import reexec_with_openblas
-
-    reexec_with_openblas()  # in-process generation: restart once with the fast float32 BLAS
     runtime = load_runtime(model_spec, context_window=context_window)
     with SyncBus(bus_path(ctx)) as bus:
         outcome = run_agent(
