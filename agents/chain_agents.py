@@ -19,8 +19,10 @@ writer            Done | AssembleResult      write ``result.md`` once every sub-
 
 Every publishing tool is idempotent per run: it first looks on the bus for what this run
 already published and publishes everything in one transaction, so a resumed run never
-duplicates its outputs. Tools read the bus and find the run's trigger event through the
-process-wide :class:`ChainContext` that the agent process (:mod:`agents.worker`) configures.
+duplicates its outputs. Tools use only their :class:`~agents.tools.ToolContext`: ``ctx.bus``
+(read-only), ``ctx.trigger()`` (the run's triggering event), ``ctx.publish_many`` (outputs,
+recorded with the run) and ``ctx.output`` (the chain's output folder). The reporter and the
+writer declare what they read (``reads``), so ``loopbus export`` / ``replay`` work for them too.
 """
 
 from __future__ import annotations
@@ -29,74 +31,45 @@ import functools
 import hashlib
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from agents.tools import ToolContext, ToolError
 
-__all__ = ["ChainContext", "configure", "register", "render_report"]
+__all__ = ["REPORT_READS", "RESULT_READS", "register", "render_report"]
 
 # Folders a review never looks into.
 _SKIP_DIRS = {".git", "__pycache__", ".venv", "node_modules", ".pytest_cache", ".ruff_cache"}
 MAX_FILES = 200
 _TODO_RE = re.compile(r"\b(TODO|FIXME|XXX)\b[:\s]*(.*)")
+#: What :func:`render_report` / :func:`assemble_result` read from the bus (other runs' events).
+REPORT_READS = ("file.found", "finding", "review.done", "file.digest")
+RESULT_READS = ("subgoal", "subgoal.answered")
 
 
-@dataclass
-class ChainContext:
-    """What chain tools need beyond the loop's ToolContext: bus reads and an output folder."""
-
-    bus: Any  # bus.SyncBus
-    output: Path
-
-
-_CONTEXT: ChainContext | None = None
-
-
-def configure(bus: Any, output: Path | str) -> ChainContext:
-    """Set the process-wide chain context (one agent process = one chain)."""
-    global _CONTEXT
-    _CONTEXT = ChainContext(bus, Path(output))
-    return _CONTEXT
-
-
-def _chain() -> ChainContext:
-    if _CONTEXT is None:
-        raise ToolError("this tool runs inside a chain; start it with `loopbus up CONFIG`")
-    return _CONTEXT
-
-
-def _trigger(ctx: ToolContext) -> Any:
-    """The bus event that started this run (its ``run.task`` is caused_by it)."""
-    bus = _chain().bus
-    task = bus.events(run_id=ctx.run_id, types=["run.task"], limit=1)
-    if not task or task[0].caused_by is None:
-        raise ToolError("this run has no triggering event; it must be started by a chain")
-    event = bus.get(task[0].caused_by)
-    if event is None:
-        raise ToolError(f"the triggering event {task[0].caused_by} is no longer on the bus")
-    return event
+def _bus(ctx: ToolContext) -> Any:
+    if ctx.bus is None:
+        raise ToolError("this tool reads the bus; run it inside a chain (`loopbus up CONFIG`)")
+    return ctx.bus
 
 
 def _already(ctx: ToolContext, event_type: str) -> list[Any]:
-    return _chain().bus.events(run_id=ctx.run_id, types=[event_type])
+    return _bus(ctx).events(run_id=ctx.run_id, types=[event_type])
 
 
-def _publish_all(ctx: ToolContext, trigger: Any, items: list[tuple[str, Any]]) -> None:
-    """Publish ``items`` for this run in one transaction (all or nothing)."""
-    from bus import NewEvent
-
+def _publish_all(ctx: ToolContext, items: list[tuple[str, Any]]) -> None:
+    """Publish ``items`` for this run in one transaction (all or nothing), caused by the trigger."""
     if not items:
         return
-    _chain().bus.publish_many(
-        [
-            NewEvent(
-                event_type=t, payload=p, agent=ctx.agent, run_id=ctx.run_id, caused_by=trigger.id
-            )
-            for t, p in items
-        ]
-    )
+    if ctx.publish_many is None:
+        raise ToolError("this run has no bus to publish on")
+    ctx.publish_many(items)
+
+
+def _output(ctx: ToolContext) -> Path:
+    if ctx.output is None:
+        raise ToolError("this run has no output folder; set `output` in the chain config")
+    return ctx.output
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -119,7 +92,7 @@ def _project_files(root: Path) -> list[str]:
 # -- scanner -----------------------------------------------------------------------------------
 def scan_files(call: Any, ctx: ToolContext) -> str:
     """Publish ``file.found {path, scan, index, total}`` for every file of the workspace."""
-    trigger = _trigger(ctx)
+    trigger = ctx.trigger()
     done = _already(ctx, "file.found")
     if done:
         return f"already published {len(done)} file.found events in this run"
@@ -131,7 +104,7 @@ def scan_files(call: Any, ctx: ToolContext) -> str:
         ("file.found", {"path": p, "scan": trigger.id, "index": i, "total": total})
         for i, p in enumerate(files)
     ]
-    _publish_all(ctx, trigger, items)
+    _publish_all(ctx, items)
     shown = ", ".join(files[:8]) + (" ..." if total > 8 else "")
     return f"published file.found for {total} files: {shown}"
 
@@ -182,7 +155,7 @@ def file_findings(root: Path, rel: str, text: str) -> list[dict[str, Any]]:
 
 def check_file(call: Any, ctx: ToolContext) -> str:
     """Publish ``finding`` events for the task's file (once per run)."""
-    trigger = _trigger(ctx)
+    trigger = ctx.trigger()
     rel = _trigger_path(trigger)
     done = _already(ctx, "finding")
     if done or _already(ctx, "review.checked"):
@@ -193,7 +166,7 @@ def check_file(call: Any, ctx: ToolContext) -> str:
     items: list[tuple[str, Any]] = [("finding", {**f, **extra}) for f in findings]
     # A marker so a second call in the same run knows the check happened even with 0 findings.
     items.append(("review.checked", {"path": rel, "findings": len(findings), **extra}))
-    _publish_all(ctx, trigger, items)
+    _publish_all(ctx, items)
     if not findings:
         return f"{rel}: no findings"
     return f"{rel}: {len(findings)} findings: " + "; ".join(f["message"] for f in findings[:5])
@@ -201,7 +174,7 @@ def check_file(call: Any, ctx: ToolContext) -> str:
 
 def digest_file(call: Any, ctx: ToolContext) -> str:
     """Publish ``file.digest {path, lines, sha256}`` for the task's file (once per run)."""
-    trigger = _trigger(ctx)
+    trigger = ctx.trigger()
     rel = _trigger_path(trigger)
     if _already(ctx, "file.digest"):
         return f"already digested {rel}"
@@ -211,7 +184,7 @@ def digest_file(call: Any, ctx: ToolContext) -> str:
         "lines": len(text.splitlines()),
         "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()[:16],
     }
-    _publish_all(ctx, trigger, [("file.digest", digest)])
+    _publish_all(ctx, [("file.digest", digest)])
     return f"{rel}: {digest['lines']} lines"
 
 
@@ -259,11 +232,10 @@ def render_report(bus: Any, scan: int | None = None) -> tuple[str, int, int, int
 
 def write_report(call: Any, ctx: ToolContext) -> str:
     """Write ``report.md`` into the chain's output folder from every finding on the bus."""
-    chain = _chain()
-    trigger = _trigger(ctx)
+    trigger = ctx.trigger()
     scan = trigger.payload.get("scan") if isinstance(trigger.payload, dict) else None
-    text, reviewed, total, count = render_report(chain.bus, scan)
-    target = chain.output / "report.md"
+    text, reviewed, total, count = render_report(_bus(ctx), scan)
+    target = _output(ctx) / "report.md"
     _atomic_write(target, text)
     return f"wrote {target.name}: {reviewed}/{total} files reviewed, {count} findings. The report is up to date."
 
@@ -271,7 +243,7 @@ def write_report(call: Any, ctx: ToolContext) -> str:
 # -- planner / writer --------------------------------------------------------------------------
 def plan_subgoals(call: Any, ctx: ToolContext) -> str:
     """Publish ``subgoal {plan, index, total, text, goal}`` per sub-goal (once per run)."""
-    trigger = _trigger(ctx)
+    trigger = ctx.trigger()
     if _already(ctx, "subgoal"):
         return "this plan was already published"
     raw = [call.first, call.second, call.third or ""]
@@ -287,23 +259,23 @@ def plan_subgoals(call: Any, ctx: ToolContext) -> str:
         for i, g in enumerate(goals)
     ]
     items.append(("plan", {"plan": trigger.id, "goal": goal, "subgoals": goals}))
-    _publish_all(ctx, trigger, items)
+    _publish_all(ctx, items)
     return f"published {len(goals)} sub-goals"
 
 
 def assemble_result(call: Any, ctx: ToolContext) -> str:
     """Write result.md for the trigger's plan once every sub-goal has an answer."""
-    chain = _chain()
-    trigger = _trigger(ctx)
+    bus = _bus(ctx)
+    trigger = ctx.trigger()
     plan = trigger.payload.get("plan") if isinstance(trigger.payload, dict) else None
     subgoals = {
         e.payload["index"]: e.payload
-        for e in chain.bus.events(types=["subgoal"])
+        for e in bus.events(types=["subgoal"])
         if e.payload.get("plan") == plan
     }
     answers = {
         e.payload.get("index"): e.payload
-        for e in chain.bus.events(types=["subgoal.answered"])
+        for e in bus.events(types=["subgoal.answered"])
         if e.payload.get("plan") == plan
     }
     if not subgoals:
@@ -317,7 +289,7 @@ def assemble_result(call: Any, ctx: ToolContext) -> str:
         answer = answers[index]
         text = answer.get("summary") or f"(no answer: {answer.get('outcome')})"
         lines += [f"## {index + 1}. {subgoals[index]['text']}", "", str(text), ""]
-    target = chain.output / "result.md"
+    target = _output(ctx) / "result.md"
     _atomic_write(target, "\n".join(lines))
     return f"wrote {target.name} with {len(subgoals)} answers"
 
@@ -371,6 +343,7 @@ def register() -> None:
         idempotent=True,
         replace=True,
         description="re-render report.md from the bus",
+        reads=REPORT_READS,
     )
     register_tool(
         types.PlanSubgoals,
@@ -385,6 +358,7 @@ def register() -> None:
         idempotent=True,
         replace=True,
         description="write result.md once every sub-goal is answered",
+        reads=RESULT_READS,
     )
     for name, function, description, max_tokens in AGENTS:
         register_agent(name, function, description, max_tokens=max_tokens)

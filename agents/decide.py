@@ -36,18 +36,29 @@ class UnknownFunction(AgentError):
     """No BAML function of that name exists in baml_client (regenerate it?)."""
 
 
+_last_hash: tuple[object, str] = (None, "")
+
+
 def prompt_hash(messages: list[dict[str, Any]]) -> str:
     """sha256 of the rendered chat messages; recorded for replay.
 
     Each message contributes ``role``, the UTF-8 length of its content and the content (length
-    prefixes keep it unambiguous; ~5x cheaper than hashing canonical JSON of a long log).
+    prefixes keep it unambiguous; ~5x cheaper than hashing canonical JSON of a long log). The
+    last list hashed is remembered by identity (the loop and a replay runtime both hash the
+    same prompt each turn): a messages list must not be changed once hashed.
     """
+    global _last_hash
+    last = _last_hash
+    if last[0] is messages:
+        return last[1]
     digest = hashlib.sha256()
     for message in messages:
         content = str(message["content"]).encode("utf-8")
         digest.update(f"{message['role']}\n{len(content)}\n".encode())
         digest.update(content)
-    return digest.hexdigest()
+    sha = digest.hexdigest()
+    _last_hash = (messages, sha)
+    return sha
 
 
 def _text(content: Any) -> str:

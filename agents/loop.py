@@ -7,8 +7,9 @@ Public API (used by the CLI and by chains of agent processes)::
     run_agent(agent: str, task: str, *, runtime, bus: SyncBus, workspace: Path | None = None,
               max_turns: int = 12, budget: float = 0.4, elide: bool = False,
               run_id: str | None = None, caused_by: int | None = None,
-              on_event: Callable[[Event], None] | None = None) -> Outcome
-    resume_run(run_id, *, runtime, bus, workspace=None, on_event=None) -> Outcome
+              on_event: Callable[[Event], None] | None = None,
+              output: Path | None = None) -> Outcome
+    resume_run(run_id, *, runtime, bus, workspace=None, on_event=None, output=None) -> Outcome
     unfinished_runs(bus, agent) -> list[str]
     Outcome(kind: "done" | "budget_exceeded" | "max_turns" | "failed", run_id, summary, reason)
 
@@ -16,6 +17,8 @@ Public API (used by the CLI and by chains of agent processes)::
   name on each; see :mod:`agents.runstate`); ``on_event`` sees each one after it is committed.
 * ``caused_by`` is the event that triggered the run: ``run.task``, ``run.outcome`` and every
   event the Publish tool emits carry it (or the ``run.task`` id when there is no trigger).
+  Tools read it (``ctx.trigger()``) and the bus (``ctx.bus``); ``output`` is the folder
+  writing tools write to (a chain's ``output``).
 * ``run_agent`` with the ``run_id`` of a run already on the bus resumes it instead of starting
   a second one, so a deterministic run id per trigger makes redelivery safe.
 * ``resume_run`` continues from the first step without a recorded result: recorded decisions are
@@ -94,12 +97,15 @@ def run_agent(
     run_id: str | None = None,
     caused_by: int | None = None,
     on_event: Callable[[Any], None] | None = None,
+    output: Path | None = None,
 ) -> Outcome:
     """Run ``agent`` on ``task`` to its outcome (or resume ``run_id`` if it is already on the bus)."""
     from agents.builtin import get_agent
 
     if run_id is not None and bus.events(run_id=run_id, limit=1):
-        return resume_run(run_id, runtime=runtime, bus=bus, workspace=workspace, on_event=on_event)
+        return resume_run(
+            run_id, runtime=runtime, bus=bus, workspace=workspace, on_event=on_event, output=output
+        )
     spec = get_agent(agent)
     try:
         settings = RunSettings(
@@ -128,6 +134,7 @@ def run_agent(
         run_id=run_id,
         caused_by=caused_by,
         on_event=on_event,
+        output=output,
     )
     return run(state, runtime, decider)
 
@@ -139,12 +146,13 @@ def resume_run(
     bus: Any,
     workspace: Path | None = None,
     on_event: Callable[[Any], None] | None = None,
+    output: Path | None = None,
 ) -> Outcome:
     """Continue a run from the bus (see the module docstring); never re-asks recorded decisions."""
     from agents.builtin import get_agent
 
     state, decider = turn.rebuild(
-        bus, run_id, runtime=runtime, workspace=workspace, on_event=on_event
+        bus, run_id, runtime=runtime, workspace=workspace, on_event=on_event, output=output
     )
     if state.outcome is not None:
         return state.outcome

@@ -14,9 +14,19 @@ Event bodies use the event log's injection-safe JSON, so the file is well-formed
 every prompt (``counts`` in ``run.model_call`` / ``run.outcome``) make it replayable without the
 model or its tokenizer.
 
+Runs whose tools read the bus (chain agents) also need what they read: the event that
+triggered the run, and the events of the types their tools declare in ``reads`` (committed
+before the run's last tool call). Those come first, marked ``context="1"`` and with their own
+``agent`` / ``run_id`` / ``caused_by``; such a file says ``format="loopbus-run/2"`` (older
+readers refuse it instead of misreading it). Files without context stay ``loopbus-run/1``.
+
 :func:`replay` re-runs the loop on a scratch bus with :class:`ReplayRuntime`, which returns the
 recorded raw outputs (and checks each prompt's sha256), re-executes the tools, and compares every
-event with the recording; the first divergence becomes a readable diff.
+event the loop publishes with the recording; the first divergence becomes a readable diff. The
+tools read the bus through :class:`RecordedReads` (the context plus the run's own replayed
+events, under their recorded ids, as the bus looked when each tool ran) and write into a scratch
+output folder. Events after ``run.outcome`` (an agent process's ``emit``) are not the loop's and
+are not compared.
 """
 
 from __future__ import annotations
@@ -25,7 +35,7 @@ import difflib
 import json
 import re
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,9 +45,11 @@ from pydantic import BaseModel
 from agents.decide import prompt_hash
 from agents.errors import AgentError
 from agents.eventlog import EventLogError, LogEvent, iter_log
+from agents.replay_context import RecordedReads, context_events
 from agents.runstate import Outcome, RunSettings
 
 FORMAT = "loopbus-run/1"
+FORMAT_WITH_CONTEXT = "loopbus-run/2"
 _HEADER = re.compile(r'<recording\s+format="([^"]*)"\s+run_id="([^"]*)"\s+agent="([^"]*)">')
 
 
@@ -46,20 +58,36 @@ class ReplayDivergence(AgentError):
 
 
 class RecordedEvent(BaseModel):
-    """One event of a recording."""
+    """One event of a recording (``agent`` and ``run_id`` are kept for context events only)."""
 
     type: str
     ts: str
     payload: Any
     id: int | None = None
     caused_by: int | None = None
+    agent: str | None = None
+    run_id: str | None = None
+
+    @classmethod
+    def of(cls, event: Any, *, context: bool = False) -> RecordedEvent:
+        """From a bus ``Event``."""
+        extra = {"agent": event.agent, "run_id": event.run_id} if context else {}
+        return cls(
+            type=event.event_type,
+            ts=event.created_at,
+            payload=event.payload,
+            id=event.id,
+            caused_by=event.caused_by,
+            **extra,
+        )
 
 
 class Recording(BaseModel):
-    """A run's events plus what replaying them needs (settings, task, trigger)."""
+    """A run's events plus what replaying them needs (settings, task, trigger, tool reads)."""
 
     run_id: str
     events: list[RecordedEvent]
+    context: list[RecordedEvent] = []
 
     @property
     def task_event(self) -> RecordedEvent:
@@ -73,36 +101,46 @@ class Recording(BaseModel):
     def settings(self) -> RunSettings:
         return RunSettings.model_validate(self.task_event.payload["settings"])
 
+    @property
+    def loop_events(self) -> list[RecordedEvent]:
+        """The events the loop published: up to the run's outcome (what a replay compares)."""
+        for index, event in enumerate(self.events):
+            if event.type == "run.outcome":
+                return self.events[: index + 1]
+        return self.events
+
     @classmethod
-    def from_events(cls, run_id: str, events: list[Any]) -> Recording:
-        """From bus ``Event`` objects of one run (the first must be its ``run.task``)."""
+    def from_events(cls, run_id: str, events: list[Any], context: Iterable[Any] = ()) -> Recording:
+        """From bus ``Event`` objects of one run (the first must be its ``run.task``) and the
+        events its tools read (``context``)."""
         if not events or events[0].event_type != "run.task":
             raise AgentError(f"no run {run_id!r} on this bus (no run.task event)")
         return cls(
             run_id=run_id,
-            events=[
-                RecordedEvent(
-                    type=e.event_type,
-                    ts=e.created_at,
-                    payload=e.payload,
-                    id=e.id,
-                    caused_by=e.caused_by,
-                )
-                for e in events
-            ],
+            events=[RecordedEvent.of(e) for e in events],
+            context=[RecordedEvent.of(e, context=True) for e in context],
         )
 
     @classmethod
     def from_bus(cls, bus: Any, run_id: str) -> Recording:
-        return cls.from_events(run_id, bus.events(run_id=run_id))
+        events = bus.events(run_id=run_id)
+        return cls.from_events(run_id, events, context_events(bus, events))
 
     def to_xml(self) -> str:
         """The export format (see the module docstring)."""
         lines = [
             '<?xml version="1.0" encoding="utf-8"?>',
-            f'<recording format="{FORMAT}" run_id="{_attr(self.run_id)}" '
-            f'agent="{_attr(self.settings.agent)}">',
+            f'<recording format="{FORMAT_WITH_CONTEXT if self.context else FORMAT}" '
+            f'run_id="{_attr(self.run_id)}" agent="{_attr(self.settings.agent)}">',
         ]
+        for e in self.context:
+            attrs = [("id", str(e.id)), ("agent", e.agent or "")]
+            if e.run_id is not None:
+                attrs.append(("run_id", e.run_id))
+            if e.caused_by is not None:
+                attrs.append(("caused_by", str(e.caused_by)))
+            attrs.append(("context", "1"))
+            lines.append(LogEvent(e.type, e.ts, e.payload, tuple(attrs)).render())
         for e in self.events:
             attrs = [("id", str(e.id))] if e.id is not None else []
             if e.caused_by is not None:
@@ -113,31 +151,35 @@ class Recording(BaseModel):
 
     @classmethod
     def from_xml(cls, text: str) -> Recording:
-        """Parse an exported recording."""
+        """Parse an exported recording (either format)."""
         match = _HEADER.search(text)
         end = text.rfind("</recording>")
         if match is None or end < match.end():
             raise AgentError("not a loopbus recording (expected <recording format=...>)")
-        if match.group(1) != FORMAT:
-            raise AgentError(f"unsupported recording format {match.group(1)!r}; want {FORMAT}")
-        events = []
+        if match.group(1) not in (FORMAT, FORMAT_WITH_CONTEXT):
+            raise AgentError(
+                f"unsupported recording format {match.group(1)!r}; want {FORMAT} or "
+                f"{FORMAT_WITH_CONTEXT}"
+            )
+        events, context = [], []
         try:
             for item in iter_log(text[match.end() : end]):
                 if not isinstance(item, LogEvent):
                     raise AgentError("a recording cannot contain elision markers")
                 attrs = dict(item.attrs)
-                events.append(
-                    RecordedEvent(
-                        type=item.type,
-                        ts=item.ts,
-                        payload=item.data,
-                        id=int(attrs["id"]) if "id" in attrs else None,
-                        caused_by=int(attrs["caused_by"]) if "caused_by" in attrs else None,
-                    )
+                event = RecordedEvent(
+                    type=item.type,
+                    ts=item.ts,
+                    payload=item.data,
+                    id=int(attrs["id"]) if "id" in attrs else None,
+                    caused_by=int(attrs["caused_by"]) if "caused_by" in attrs else None,
+                    agent=attrs.get("agent"),
+                    run_id=attrs.get("run_id"),
                 )
-        except EventLogError as exc:
+                (context if attrs.get("context") == "1" else events).append(event)
+        except (EventLogError, ValueError) as exc:
             raise AgentError(f"malformed recording: {exc}") from None
-        return cls(run_id=_unattr(match.group(2)), events=events)
+        return cls(run_id=_unattr(match.group(2)), events=events, context=context)
 
 
 def _attr(value: str) -> str:
@@ -197,13 +239,10 @@ class ReplayRuntime:
             if e.type in ("run.model_call", "run.outcome"):
                 self.counts.update(e.payload.get("counts") or {})
         self.used = 0
-        self._last: tuple[Any, str] = (None, "")
 
     def _hash(self, messages: list[dict[str, Any]]) -> str:
-        # The loop hands the same list to count_tokens and generate: hash it once.
-        if messages is not self._last[0]:
-            self._last = (messages, prompt_hash(messages))
-        return self._last[1]
+        # The loop hashes the same list first: prompt_hash remembers it (no second pass).
+        return prompt_hash(messages)
 
     def count_tokens(self, messages: list[dict[str, Any]]) -> int:
         sha = self._hash(messages)
@@ -291,10 +330,11 @@ class Checker:
     """Compares each replayed event with the recording, in order; raises on the first mismatch."""
 
     def __init__(self, recording: Recording) -> None:
-        self.expected = recording.events
+        self.expected = recording.loop_events
         self.seen = 0
 
-    def __call__(self, event: Any) -> None:
+    def __call__(self, event: Any) -> RecordedEvent:
+        """The recorded event ``event`` matches; ReplayDivergence (the diff) when none does."""
         index = self.seen
         self.seen += 1
         recorded = self.expected[index] if index < len(self.expected) else None
@@ -304,6 +344,7 @@ class Checker:
             or essence(recorded.type, recorded.payload) != essence(event.event_type, event.payload)
         ):
             raise ReplayDivergence(_diff(index, len(self.expected), recorded, event))
+        return recorded
 
     def stamp(self, index: int, event_type: str) -> str:
         """The recorded timestamp of the index-th event (prompts then hash the same)."""
@@ -339,14 +380,21 @@ def prepare(
     *,
     workspace: Path | None = None,
     on_event: Callable[[Any], None] | None = None,
+    output: Path | None = None,
 ) -> tuple[Any, Any, Any, Checker]:
-    """(state, runtime, decider, checker) ready for :func:`agents.loop.run` on ``bus``."""
+    """(state, runtime, decider, checker) ready for :func:`agents.loop.run` on ``bus``.
+
+    The tools read the bus through :class:`RecordedReads` and write into ``output``.
+    """
     from agents import turn
-    from agents.builtin import get_agent
+    from agents.builtin import UnknownAgent, get_agent, list_agents
     from agents.decide import get_decider
 
     settings = recording.settings
-    get_agent(settings.agent)  # registers the agent's tools
+    try:
+        get_agent(settings.agent)  # registers the agent's tools
+    except UnknownAgent:  # a configured chain agent name: its kind's module registered them
+        list_agents()
     if workspace is not None:
         settings = settings.model_copy(update={"workspace": str(Path(workspace).resolve())})
     elif settings.workspace and not Path(settings.workspace).is_dir():
@@ -354,10 +402,10 @@ def prepare(
             f"the recorded workspace {settings.workspace} does not exist here; "
             "pass the folder to re-run the tools on (--workspace DIR)"
         )
-    runtime, checker = ReplayRuntime(recording), Checker(recording)
+    runtime, checker, reads = ReplayRuntime(recording), Checker(recording), RecordedReads(recording)
 
     def observe(event: Any) -> None:
-        checker(event)
+        reads.add(event, checker(event))
         if on_event is not None:
             on_event(event)
 
@@ -370,6 +418,8 @@ def prepare(
         caused_by=recording.task_event.caused_by,
         on_event=observe,
         stamp=checker.stamp,
+        output=output,
+        reads=reads,
     )
     return state, runtime, get_decider(settings.function), checker
 
@@ -379,17 +429,27 @@ def replay(
     *,
     workspace: Path | None = None,
     on_event: Callable[[Any], None] | None = None,
+    output: Path | None = None,
 ) -> ReplayReport:
-    """Re-run ``recording`` on a scratch bus with recorded model outputs and real tools."""
+    """Re-run ``recording`` on a scratch bus with recorded model outputs and real tools.
+
+    Writing tools write into ``output`` (default: a scratch folder, removed afterwards).
+    """
     from agents.loop import run
     from bus import SyncBus
 
     with tempfile.TemporaryDirectory(prefix="loopbus-replay-") as tmp:
+        scratch = Path(tmp) / "output"
+        scratch.mkdir()
         with SyncBus(Path(tmp) / "replay.db", synchronous="NORMAL") as bus:
             runtime = None
             try:
                 state, runtime, decider, checker = prepare(
-                    recording, bus, workspace=workspace, on_event=on_event
+                    recording,
+                    bus,
+                    workspace=workspace,
+                    on_event=on_event,
+                    output=output if output is not None else scratch,
                 )
                 outcome = run(state, runtime, decider)
                 checker.finish()

@@ -11,13 +11,22 @@ type               payload                                                      
 run.task           task, settings (agent, function, max_turns, budget, elide, ...)     trigger
 run.model_call     turn, prompt_sha256, prompt_tokens, counts {sha: tokens}, elided,   -
                    raw (the model's text), timings
-run.decision       turn, decision (the parsed object as JSON)                          model_call
-run.tool_call      turn, tool, args, idempotent  (published BEFORE the tool runs)      decision
+run.decision       turn, decision (the parsed object as JSON)                          -
+run.tool_call      turn, tool, args, idempotent  (published BEFORE the tool runs)      see below
 run.tool_result    turn, tool, result            (published AFTER it ran)              tool_call
-run.error          turn, error, kind (parse | tool | unknown_outcome), [tool]          call/model
+run.error          turn, error, kind (parse | tool | unknown_outcome), [tool]          call/-
 run.outcome        kind, summary, reason, turns                                        trigger
 <other types>      what the Publish tool emitted                                       trigger
 =================  ==================================================================  =========
+
+Transactions (one durable commit each): ``run.task``; then per turn either
+``model_call + decision + tool_call`` (the call is on the bus before the tool runs) followed by
+``tool_result`` or ``error``, or ``model_call + decision + outcome`` (Done), or
+``model_call + error [+ outcome]`` (unparseable answer). :meth:`RunState.stage` holds the model
+call and decision until the dispatch publishes them with what follows; a crash in between loses
+only that unrecorded answer (the model is asked again on resume). A ``run.tool_call`` is
+caused_by its decision only when the decision was committed earlier (a resumed run); in the
+same transaction the decision's id is not known yet, and it is the event right before the call.
 
 Every ``run.*`` payload also has ``ts``: the loop's clock, which the event log renders (so the
 context rebuilt from the bus is byte-identical, and replay can stamp the recorded times).
@@ -26,9 +35,9 @@ Only task, decision, tool_result and error events are part of the model's contex
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -70,10 +79,18 @@ class RunSettings(BaseModel):
     max_result_chars: int = 4000
 
 
+_second: tuple[int, str] = (-1, "")  # the last whole second seen and its formatted text
+
+
 def utc_now() -> str:
     """Now as ISO-8601 UTC with milliseconds, like the bus's ``created_at``."""
-    now = datetime.now(UTC)
-    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
+    global _second
+    now = time.time()
+    cached = _second  # one read: another thread may replace it meanwhile
+    if cached[0] != int(now):  # strftime once per second, not once per event
+        cached = (int(now), time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(int(now))))
+        _second = cached
+    return f"{cached[1]}{int((now - cached[0]) * 1000):03d}Z"
 
 
 def context_view(event_type: str, payload: Any) -> Any:
@@ -116,7 +133,7 @@ class RunState:
     turn: int = 0
     parse_failures: int = 0
     pending: BaseModel | None = None  # a recorded decision not executed yet
-    pending_id: int | None = None
+    pending_id: int | None = None  # its run.decision's id, once committed
     pending_call: PendingCall | None = None
     outcome: Outcome | None = None
     on_event: Callable[[Any], None] | None = None
@@ -126,14 +143,20 @@ class RunState:
     emitted: int = 0
     cache: object | None = None
     ctx: Any = None  # agents.tools.ToolContext, set when the run starts
+    staged: list[tuple[str, Any, int | None]] = field(default_factory=list)  # see stage()
+    interrupted: BaseException | None = None  # what on_event raised (ends the run's process)
 
     @property
     def origin(self) -> int | None:
         """The id outputs and the outcome are caused_by: the trigger, else the task event."""
         return self.trigger if self.trigger is not None else self.task_event_id
 
+    def stage(self, *items: tuple[str, Any, int | None]) -> None:
+        """Hold ``(type, payload, caused_by)`` events for the next :meth:`emit` (same commit)."""
+        self.staged.extend(items)
+
     def emit(self, *items: tuple[str, Any, int | None]) -> list[Any]:
-        """Publish ``(type, payload, caused_by)`` events in one transaction; update the context.
+        """Publish the staged events and ``items`` in one transaction; update the context.
 
         ``run.*`` payloads get a ``ts`` (the loop's clock, ISO-8601 UTC with ms): the event log
         renders it, so the bus alone rebuilds the exact context, and a replay stamps the
@@ -142,7 +165,9 @@ class RunState:
         """
         from bus import Event, NewEvent
 
-        agent, stamped = self.settings.agent, []
+        if self.staged:
+            items, self.staged = (*self.staged, *items), []
+        agent, run_id, stamped = self.settings.agent, self.run_id, []
         for i, (kind, payload, caused_by) in enumerate(items):
             ts = self.stamp(self.emitted + i, kind) if self.stamp else utc_now()
             if kind.startswith("run."):
@@ -150,25 +175,23 @@ class RunState:
             stamped.append((kind, payload, caused_by, ts))
         if len(stamped) == 1:
             kind, payload, caused_by, _ = stamped[0]
-            ids = [
-                self.bus.publish(
-                    kind, payload, agent=agent, run_id=self.run_id, caused_by=caused_by
-                )
-            ]
-        else:  # one transaction: recorded together or not at all
+            ids = [self.bus.publish(kind, payload, agent=agent, run_id=run_id, caused_by=caused_by)]
+        elif stamped:  # one transaction: recorded together or not at all
             ids = self.bus.publish_many(
                 [
-                    NewEvent(event_type=k, payload=p, agent=agent, run_id=self.run_id, caused_by=c)
+                    NewEvent(event_type=k, payload=p, agent=agent, run_id=run_id, caused_by=c)
                     for k, p, c, _ in stamped
                 ]
             )
+        else:
+            return []
         events = [
             Event(
                 id=i,
                 agent=agent,
                 event_type=k,
                 payload=p,
-                run_id=self.run_id,
+                run_id=run_id,
                 caused_by=c,
                 created_at=ts,
             )
@@ -177,7 +200,11 @@ class RunState:
         for event in events:
             self.observe(event)
             if self.on_event is not None:
-                self.on_event(event)
+                try:
+                    self.on_event(event)
+                except BaseException as exc:
+                    self.interrupted = exc  # not a tool failure, even inside a tool's publish
+                    raise
         return events
 
     def observe(self, event: Any, *, pinned: bool = False) -> None:

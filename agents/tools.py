@@ -15,16 +15,23 @@ the model picks it. Handlers return a string or any JSON value; exceptions they 
 error events the model sees (they never crash the loop), and long results are truncated with a
 marker so one result cannot blow the context budget. ``idempotent`` tells durable resume
 whether a call left without a recorded result may simply be executed again.
+
+Handlers that read the bus use ``ctx.bus`` (read-only), ``ctx.trigger()`` (the event that
+started the run) and publish through ``ctx.publish`` / ``ctx.publish_many`` (so the events are
+part of the run's recording). ``reads`` declares the event types (globs) a handler reads beyond
+its trigger and its own run's events: ``loopbus export`` puts those events in the recording so
+that ``loopbus replay`` can serve the same reads without the original bus.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import BaseModel
 
@@ -56,15 +63,62 @@ class Tool:
     handler: Handler | None
     idempotent: bool
     description: str = ""
+    reads: tuple[str, ...] = ()  # event types (globs) the handler reads from ctx.bus
+
+
+class BusReader(Protocol):
+    """Read access to the bus, as :class:`bus.SyncBus` has it (``ToolContext.bus``)."""
+
+    def events(
+        self,
+        *,
+        since_id: int = 0,
+        types: str | Iterable[str] | None = None,
+        run_id: str | None = None,
+        limit: int | None = None,
+    ) -> list[Any]:
+        """Stored events with ``id > since_id`` in id order (``bus.Event`` objects)."""
+        ...
+
+    def get(self, event_id: int) -> Any | None:
+        """The event with this id, or None."""
+        ...
+
+
+class BusReads:
+    """The read half of a :class:`bus.SyncBus`: what a live run's tools get as ``ctx.bus``."""
+
+    def __init__(self, bus: Any) -> None:
+        self._bus = bus
+
+    def events(
+        self,
+        *,
+        since_id: int = 0,
+        types: str | Iterable[str] | None = None,
+        run_id: str | None = None,
+        limit: int | None = None,
+    ) -> list[Any]:
+        """Stored events with ``id > since_id`` in id order (see ``SyncBus.events``)."""
+        return self._bus.events(since_id=since_id, types=types, run_id=run_id, limit=limit)
+
+    def get(self, event_id: int) -> Any | None:
+        """The event with this id, or None."""
+        return self._bus.get(event_id)
 
 
 @dataclass
 class ToolContext:
-    """What a handler may use: the run's identity, its read-only workspace and a way to publish.
+    """What a handler may use: the run's identity, its read-only workspace, bus reads, a way to
+    publish and an output folder.
 
-    ``publish`` is provided by the loop: it emits an event attributed to the agent, with the
-    run's ``run_id`` and ``caused_by`` = the event that triggered the run. ``resources`` holds
-    per-run objects (e.g. the sandbox session), closed by :meth:`close` when the run ends.
+    The loop provides ``publish`` (one event) and ``publish_many`` (several, one transaction):
+    they emit events attributed to the agent, with the run's ``run_id`` and ``caused_by`` = the
+    event that triggered the run (``caused_by`` here; :meth:`trigger` reads it), and the run's
+    recording includes them. ``bus`` reads the bus (a replay serves it from the recording).
+    ``output`` is the folder writing tools write to (a chain's ``output``; a scratch folder in a
+    replay). ``resources`` holds per-run objects (e.g. the sandbox session), closed by
+    :meth:`close` when the run ends.
     """
 
     run_id: str
@@ -73,10 +127,30 @@ class ToolContext:
     publish: Callable[[str, Any], int] | None = None
     runtime: Any = None
     resources: dict[str, Any] = field(default_factory=dict)
+    bus: BusReader | None = None
+    caused_by: int | None = None
+    output: Path | None = None
+    publish_many: Callable[[list[tuple[str, Any]]], list[int]] | None = None
+
+    def trigger(self) -> Any:
+        """The bus event that started this run; ToolError when there is none."""
+        if self.caused_by is None:
+            raise ToolError("this run has no triggering event; it must be started by a chain")
+        if self.bus is None:
+            raise ToolError("this run has no bus to read")
+        event = self.bus.get(self.caused_by)
+        if event is None:
+            raise ToolError(f"the triggering event {self.caused_by} is no longer on the bus")
+        return event
+
+    @functools.cached_property
+    def real_workspace(self) -> Path | None:
+        """The workspace root with symlinks resolved (once per run)."""
+        return self.workspace.resolve() if self.workspace is not None else None
 
     def path(self, relative: str) -> Path:
         """Resolve ``relative`` inside the workspace (refusing escapes)."""
-        return ws.resolve(self.workspace, relative)
+        return ws.resolve(self.workspace, relative, real_root=self.real_workspace)
 
     def read_text(self, relative: str, limit: int = MAX_READ_BYTES) -> str:
         """Read a workspace file as text (invalid UTF-8 replaced), at most ``limit`` bytes."""
@@ -125,13 +199,21 @@ def register_tool(
     name: str | None = None,
     description: str = "",
     replace: bool = False,
+    reads: Iterable[str] = (),
 ) -> Tool:
     """Register ``cls`` (a class from ``baml_client.types``) with its handler.
 
-    Raises AgentError when the name is taken by another class (pass ``replace=True`` to override).
+    ``reads``: the event types (globs) the handler reads from ``ctx.bus`` besides its trigger
+    and its own run's events (recordings include them). Raises AgentError when the name is
+    taken by another class (pass ``replace=True`` to override).
     """
     tool = Tool(
-        name or action_name(cls), cls, handler, idempotent, description or cls.__doc__ or ""
+        name or action_name(cls),
+        cls,
+        handler,
+        idempotent,
+        description or cls.__doc__ or "",
+        tuple(reads),
     )
     existing = _BY_NAME.get(tool.name)
     if existing is not None and existing.cls is not cls and not replace:

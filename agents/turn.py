@@ -15,7 +15,7 @@ from pydantic import BaseModel
 from agents.decide import Decider, DecisionParseError, get_decider, prompt_hash
 from agents.errors import AgentError
 from agents.runstate import Outcome, PendingCall, RunSettings, RunState
-from agents.tools import ToolContext, get_tool, shape_result, tool_for
+from agents.tools import BusReads, ToolContext, get_tool, shape_result, tool_for
 
 UNKNOWN_OUTCOME = (
     "outcome unknown after crash: the {tool} call was started but its result was never "
@@ -35,7 +35,10 @@ def finish(
     reason: str | None = None,
     **extra: Any,
 ) -> Outcome:
-    """Record the run's one terminal outcome (a second call returns the first outcome)."""
+    """Record the run's one terminal outcome (a second call returns the first outcome).
+
+    Staged events (the model call and the Done decision) are committed with it.
+    """
     if state.outcome is not None:
         return state.outcome
     outcome = Outcome(kind=kind, run_id=state.run_id, summary=summary, reason=reason)  # type: ignore[arg-type]
@@ -48,8 +51,10 @@ def finish(
 def ask_model(state: RunState, runtime: Any, decider: Decider) -> Outcome | None:
     """One model call: check the budget (eliding if allowed), generate, parse and record.
 
-    Sets ``state.pending`` to the parsed decision; an unparseable answer is recorded with a short
-    error event the model sees next turn, and ends the run after too many in a row.
+    Sets ``state.pending`` to the parsed decision, whose ``run.model_call`` and ``run.decision``
+    are staged: the dispatch commits them with the tool call or the outcome. An unparseable
+    answer is recorded with a short error event the model sees next turn, and ends the run
+    after too many in a row.
     """
     from models.errors import ModelError
 
@@ -98,32 +103,38 @@ def ask_model(state: RunState, runtime: Any, decider: Decider) -> Outcome | None
             f"is one of: {', '.join(decider.actions())}"
         )
         call["parse_error"] = str(exc)  # the details stay out of the context
-        state.emit(
+        state.stage(
             ("run.model_call", call, None),
             ("run.error", {"turn": state.turn, "kind": "parse", "error": error}, None),
         )
         if state.parse_failures > settings.max_parse_failures:
-            return finish(
+            return finish(  # the outcome joins the staged events in one commit
                 state,
                 "failed",
                 reason=(
                     f"the model's output did not parse {state.parse_failures} times in a row: {exc}"
                 ),
             )
+        state.emit()
         return None
     state.parse_failures = 0
     record = {"turn": state.turn, "decision": decision.model_dump(mode="json")}
-    events = state.emit(("run.model_call", call, None), ("run.decision", record, None))
-    state.pending, state.pending_id = decision, events[-1].id
+    # Published with what the decision leads to (tool_call or outcome): one commit per turn
+    # before the tool runs (see agents.runstate).
+    state.stage(("run.model_call", call, None), ("run.decision", record, None))
+    state.pending, state.pending_id = decision, None
     return None
 
 
 def call_tool(state: RunState, decision: BaseModel) -> None:
-    """Record the tool call, run the handler, record its result (or its error)."""
+    """Record the tool call (with the staged decision), run the handler, record its result.
+
+    The call is committed before the handler runs; its result (or error) in a second commit.
+    """
     tool = tool_for(decision)
     args = decision.model_dump(mode="json")
     payload = {"turn": state.turn, "tool": tool.name, "args": args, "idempotent": tool.idempotent}
-    event = state.emit(("run.tool_call", payload, state.pending_id))[0]
+    event = state.emit(("run.tool_call", payload, state.pending_id))[-1]
     state.pending = state.pending_id = None
     state.pending_call = PendingCall(event.id, tool.name, args, tool.idempotent)
     _run_handler(state, decision)
@@ -152,22 +163,41 @@ def _run_handler(state: RunState, decision: BaseModel) -> None:
             raise AgentError(f"{tool.name} has no handler")
         result = tool.handler(decision, state.ctx)
     except Exception as exc:  # noqa: BLE001 - a tool failure is information for the model
+        if state.interrupted is not None:  # on_event failed on an output the tool published
+            raise state.interrupted from None
         message = str(exc) if isinstance(exc, AgentError) else f"{type(exc).__name__}: {exc}"
         state.emit(("run.error", {**base, "kind": "tool", "error": message}, call.event_id))
     else:
+        if state.interrupted is not None:  # ... and the tool swallowed the exception
+            raise state.interrupted
         result = shape_result(result, state.settings.max_result_chars)
         state.emit(("run.tool_result", {**base, "result": result}, call.event_id))
     state.pending_call = None
 
 
-def _attach_context(state: RunState, runtime: Any) -> None:
+def _attach_context(
+    state: RunState, runtime: Any, *, output: Path | None = None, reads: Any = None
+) -> None:
+    """The run's ToolContext: its workspace, bus reads (``reads``, default the run's own bus),
+    its trigger, publishing through the run (so a recording has every output) and ``output``."""
     state.cache = runtime.new_cache() if hasattr(runtime, "new_cache") else None
 
     def publish(event_type: str, payload: Any) -> int:
         return state.emit((event_type, payload, state.origin))[0].id
 
+    def publish_many(items: list[tuple[str, Any]]) -> list[int]:
+        return [e.id for e in state.emit(*[(t, p, state.origin) for t, p in items])]
+
     state.ctx = ToolContext(
-        state.run_id, state.settings.agent, state.workspace_path(), publish=publish, runtime=runtime
+        state.run_id,
+        state.settings.agent,
+        state.workspace_path(),
+        publish=publish,
+        runtime=runtime,
+        bus=reads if reads is not None else BusReads(state.bus),
+        caused_by=state.trigger,
+        output=output,
+        publish_many=publish_many,
     )
 
 
@@ -181,13 +211,19 @@ def new_run(
     caused_by: int | None,
     on_event: Callable[[Any], None] | None = None,
     stamp: Callable[[int, str], str] | None = None,
+    output: Path | None = None,
+    reads: Any = None,
 ) -> RunState:
-    """Create a run and publish its ``run.task`` event (the pinned start of its context)."""
+    """Create a run and publish its ``run.task`` event (the pinned start of its context).
+
+    ``output`` is the tools' output folder; ``reads`` what they read the bus through (a replay
+    passes its recorded view; default the run's bus).
+    """
     run_id = run_id or f"{settings.agent}-{uuid.uuid4().hex[:12]}"
     state = RunState(run_id, task, settings, bus, trigger=caused_by, on_event=on_event, stamp=stamp)
     payload = {"task": task, "settings": settings.model_dump(mode="json")}
     state.task_event_id = state.emit(("run.task", payload, caused_by))[0].id
-    _attach_context(state, runtime)
+    _attach_context(state, runtime, output=output, reads=reads)
     return state
 
 
@@ -198,6 +234,7 @@ def rebuild(
     runtime: Any,
     workspace: Path | None = None,
     on_event: Callable[[Any], None] | None = None,
+    output: Path | None = None,
 ) -> tuple[RunState, Decider]:
     """The state of ``run_id`` rebuilt from its events on the bus (durable resume)."""
     events = bus.events(run_id=run_id)
@@ -245,5 +282,5 @@ def rebuild(
                 summary=payload.get("summary"),
                 reason=payload.get("reason"),
             )
-    _attach_context(state, runtime)
+    _attach_context(state, runtime, output=output)
     return state, decider

@@ -14,8 +14,9 @@ Protocol (at-least-once delivery, exactly-once outcomes):
   agent has ``emit`` configured, that event is published in the same transaction as the ack
   (and skipped if this run already published it), so it exists exactly once per trigger.
 
-Agents never import each other: the bus is the only coupling. Tools of the chain agents read
-the bus through :func:`agents.chain_agents.configure`.
+Agents never import each other: the bus is the only coupling. Tools read the bus and the
+run's trigger through their ``ToolContext``; writing tools write into the chain's ``output``
+folder (default: the bus file's folder).
 """
 
 from __future__ import annotations
@@ -129,6 +130,7 @@ class AgentWorker:
         count: int | None = None,
         status_file: Path | None = None,
         log: Callable[[str], None] | None = None,
+        output: Path | None = None,
     ) -> None:
         self.config = config
         self.agent: AgentConfig = config.agent(name)
@@ -141,6 +143,7 @@ class AgentWorker:
         self.log = log or (lambda line: None)
         self.handled = 0
         self.workspace = config.workspace_for(self.agent)
+        self.output = output or config.output or Path(bus.path).resolve().parent
         self._status: dict[str, Any] = {"state": "starting"}
         self.stop = threading.Event()
 
@@ -228,6 +231,7 @@ class AgentWorker:
                 bus=self.bus,
                 workspace=self.workspace,
                 on_event=self._on_event,
+                output=self.output,
             )
         return loop.run_agent(
             self.agent.name,
@@ -241,6 +245,7 @@ class AgentWorker:
             run_id=run_id,
             caused_by=event.id,
             on_event=self._on_event,
+            output=self.output,
         )
 
     def _complete(self, event: Any, run_id: str, outcome: Any) -> None:
@@ -309,7 +314,6 @@ def serve_agent(
     idle_exit: float | None = None,
 ) -> int:
     """Entry point of `loopbus agent`: validate, open the bus, load the model, serve."""
-    from agents import chain_agents
     from agents.builtin import get_agent, register_agent
     from agents.config import check_registry
     from bus import SyncBus
@@ -335,7 +339,6 @@ def serve_agent(
 
     output = config.output or Path(bus_path).resolve().parent
     with SyncBus(bus_path) as bus:
-        chain_agents.configure(bus, output)
         worker = AgentWorker(
             config,
             name,
@@ -345,6 +348,7 @@ def serve_agent(
             count=count,
             status_file=status_file,
             log=log,
+            output=output,
         )
         worker.set_status(state="loading model")
         spec = config.model_for(agent)

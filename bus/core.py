@@ -110,6 +110,9 @@ class Bus:
         self._exclusive = False
         self._exclusive_waiters: list[asyncio.Future[None]] = []
         self._closed = False
+        # aiosqlite's worker queue (see _start_batch); None if a future aiosqlite drops it.
+        tx = getattr(writer, "_tx", None)
+        self._submit: Callable[[Any], None] | None = getattr(tx, "put_nowait", None)
 
     # ------------------------------------------------------------------ open / close
 
@@ -257,6 +260,24 @@ class Bus:
                 raise
             raise wrapped from exc
 
+    def _rsubmit(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        """Start ``fn(self._rconn, *args)`` on the reader thread; await it with _rresult."""
+        fut: asyncio.Future[Any] = self._loop.create_future()
+        # Nobody may await it (an abandoned subscription): never log its error as unretrieved.
+        fut.add_done_callback(_retrieve)
+        self._reader._tx.put_nowait((fut, partial(fn, self._rconn, *args)))
+        return fut
+
+    async def _rresult(self, fut: asyncio.Future[Any]) -> Any:
+        """The result of a :meth:`_rsubmit` call, with _rcall's error mapping."""
+        try:
+            return await fut
+        except (sqlite3.Error, ValueError) as exc:
+            wrapped = self._wrap(exc)
+            if wrapped is exc:
+                raise
+            raise wrapped from exc
+
     # ------------------------------------------------------------------ group commit
 
     def _enqueue(self, kind: int, arg: Any) -> asyncio.Future[Any]:
@@ -269,39 +290,40 @@ class Bus:
     def _start_batch(self) -> None:
         ops, self._pending = self._pending, []
         self._inflight = True
-        job = partial(self._batch_job, [(kind, arg) for kind, arg, _ in ops])
-        done: asyncio.Future[tuple[list[Any], int]] = self._loop.create_future()
-        done.add_done_callback(partial(self._batch_done, ops))
-        submit = getattr(self._writer, "_tx", None)
+        job = partial(self._batch_job, ops)
+        submit = self._submit
         if submit is not None:
-            # Straight onto aiosqlite's worker queue (its (future, function) protocol): the
-            # callers' futures resolve from `done`'s callback, with no awaiting task between.
-            submit.put_nowait((done, job))
+            # Straight onto aiosqlite's worker queue (its (future, function) protocol, with no
+            # future): the job itself hands the results back with one call_soon_threadsafe,
+            # so the callers' futures resolve in the first loop iteration after the commit.
+            submit((None, job))
         else:  # pragma: no cover - an aiosqlite without the worker queue
 
             async def run() -> None:
                 try:
-                    done.set_result(await self._writer._execute(job))
+                    await self._writer._execute(job)
                 except BaseException as exc:  # noqa: BLE001
-                    done.set_exception(exc)
+                    self._batch_done(ops, [exc] * len(ops), 0)
 
             self._loop.create_task(run())
 
-    def _batch_job(self, plain: list[sqlops.Op]) -> tuple[list[Any], int]:
-        """Writer thread: commit one batch and ring the doorbell; never raises."""
+    def _batch_job(self, ops: list[tuple[int, Any, asyncio.Future[Any]]]) -> None:
+        """Writer thread: commit one batch, hand the results to the loop, then ring the
+        doorbell (after the commit, but off the callers' path); never raises."""
         results: list[Any]
+        published = 0
         try:
             try:
-                results = sqlops.run_in_transaction(self._wconn, plain, self._busy_ms)
+                results = sqlops.run_in_transaction(self._wconn, ops, self._busy_ms)
                 committed = 1
             except sqlite3.OperationalError:
                 raise
             except Exception:
-                if len(plain) == 1:
+                if len(ops) == 1:
                     raise
                 # A row the database refused: retry one by one so only its caller fails.
                 results, committed = [], 0
-                for op in plain:
+                for op in ops:
                     try:
                         results.append(
                             sqlops.run_in_transaction(self._wconn, [op], self._busy_ms)[0]
@@ -309,26 +331,28 @@ class Bus:
                         committed += 1
                     except Exception as exc:  # noqa: BLE001 - reported to that caller
                         results.append(self._wrap(exc))
-            published = sqlops.count_events(plain, results)
-            self.stats.transactions += committed
-            self.stats.events += published
-            self.stats.batches += 1
-            self.stats.largest_batch = max(self.stats.largest_batch, len(plain))
-            if published:
-                self._doorbell.ring()
+            published = sqlops.count_events(ops, results)
+            stats = self.stats
+            stats.transactions += committed
+            stats.events += published
+            stats.batches += 1
+            if len(ops) > stats.largest_batch:
+                stats.largest_batch = len(ops)
         except BaseException as exc:  # noqa: BLE001 - every caller gets the error
-            results = [self._wrap(exc)] * len(plain)
+            results = [self._wrap(exc)] * len(ops)
             published = 0
-        return results, published
+        try:
+            self._loop.call_soon_threadsafe(self._batch_done, ops, results, published)
+        except RuntimeError:  # pragma: no cover - the event loop is gone: nobody is waiting
+            pass
+        if published:
+            # Other processes' subscribers: rung once the callers are already on their way.
+            self._doorbell.ring()
 
-    def _batch_done(self, ops: list[Any], done: asyncio.Future[tuple[list[Any], int]]) -> None:
+    def _batch_done(
+        self, ops: list[tuple[int, Any, asyncio.Future[Any]]], results: list[Any], published: int
+    ) -> None:
         self._inflight = False
-        if done.cancelled() or done.exception() is not None:
-            error = BusError("the bus writer failed") if done.cancelled() else done.exception()
-            results: list[Any] = [error] * len(ops)
-            published = 0
-        else:
-            results, published = done.result()
         for (_, _, fut), result in zip(ops, results, strict=True):
             if fut.done():
                 continue
@@ -550,6 +574,11 @@ class Bus:
         sub = Subscription(self, consumer, types, batch_size, since_id=since_id)
         await sub.start()
         return sub
+
+
+def _retrieve(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()
 
 
 class _Connector:

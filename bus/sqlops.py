@@ -14,7 +14,7 @@ from typing import Any
 
 from bus import migrations
 from bus.errors import BusError, NotABus
-from bus.events import CursorInfo, Event, PruneReport
+from bus.events import CursorInfo, Event, PruneReport, events_from_rows
 
 COLUMNS = "id, agent, event_type, payload, run_id, caused_by, created_at"
 SELECT_EVENTS = f"SELECT {COLUMNS} FROM outbox"
@@ -37,7 +37,7 @@ _REGISTER = f"""
 PUBLISH, PUBLISH_MANY, ACK, REGISTER = range(4)
 
 Row = tuple[str, str, str, str | None, int | None]
-Op = tuple[int, Any]
+Op = tuple[Any, ...]  # (kind, arg, ...)
 
 
 # --------------------------------------------------------------------------- connections
@@ -120,15 +120,23 @@ def register(conn: sqlite3.Connection, consumer: str) -> int:
 
 
 def apply_ops(conn: sqlite3.Connection, ops: Sequence[Op]) -> list[Any]:
-    """Apply operations inside an open transaction; results in order (ids, errors, ...)."""
-    results: list[Any] = [None] * len(ops)
+    """Apply operations inside an open transaction; results in order (ids, errors, ...).
+
+    Each op is ``(kind, arg)``, possibly followed by more items (the group-commit batch
+    passes ``(kind, arg, future)`` triples as they are), which are ignored here.
+    """
+    n = len(ops)
+    if n == 1 and ops[0][0] == PUBLISH:  # the single-publish fast path
+        return [conn.execute(INSERT_EVENT, ops[0][1]).lastrowid]
+    results: list[Any] = [None] * n
     i = 0
-    while i < len(ops):
-        kind, arg = ops[i]
+    while i < n:
+        kind = ops[i][0]
+        arg = ops[i][1]
         if kind == PUBLISH:
             # Consecutive single publishes go in one executemany.
             j = i
-            while j < len(ops) and ops[j][0] == PUBLISH:
+            while j < n and ops[j][0] == PUBLISH:
                 j += 1
             results[i:j] = _insert_rows(conn, [op[1] for op in ops[i:j]])
             i = j
@@ -193,7 +201,8 @@ def run_in_transaction(conn: sqlite3.Connection, ops: Sequence[Op], busy_ms: int
 def count_events(ops: Iterable[Op], results: Sequence[Any]) -> int:
     """How many events a committed batch published."""
     n = 0
-    for (kind, _), res in zip(ops, results, strict=True):
+    for op, res in zip(ops, results, strict=True):
+        kind = op[0]
         if kind == PUBLISH and not isinstance(res, BaseException):
             n += 1
         elif kind == PUBLISH_MANY and isinstance(res, list):
@@ -243,8 +252,8 @@ def fetch_after(
         rows = conn.execute(
             f"{SELECT_EVENTS} WHERE id > ? ORDER BY id LIMIT ?", (position, limit)
         ).fetchall()
-        events = [Event.from_row(r) for r in rows]
-        return events, (events[-1].id if events else position)
+        events = events_from_rows(rows)
+        return events, (rows[-1][0] if rows else position)
     conn.execute("BEGIN")  # one snapshot for the head and the matches
     try:
         head = conn.execute("SELECT coalesce(max(id), 0) FROM outbox").fetchone()[0]
@@ -254,9 +263,9 @@ def fetch_after(
         ).fetchall()
     finally:
         conn.execute("COMMIT")
-    events = [Event.from_row(r) for r in rows]
+    events = events_from_rows(rows)
     if len(events) == limit:
-        return events, events[-1].id
+        return events, rows[-1][0]
     return events, max(head, position)
 
 
@@ -279,7 +288,7 @@ def select_events(
     if limit is not None:
         sql += " LIMIT ?"
         args.append(limit)
-    return [Event.from_row(r) for r in conn.execute(sql, args).fetchall()]
+    return events_from_rows(conn.execute(sql, args).fetchall())
 
 
 def get_event(conn: sqlite3.Connection, event_id: int) -> Event | None:

@@ -7,12 +7,11 @@ from typing import Any
 
 import pytest
 
+import agents.sandbox  # noqa: F401  (a broken sandbox must fail this module, not skip it)
 from agents import turn
 from agents.builtin import get_agent
 from agents.runstate import RunSettings
 from baml_client import types
-
-pytest.importorskip("agents.sandbox")
 
 
 def _run_code(state: Any, code: str) -> Any:

@@ -50,9 +50,10 @@ def test_full_run_end_to_end(tiny_runtime: Any, bus: Any, workspace: Path) -> No
     assert _types(bus, outcome.run_id).count("run.outcome") == 1
     assert all(e.agent == "assistant" and e.run_id == outcome.run_id for e in events)
     by_id = {e.id: e for e in events}
-    for e in events:
-        if e.event_type == "run.tool_call":
-            assert by_id[e.caused_by].event_type == "run.decision"
+    for before, e in zip(events, events[1:], strict=False):
+        if e.event_type == "run.tool_call":  # committed with its decision, right after it
+            assert before.event_type == "run.decision" and e.caused_by is None
+            assert before.payload["decision"] == e.payload["args"]
         if e.event_type in ("run.tool_result",) or (
             e.event_type == "run.error" and e.payload["kind"] == "tool"
         ):

@@ -40,7 +40,8 @@ def _start(
 
 
 def _record_decision(state: Any, decision: Any) -> None:
-    """What a crash right after the model answered leaves on the bus (as ask_model records it)."""
+    """A decision recorded without its tool call or outcome (what loopbus before one-commit
+    turns left after a crash right after the model answered): resume must still handle it."""
     state.turn += 1
     call = {
         "turn": state.turn,

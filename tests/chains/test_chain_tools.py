@@ -10,10 +10,10 @@ from chain_helpers import make_workspace, write_chain
 
 from agents import chain_agents
 from agents.config import ConfigError, UnknownTool, check_registry, load_config
-from agents.tools import ToolContext
+from agents.tools import BusReads, ToolContext
 from agents.worker import AgentWorker
 from baml_client import types
-from bus import SyncBus
+from bus import NewEvent, SyncBus
 
 REVIEW = """
 [agents.scanner]
@@ -47,7 +47,6 @@ def test_first_tool_is_the_first_decision_and_scanner_fans_out(
     )
     check_registry(config)
     with SyncBus(bus_file) as bus:
-        chain_agents.configure(bus, tmp_path / "out")
         scan = bus.publish("scan.request", {})
         AgentWorker(config, "scanner", bus, runtime=tiny_runtime).serve(idle_exit=0.3, poll=0.1)
         found = bus.events(types=["file.found"])
@@ -110,16 +109,34 @@ def test_first_tool_must_be_an_argument_free_tool_of_the_agent(
         check_registry(load_config(bad))
 
 
+def tool_context(bus: SyncBus, run_id: str, agent: str, trigger: int, out: Path) -> ToolContext:
+    """What the loop gives a tool of run ``run_id`` triggered by event ``trigger``."""
+
+    def publish_many(items: list[tuple[str, Any]]) -> list[int]:
+        return bus.publish_many(
+            [
+                NewEvent(event_type=t, payload=p, agent=agent, run_id=run_id, caused_by=trigger)
+                for t, p in items
+            ]
+        )
+
+    return ToolContext(
+        run_id,
+        agent,
+        None,
+        bus=BusReads(bus),
+        caused_by=trigger,
+        output=out,
+        publish_many=publish_many,
+    )
+
+
 def test_plan_fan_out_and_fan_in(tmp_path: Path, bus_file: Path) -> None:
     chain_agents.register()
     out = tmp_path / "out"
     with SyncBus(bus_file) as bus:
-        chain_agents.configure(bus, out)
         goal = bus.publish("goal", {"goal": "add things"})
-        bus.publish(
-            "run.task", {"task": "plan"}, agent="planner", run_id="planner-e1", caused_by=goal
-        )
-        ctx = ToolContext("planner-e1", "planner", None)
+        ctx = tool_context(bus, "planner-e1", "planner", goal, out)
         plan = types.PlanSubgoals(action="plan_subgoals", first="1+1?", second="2+2?", third="")
         assert chain_agents.plan_subgoals(plan, ctx) == "published 2 sub-goals"
         assert chain_agents.plan_subgoals(plan, ctx) == "this plan was already published"
@@ -137,10 +154,9 @@ def test_plan_fan_out_and_fan_in(tmp_path: Path, bus_file: Path) -> None:
             )
 
         def assemble(trigger: int) -> str:
-            run_id = f"writer-e{trigger}"
-            bus.publish("run.task", {"task": "x"}, agent="writer", run_id=run_id, caused_by=trigger)
             call = types.AssembleResult(action="assemble_result")
-            return chain_agents.assemble_result(call, ToolContext(run_id, "writer", None))
+            ctx = tool_context(bus, f"writer-e{trigger}", "writer", trigger, out)
+            return chain_agents.assemble_result(call, ctx)
 
         first = answer(subgoals[1], "4")
         assert assemble(first) == "waiting: 1/2 sub-goals answered (missing [0])"

@@ -83,7 +83,6 @@ def test_routes_only_matching_events_and_partitions_by_id(
     chain: Any, bus_file: Path, tiny_runtime: Any, tmp_path: Path
 ) -> None:
     with SyncBus(bus_file) as bus:
-        chain_agents.configure(bus, tmp_path / "out")
         ids = publish_files(bus, 4)
         noise = [bus.publish("finding", {"path": "x"}), bus.publish("filefound", {})]
         ids.append(bus.publish("file.renamed", {"path": "mod03.py"}))
@@ -104,7 +103,6 @@ def test_cursor_stays_before_an_unfinished_run_and_resume_does_not_reask(
     chain: Any, bus_file: Path, tiny_runtime: Any, tmp_path: Path
 ) -> None:
     with SyncBus(bus_file) as bus:
-        chain_agents.configure(bus, tmp_path / "out")
         [first] = publish_files(bus, 1)
         worker = CrashingWorker(
             chain, "checker", bus, runtime=tiny_runtime, index=first % 2, crash_after="run.decision"
@@ -133,7 +131,6 @@ def test_crash_between_outcome_and_ack_publishes_nothing_twice(
     chain: Any, bus_file: Path, tiny_runtime: Any, tmp_path: Path
 ) -> None:
     with SyncBus(bus_file) as bus:
-        chain_agents.configure(bus, tmp_path / "out")
         [first] = publish_files(bus, 1)
         worker = CrashingWorker(
             chain, "checker", bus, runtime=tiny_runtime, index=first % 2, crash_after="run.outcome"
