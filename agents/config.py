@@ -19,6 +19,12 @@ Example (``agents/examples/review.toml``)::
     emit = "review.done"              # published (with the cursor ack) when a run ends
     first_tool = "check_file"         # the first decision of every run (no model call)
 
+    [agents.reviewer.sandbox]         # optional: RunPython sandbox limits (agents.sandbox)
+    fuel = 5_000_000_000              # wasm instructions per snippet
+    memory_bytes = 33_554_432         # guest linear memory
+    wall_clock_s = 5.0                # also max_stdout_bytes, max_stderr_bytes,
+                                      # max_host_payload_bytes, max_host_calls
+
 ``emit`` makes fan-in independent of what the model chose: when a run reaches its terminal
 outcome the agent process publishes ``emit`` with the trigger's payload fields plus
 ``trigger_id``, ``run_id``, ``outcome`` and ``summary``, in the same transaction as the cursor
@@ -43,9 +49,17 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from agents.errors import AgentError
+from agents.errors import AgentError, SandboxConfigError
+from agents.sandbox_types import SandboxLimits
 
 __all__ = [
     "AgentConfig",
@@ -54,6 +68,7 @@ __all__ = [
     "ChainConfig",
     "ConfigError",
     "ModelMissing",
+    "SandboxConfig",
     "UnknownAgent",
     "UnknownTool",
     "check_registry",
@@ -130,6 +145,64 @@ def _check_template(template: str) -> str:
     return template
 
 
+_SANDBOX_KEYS = (
+    "fuel",
+    "memory_bytes",
+    "wall_clock_s",
+    "max_stdout_bytes",
+    "max_stderr_bytes",
+    "max_host_payload_bytes",
+    "max_host_calls",
+)
+
+
+class SandboxConfig(BaseModel):
+    """``[agents.NAME.sandbox]``: limits of the agent's RunPython sandbox (unset = default)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    fuel: int | None = None
+    memory_bytes: int | None = None
+    wall_clock_s: float | None = None
+    max_stdout_bytes: int | None = None
+    max_stderr_bytes: int | None = None
+    max_host_payload_bytes: int | None = None
+    max_host_calls: int | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_keys(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            raise ValueError(
+                "sandbox must be a table of limits, e.g. [agents.NAME.sandbox] fuel = 1000000000"
+            )
+        unknown = sorted(set(data) - set(_SANDBOX_KEYS))
+        if unknown:
+            raise ValueError(
+                f"unknown sandbox limit(s) {', '.join(map(repr, unknown))}; "
+                f"known: {', '.join(_SANDBOX_KEYS)}"
+            )
+        for key, value in data.items():
+            # strict pydantic would accept neither 5 for a float nor reject True for an int.
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"sandbox limit {key} must be a number, not {value!r}")
+            if key != "wall_clock_s" and not isinstance(value, int):
+                raise ValueError(f"sandbox limit {key} must be a whole number, not {value!r}")
+        return {k: float(v) if k == "wall_clock_s" else v for k, v in data.items()}
+
+    @model_validator(mode="after")
+    def _in_range(self) -> SandboxConfig:
+        try:
+            self.limits()
+        except SandboxConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+    def limits(self) -> SandboxLimits:
+        """The effective limits: the configured ones over :class:`SandboxLimits` defaults."""
+        return SandboxLimits(**self.model_dump(exclude_none=True))
+
+
 class AgentConfig(BaseModel):
     """One agent of a chain: what it runs, what triggers it, its limits and process count."""
 
@@ -148,6 +221,7 @@ class AgentConfig(BaseModel):
     parallelism: int = Field(default=1, ge=1, le=16)
     emit: str | None = None
     first_tool: str | None = None
+    sandbox: SandboxConfig | None = None
 
     @field_validator("emit")
     @classmethod
@@ -177,6 +251,10 @@ class AgentConfig(BaseModel):
     @classmethod
     def _task(cls, value: str) -> str:
         return _check_template(value)
+
+    def sandbox_limits(self) -> SandboxLimits | None:
+        """The RunPython sandbox limits of this agent; None = the defaults."""
+        return self.sandbox.limits() if self.sandbox is not None else None
 
     def consumers(self) -> list[str]:
         """Cursor names of this agent's processes (one per parallel instance)."""

@@ -4,13 +4,42 @@ One sandbox session per run (variables survive between turns, like a notebook), 
 run's ``ToolContext.resources`` and closed with the run. A snippet that traps (fuel, memory,
 wall clock) discards the session: the model gets an error event saying so and the next snippet
 starts fresh. Markdown fences around the code are stripped first (small models add them).
+
+Limits are per agent: :func:`set_sandbox_limits` (called by the agent process with the
+chain config's ``[agents.NAME.sandbox]`` table) applies to every run of that agent name in
+this process; agents without an entry get :class:`agents.sandbox.SandboxLimits` defaults.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import threading
+from typing import TYPE_CHECKING, Any
 
 from agents.tools import ToolContext, ToolError, register_tool
+
+if TYPE_CHECKING:
+    from agents.sandbox_types import SandboxLimits
+
+_LIMITS: dict[str, SandboxLimits] = {}
+_LIMITS_LOCK = threading.Lock()
+
+
+def set_sandbox_limits(agent: str, limits: SandboxLimits | None) -> None:
+    """Use ``limits`` for the sandbox of every later run of ``agent`` (None: the defaults).
+
+    A run keeps the limits its sandbox session was created with.
+    """
+    with _LIMITS_LOCK:
+        if limits is None:
+            _LIMITS.pop(agent, None)
+        else:
+            _LIMITS[agent] = limits
+
+
+def sandbox_limits(agent: str) -> SandboxLimits | None:
+    """The limits registered for ``agent`` (None: the defaults)."""
+    with _LIMITS_LOCK:
+        return _LIMITS.get(agent)
 
 
 def _llm(runtime: Any) -> Any:
@@ -30,7 +59,12 @@ def run_python(call: Any, ctx: ToolContext) -> str:
 
     sandbox = ctx.resources.get("sandbox")
     if sandbox is None:
-        sandbox = Sandbox(workspace=ctx.workspace, publish=ctx.publish, llm=_llm(ctx.runtime))
+        sandbox = Sandbox(
+            sandbox_limits(ctx.agent),
+            workspace=ctx.workspace,
+            publish=ctx.publish,
+            llm=_llm(ctx.runtime),
+        )
         ctx.resources["sandbox"] = sandbox
     result = sandbox.run(extract_code(call.code))
     if result.trapped:

@@ -16,9 +16,11 @@ of these and adds the compiled-module cache: ``sandbox_runtime`` (engine, on-dis
 cache, shared linker, epoch ticker), ``sandbox_guest`` (the MicroPython bootstrap),
 ``sandbox_session`` (one interpreter and the host side of the bridge), ``sandbox_types``
 (limits, results) and this module (the per-agent-run :class:`Sandbox`, host functions,
-fences). Caveat: the artifact's own GC can corrupt the guest heap under heavy GC
-pressure (see ``sandbox_guest``); that ends as a trap and a reset session, never
-outside the sandbox.
+fences). The artifact's collector cannot see pointers held in wasm locals; the one
+place where that freed live interpreter state (function frames taken from the GC heap)
+is patched at load time (``sandbox_runtime.patch_frame_state``) and the bootstrap keeps
+its own frames safe (``sandbox_guest``). Any remaining interpreter fault ends as a trap
+and a reset session, never outside the sandbox.
 
 Usage::
 

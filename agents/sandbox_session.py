@@ -48,6 +48,8 @@ class _Capture:
         self.parts: list[bytes] = []
         self.size = 0
         self.dropped = 0
+        self.inexact = False
+        """The guest stopped before reporting what it discarded (a trap): ``dropped`` is a minimum."""
 
     def room(self) -> int:
         return self.cap - self.size
@@ -57,10 +59,20 @@ class _Capture:
         self.size += len(data)
         self.dropped += total - len(data)
 
+    @property
+    def full(self) -> bool:
+        return self.size >= self.cap
+
+    def skip(self, count: Any) -> None:
+        """Count output the guest discarded itself once it knew the cap was reached."""
+        if isinstance(count, int) and count > 0:
+            self.dropped += count
+
     def text(self) -> str:
         text = b"".join(self.parts).decode("utf-8", "replace")
-        if self.dropped:
-            text += f"\n[... output truncated: {self.dropped} more bytes not shown ...]\n"
+        if self.dropped or self.inexact:
+            more = f"at least {self.dropped}" if self.inexact else str(self.dropped)
+            text += f"\n[... output truncated: {more} more bytes not shown ...]\n"
         return text
 
 
@@ -175,9 +187,12 @@ class _Worker:
                 "stack overflow: recursion too deep. Use a loop instead of deep recursion.",
             )
         name = getattr(code, "name", "unknown").lower().replace("_", " ")
+        # Not "out of memory": the MicroPython heap is fixed at start, so running out of it is
+        # a catchable MemoryError. A trap here is an interpreter fault (a wild pointer, an abort).
         return "Crash", (
-            f"the interpreter crashed ({name}), most likely out of memory (limit {lim.memory_bytes:,} bytes) "
-            "or a structure nested too deeply (printing, json or recursion)."
+            f"the interpreter crashed ({name}). Likely causes: a structure nested too deeply "
+            "(printing, json or recursion), or an interpreter fault under heavy memory churn; "
+            "simplify the data or do the work in smaller steps."
         )
 
     def _arm_deadline(self, deadline: float) -> None:
@@ -190,8 +205,11 @@ class _Worker:
         memory = caller.get("memory")
         try:
             name = bytes(memory.read(caller, np, np + min(nl, 256))).decode("utf-8", "replace")
-            if name == "__io__":
-                self._on_output(memory, caller, pp, pl)
+            if name in ("__o1__", "__o2__"):
+                # The answer "1" tells the guest to stop sending this stream (cap reached).
+                if self._on_output(name, memory, caller, pp, pl) and rc >= 1:
+                    memory.write(caller, b"1", rp)
+                    return 1
                 return 0
             if name == "__take__":
                 response, self.pending = self.pending or b'{"e":"nothing to take"}', None
@@ -228,14 +246,13 @@ class _Worker:
         memory.write(caller, total.to_bytes(4, "little"), nwritten)
         return 0
 
-    def _on_output(self, memory: Any, caller: Any, pp: int, pl: int) -> None:
-        if pl < 1:
-            return
-        tag = bytes(memory.read(caller, pp, pp + 1))
-        sink = self.snippet.stdout if tag == b"1" else self.snippet.stderr
+    def _on_output(self, name: str, memory: Any, caller: Any, pp: int, pl: int) -> bool:
+        """A flushed chunk of guest output; returns whether the stream's cap is reached."""
+        sink = self.snippet.stdout if name == "__o1__" else self.snippet.stderr
         # Read only what still fits: a flood costs the host nothing past the cap.
-        take = max(min(pl - 1, sink.room()), 0)
-        sink.add(bytes(memory.read(caller, pp + 1, pp + 1 + take)) if take else b"", pl - 1)
+        take = max(min(pl, sink.room()), 0)
+        sink.add(bytes(memory.read(caller, pp, pp + take)) if take else b"", max(pl, 0))
+        return sink.full
 
     def _on_done(self, memory: Any, caller: Any, pp: int, pl: int) -> bytes:
         cap = self.limits.max_stdout_bytes * 4 + 64 * 1024
@@ -373,14 +390,20 @@ class SandboxSession:
             report, dead = self._serve(snippet)
         finally:
             self.runtime.ticker.release()
+        # Output the guest counted but no longer sent (its cap was reached). After a trap that
+        # count is lost: a full stream then says "at least".
+        for sink, key in ((snippet.stdout, "d1"), (snippet.stderr, "d2")):
+            sink.skip(report.get(key))
+            if dead is not None and sink.full:
+                sink.inexact = True
         common = {
             "stdout": snippet.stdout.text(),
             "stderr": snippet.stderr.text(),
             "fuel_used": max(worker.snippet.fuel_used, 0),
             "fresh_session": fresh,
             "host_calls": snippet.host_calls,
-            "stdout_truncated": snippet.stdout.dropped > 0,
-            "stderr_truncated": snippet.stderr.dropped > 0,
+            "stdout_truncated": snippet.stdout.dropped > 0 or snippet.stdout.inexact,
+            "stderr_truncated": snippet.stderr.dropped > 0 or snippet.stderr.inexact,
             "duration_s": time.perf_counter() - started,
         }
         if dead is not None:

@@ -18,7 +18,7 @@ class SandboxLimits:
 
     fuel: int = 20_000_000_000
     """wasm instructions; ~3-6 s of MicroPython on this class of machine (a printed line
-    costs ~11k, a loop iteration ~0.8k, so a million-line print fits)."""
+    costs ~8k, a loop iteration ~0.8k, so a million-line print fits, in ~1 s)."""
     memory_bytes: int = 64 * MiB
     """Linear memory; 3/4 of it becomes the MicroPython heap (MemoryError past it)."""
     wall_clock_s: float = 10.0

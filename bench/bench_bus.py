@@ -220,6 +220,17 @@ def _prefill(path: Path, n: int) -> None:
     asyncio.run(run())
 
 
+# The same cursor upsert as loopbus's ack (a real timestamp, never moving backwards), so both
+# arms write the same row; loopbus additionally checks the id against the last event id.
+RAW_ACK = (
+    "INSERT INTO cursors (consumer, last_seen_id, updated_at) "
+    "VALUES (?, ?, strftime('%Y-%m-%dT%H:%M:%fZ', 'now')) "
+    "ON CONFLICT (consumer) DO UPDATE "
+    "SET last_seen_id = excluded.last_seen_id, updated_at = excluded.updated_at "
+    "WHERE excluded.last_seen_id > cursors.last_seen_id"
+)
+
+
 def raw_consume(path: Path, n: int, batch: int, consumer: str) -> float:
     """Events/s for a raw loop: SELECT a batch after the cursor, decode, UPDATE cursor, COMMIT."""
     conn = _raw_conn(path, "FULL")
@@ -237,11 +248,7 @@ def raw_consume(path: Path, n: int, batch: int, consumer: str) -> float:
         seen += len(rows)
         cursor = rows[-1][0]
         conn.execute("BEGIN IMMEDIATE")
-        conn.execute(
-            "INSERT INTO cursors (consumer, last_seen_id, updated_at) VALUES (?, ?, 'now') "
-            "ON CONFLICT (consumer) DO UPDATE SET last_seen_id = excluded.last_seen_id",
-            (consumer, cursor),
-        )
+        conn.execute(RAW_ACK, (consumer, cursor))
         conn.execute("COMMIT")
     rate = n / (time.perf_counter() - started)
     conn.close()

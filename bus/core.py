@@ -9,11 +9,17 @@ Durability and concurrency design (measured facts in issue 2; figures in bench/b
   transaction fails with SQLITE_BUSY regardless of ``busy_timeout``), ``busy_timeout`` >= 5 s.
 * Group commit: ``publish``/``ack`` calls queue an operation; whenever the writer thread is
   free, everything queued goes into one transaction (one fsync) on the aiosqlite writer
-  thread, in a single thread hop; each caller's future resolves after that commit.
+  thread, in a single thread hop; each caller's future resolves after that commit. The hop
+  is the whole cost of a publish beyond SQLite's own, so its path stays lean: validation
+  without building models (:func:`bus.events.prepare_row`), one job on aiosqlite's queue,
+  and one ``call_soon_threadsafe`` back that resolves the callers' futures directly.
 * Reads use a second connection (its own thread), so they never wait behind an fsync and
   never see another task's uncommitted transaction.
 * After each commit that added events the writer rings the wake-up doorbell
-  (:mod:`bus.wakeup`); subscribers always re-query ``id > position``, with a safety poll.
+  (:mod:`bus.wakeup`), right after handing the results back, so the datagrams are not on the
+  publisher's path; subscribers always re-query ``id > position``, with a safety poll.
+* A subscription with a backlog reads its next batch ahead; the writer thread starts that
+  read just before its next COMMIT, so it overlaps the fsync (:mod:`bus.subscription`).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import asyncio
 import logging
 import os
 import sqlite3
+import threading
 import time
 import warnings
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
@@ -113,6 +120,10 @@ class Bus:
         # aiosqlite's worker queue (see _start_batch); None if a future aiosqlite drops it.
         tx = getattr(writer, "_tx", None)
         self._submit: Callable[[Any], None] | None = getattr(tx, "put_nowait", None)
+        # Subscriptions' read-aheads for the writer thread to start before its next COMMIT
+        # (see Subscription._read_ahead); the lock makes starting one exactly-once.
+        self._kicks: dict[Any, Callable[[], None]] = {}
+        self._kick_lock = threading.Lock()
 
     # ------------------------------------------------------------------ open / close
 
@@ -260,16 +271,8 @@ class Bus:
                 raise
             raise wrapped from exc
 
-    def _rsubmit(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
-        """Start ``fn(self._rconn, *args)`` on the reader thread; await it with _rresult."""
-        fut: asyncio.Future[Any] = self._loop.create_future()
-        # Nobody may await it (an abandoned subscription): never log its error as unretrieved.
-        fut.add_done_callback(_retrieve)
-        self._reader._tx.put_nowait((fut, partial(fn, self._rconn, *args)))
-        return fut
-
     async def _rresult(self, fut: asyncio.Future[Any]) -> Any:
-        """The result of a :meth:`_rsubmit` call, with _rcall's error mapping."""
+        """The result of a reader-thread future (a read-ahead), with _rcall's error mapping."""
         try:
             return await fut
         except (sqlite3.Error, ValueError) as exc:
@@ -314,7 +317,9 @@ class Bus:
         published = 0
         try:
             try:
-                results = sqlops.run_in_transaction(self._wconn, ops, self._busy_ms)
+                results = sqlops.run_in_transaction(
+                    self._wconn, ops, self._busy_ms, self._kick_read_aheads
+                )
                 committed = 1
             except sqlite3.OperationalError:
                 raise
@@ -348,6 +353,14 @@ class Bus:
         if published:
             # Other processes' subscribers: rung once the callers are already on their way.
             self._doorbell.ring()
+
+    def _kick_read_aheads(self) -> None:
+        """Writer thread, just before COMMIT: start the subscriptions' pending read-aheads,
+        so that they run while the commit waits for the disk."""
+        if self._kicks:
+            kicks, self._kicks = self._kicks, {}
+            for kick in list(kicks.values()):
+                kick()
 
     def _batch_done(
         self, ops: list[tuple[int, Any, asyncio.Future[Any]]], results: list[Any], published: int
@@ -574,11 +587,6 @@ class Bus:
         sub = Subscription(self, consumer, types, batch_size, since_id=since_id)
         await sub.start()
         return sub
-
-
-def _retrieve(fut: asyncio.Future[Any]) -> None:
-    if not fut.cancelled():
-        fut.exception()
 
 
 class _Connector:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -185,11 +185,21 @@ def begin_immediate(conn: sqlite3.Connection, busy_ms: int) -> None:
         conn.execute(f"PRAGMA busy_timeout = {busy_ms}")
 
 
-def run_in_transaction(conn: sqlite3.Connection, ops: Sequence[Op], busy_ms: int) -> list[Any]:
-    """``BEGIN IMMEDIATE``, apply ``ops``, ``COMMIT``; roll back and re-raise on error."""
+def run_in_transaction(
+    conn: sqlite3.Connection,
+    ops: Sequence[Op],
+    busy_ms: int,
+    before_commit: Callable[[], None] | None = None,
+) -> list[Any]:
+    """``BEGIN IMMEDIATE``, apply ``ops``, ``COMMIT``; roll back and re-raise on error.
+
+    ``before_commit`` (which must not raise) runs between the last statement and the COMMIT.
+    """
     begin_immediate(conn, busy_ms)
     try:
         results = apply_ops(conn, ops)
+        if before_commit is not None:
+            before_commit()
         conn.execute("COMMIT")
     except BaseException:
         if conn.in_transaction:
@@ -240,10 +250,10 @@ def type_filter(types: str | Iterable[str] | None) -> tuple[str, list[str]]:
     return " AND (" + " OR ".join(clauses) + ")", params
 
 
-def fetch_after(
+def fetch_rows_after(
     conn: sqlite3.Connection, position: int, filter_sql: str, params: Sequence[Any], limit: int
-) -> tuple[list[Event], int]:
-    """Up to ``limit`` events after ``position`` and the new scan position.
+) -> tuple[list[tuple[Any, ...]], int]:
+    """Up to ``limit`` outbox rows (``COLUMNS``) after ``position`` and the new scan position.
 
     With a type filter, the position may move past non-matching events (up to the head seen
     in the same snapshot), so a selective subscriber does not rescan them on every wake-up.
@@ -252,8 +262,7 @@ def fetch_after(
         rows = conn.execute(
             f"{SELECT_EVENTS} WHERE id > ? ORDER BY id LIMIT ?", (position, limit)
         ).fetchall()
-        events = events_from_rows(rows)
-        return events, (rows[-1][0] if rows else position)
+        return rows, (rows[-1][0] if rows else position)
     conn.execute("BEGIN")  # one snapshot for the head and the matches
     try:
         head = conn.execute("SELECT coalesce(max(id), 0) FROM outbox").fetchone()[0]
@@ -263,10 +272,17 @@ def fetch_after(
         ).fetchall()
     finally:
         conn.execute("COMMIT")
-    events = events_from_rows(rows)
-    if len(events) == limit:
-        return events, rows[-1][0]
-    return events, max(head, position)
+    if len(rows) == limit:
+        return rows, rows[-1][0]
+    return rows, max(head, position)
+
+
+def fetch_after(
+    conn: sqlite3.Connection, position: int, filter_sql: str, params: Sequence[Any], limit: int
+) -> tuple[list[Event], int]:
+    """Like :func:`fetch_rows_after`, with the rows turned into events."""
+    rows, position = fetch_rows_after(conn, position, filter_sql, params, limit)
+    return events_from_rows(rows), position
 
 
 def select_events(

@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from bus import sqlops
-from bus.events import Event
+from bus.events import Event, events_from_rows
 
 if TYPE_CHECKING:
     from bus.core import Bus
@@ -43,7 +44,7 @@ class Subscription:
         self._filter_sql, self._params = sqlops.type_filter(types)
         # A fetch already running for the batch after `position` (see the module docstring),
         # and the listener generation taken before it started.
-        self._ahead: asyncio.Future[Any] | None = None
+        self._ahead: _ReadAhead | None = None
         self._ahead_generation = 0
 
     async def start(self) -> None:
@@ -61,22 +62,27 @@ class Subscription:
         deadline = None if timeout is None else bus._loop.time() + timeout
         while True:
             ahead, self._ahead = self._ahead, None
-            if ahead is not None:
+            if ahead is not None and not bus.closed:
                 generation = self._ahead_generation
-                events, self.position = await bus._rresult(ahead)
+                bus._kicks.pop(self, None)
+                ahead.kick()  # no-op when the writer already started it
+                rows, self.position = await bus._rresult(ahead.future)
             else:
                 generation = listener.generation
-                events, self.position = await bus._rcall(
-                    sqlops.fetch_after,
+                rows, self.position = await bus._rcall(
+                    sqlops.fetch_rows_after,
                     self.position,
                     self._filter_sql,
                     self._params,
                     self.batch_size,
                 )
-            if events:
-                if len(events) == self.batch_size and not bus.closed:
+            if rows:
+                if len(rows) == self.batch_size:
                     self._read_ahead()
-                return events
+                # Events are built here rather than on the reader thread: that keeps the
+                # reader's GIL use short (the fetch mostly runs inside SQLite) when it
+                # overlaps the caller's own work and commits.
+                return events_from_rows(rows)
             wait_s = bus.safety_poll_s
             if deadline is not None:
                 remaining = deadline - bus._loop.time()
@@ -87,7 +93,48 @@ class Subscription:
 
     def _read_ahead(self) -> None:
         # Generation first, as in next_batch: a commit during the fetch is not missed.
-        self._ahead_generation = self.bus._listener.generation
-        self._ahead = self.bus._rsubmit(
-            sqlops.fetch_after, self.position, self._filter_sql, self._params, self.batch_size
+        bus = self.bus
+        self._ahead_generation = bus._listener.generation
+        ahead = _ReadAhead(
+            bus,
+            partial(
+                sqlops.fetch_rows_after,
+                bus._rconn,
+                self.position,
+                self._filter_sql,
+                self._params,
+                self.batch_size,
+            ),
         )
+        self._ahead = ahead
+        # The writer thread starts it just before its next COMMIT (see Bus._batch_job), so
+        # the fetch runs while that commit waits for the disk instead of competing with the
+        # commit's own work for the GIL; next_batch starts it itself if no commit came first.
+        bus._kicks[self] = ahead.kick
+
+
+class _ReadAhead:
+    """A fetch for the reader thread that either thread may start, exactly once."""
+
+    __slots__ = ("_bus", "_job", "_started", "future")
+
+    def __init__(self, bus: Bus, job: Any) -> None:
+        self._bus = bus
+        self._job = job
+        self._started = False
+        self.future: asyncio.Future[Any] = bus._loop.create_future()
+        # Nobody may await it (an abandoned subscription): never log its error as unretrieved.
+        self.future.add_done_callback(_retrieve)
+
+    def kick(self) -> None:
+        """Queue the fetch on the reader thread unless that was done (thread-safe)."""
+        with self._bus._kick_lock:
+            if self._started:
+                return
+            self._started = True
+        self._bus._reader._tx.put_nowait((self.future, self._job))
+
+
+def _retrieve(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()

@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from agents.cli.common import bus_path, handle_errors
+from agents.cli.sandbox_cmds import _parse_bytes
 
 _STYLE = {
     "run.task": "bold cyan",
@@ -109,6 +110,24 @@ def _printer(as_json: bool) -> Any:
     help="Override the model's context window (tokens).",
 )
 @click.option("--run-id", default=None, help="Run id (a run already on the bus is resumed).")
+@click.option(
+    "--sandbox-fuel",
+    type=click.IntRange(min=1),
+    default=None,
+    help="RunPython sandbox: fuel (wasm instructions) per snippet.",
+)
+@click.option(
+    "--sandbox-memory",
+    callback=_parse_bytes,
+    metavar="BYTES",
+    help="RunPython sandbox: linear memory limit, e.g. 32M.",
+)
+@click.option(
+    "--sandbox-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="RunPython sandbox: wall-clock seconds per snippet.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print events and the outcome as JSON lines.")
 @click.pass_context
 @handle_errors
@@ -123,6 +142,9 @@ def run(
     elide: bool,
     context_window: int | None,
     run_id: str | None,
+    sandbox_fuel: int | None,
+    sandbox_memory: int | None,
+    sandbox_timeout: float | None,
     as_json: bool,
 ) -> None:
     """Run AGENT once on TASK, printing its event log live; exit 0 when it ends `done`.
@@ -133,6 +155,7 @@ def run(
     Example:
       loopbus run assistant "What version is Pebble?" --workspace tests/fixtures/workspace
       loopbus run coder "Sum the squares of 1..10" --max-turns 4 --json
+      loopbus run coder "Count to 10" --sandbox-fuel 1000000000 --sandbox-timeout 2
     """
     from agents.builtin import get_agent
     from agents.loop import run_agent
@@ -140,6 +163,14 @@ def run(
     from models import load_runtime
 
     get_agent(agent)  # fail fast, before loading a model
+    limits = {"fuel": sandbox_fuel, "memory_bytes": sandbox_memory, "wall_clock_s": sandbox_timeout}
+    if any(v is not None for v in limits.values()):
+        from agents.pytool import set_sandbox_limits
+        from agents.sandbox_types import SandboxLimits
+
+        set_sandbox_limits(
+            agent, SandboxLimits(**{k: v for k, v in limits.items() if v is not None})
+        )
     runtime = load_runtime(model_spec, context_window=context_window)
     with SyncBus(bus_path(ctx)) as bus:
         outcome = run_agent(

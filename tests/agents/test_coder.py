@@ -7,10 +7,12 @@ from typing import Any
 
 import pytest
 
-import agents.sandbox  # noqa: F401  (a broken sandbox must fail this module, not skip it)
-from agents import turn
+from agents import pytool, turn
 from agents.builtin import get_agent
+from agents.config import parse_config
 from agents.runstate import RunSettings
+from agents.sandbox import Sandbox, SandboxLimits  # a broken sandbox fails here, never skips
+from agents.tools import ToolContext, ToolError
 from baml_client import types
 
 
@@ -47,3 +49,41 @@ def test_sandbox_session_per_run(tiny_runtime: Any, bus: Any, workspace: Path) -
     finally:
         state.ctx.close()
     assert state.ctx.resources == {}
+
+
+def test_configured_sandbox_limits_apply_to_the_agents_runs(tmp_path: Path) -> None:
+    config = parse_config(
+        {
+            "agents": {
+                "cruncher": {
+                    "kind": "coder",
+                    "subscribe": ["job"],
+                    "sandbox": {"fuel": 2_000_000, "wall_clock_s": 5},
+                }
+            }
+        }
+    )
+    limits = config.agent("cruncher").sandbox_limits()
+    assert limits == SandboxLimits(fuel=2_000_000, wall_clock_s=5.0)
+    pytool.set_sandbox_limits("cruncher", limits)
+    tight = ToolContext(run_id="r-tight", agent="cruncher")
+    default = ToolContext(run_id="r-default", agent="someone-else")
+    loop = types.RunPython(
+        action="run_python", code="x = 0\nfor i in range(100000):\n    x += i\nprint(x)"
+    )
+    try:
+        assert pytool.sandbox_limits("cruncher") == limits
+        with pytest.raises(ToolError) as trapped:
+            pytool.run_python(loop, tight)
+        assert "2,000,000 wasm instructions" in str(trapped.value)
+        assert "sandbox was restarted" in str(trapped.value)
+        sandbox = tight.resources["sandbox"]
+        assert isinstance(sandbox, Sandbox) and sandbox.limits.fuel == 2_000_000
+        # Other agents keep the defaults: the same loop fits easily.
+        assert pytool.run_python(loop, default) == "4999950000"
+        assert default.resources["sandbox"].limits == SandboxLimits()
+    finally:
+        pytool.set_sandbox_limits("cruncher", None)
+        tight.close()
+        default.close()
+    assert pytool.sandbox_limits("cruncher") is None

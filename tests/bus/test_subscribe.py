@@ -128,3 +128,35 @@ def test_sync_follow(bus_path: Path) -> None:
         bus.publish_many([{"event_type": "s", "payload": i} for i in range(4)])
         assert [e.id for e in bus.follow(since_id=2, timeout=0.1)] == [3, 4]
         assert bus.cursors() == []
+
+
+async def test_read_ahead_keeps_order_across_acks_publishes_and_filters(bus_path: Path) -> None:
+    # Full batches make the subscription read ahead (started by the writer before its next
+    # commit); what the consumer sees must be exactly the events in order, with nothing
+    # skipped when new events arrive between batches or when it stops and resumes.
+    async with Bus.connect(bus_path) as bus:
+        await bus.publish_many(
+            {"event_type": "a" if i % 3 else "b", "payload": i} for i in range(95)
+        )
+        seen: list[int] = []
+        async for event in bus.subscribe("c", batch_size=10):
+            seen.append(event.id)
+            if len(seen) % 10 == 0:
+                await bus.ack("c", event.id)
+                await bus.publish("a", len(seen))  # a commit while a read-ahead is pending
+            if len(seen) == 50:
+                break
+        assert seen == list(range(1, 51))
+        # A new subscription resumes after the committed cursor (50) and sees the later ones.
+        rest = await _take(bus.subscribe("c", batch_size=10), 95 + 5 - 50)
+        assert [e.id for e in rest] == list(range(51, 101))
+        # With a type filter, a read-ahead moves over non-matching events correctly.
+        only_b = await _take(bus.subscribe("d", "b", batch_size=4), 32)
+        assert [e.payload for e in only_b] == list(range(0, 95, 3))
+        assert all(e.event_type == "b" for e in only_b)
+        # The batch-level API delivers the same events.
+        sub = await bus.open_subscription(None, batch_size=7, since_id=90)
+        got: list[int] = []
+        while len(got) < 10:
+            got += [e.id for e in await sub.next_batch(1.0)]
+        assert got == list(range(91, 101))

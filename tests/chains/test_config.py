@@ -124,3 +124,51 @@ def test_task_template(tmp_path: Path) -> None:
     )
     text = "{{literal}} {type} #{id}: {payload[path]} {payload[n]} {payload[nope]}"
     assert render_task(text, event) == "{literal} file.found #7: a.py 3 <no nope>"
+
+
+def test_sandbox_limits_table(tmp_path: Path) -> None:
+    from agents.sandbox_types import SandboxLimits
+
+    text = (
+        '[agents.coder]\nsubscribe = ["job"]\n\n[agents.coder.sandbox]\n'
+        "fuel = 5_000_000_000\nmemory_bytes = 33_554_432\nwall_clock_s = 2\n"
+        "max_stdout_bytes = 4096\nmax_stderr_bytes = 1024\n"
+        "max_host_payload_bytes = 65536\nmax_host_calls = 7\n"
+        '\n[agents.plain]\nkind = "coder"\nsubscribe = ["other"]\n'
+    )
+    config = load_config(write(tmp_path, text))
+    assert config.agent("coder").sandbox_limits() == SandboxLimits(
+        fuel=5_000_000_000,
+        memory_bytes=32 * 1024 * 1024,
+        wall_clock_s=2.0,
+        max_stdout_bytes=4096,
+        max_stderr_bytes=1024,
+        max_host_payload_bytes=65536,
+        max_host_calls=7,
+    )
+    assert config.agent("plain").sandbox_limits() is None
+    partial = load_config(
+        write(tmp_path, '[agents.coder]\nsubscribe = ["job"]\nsandbox = { fuel = 1_000_000 }\n')
+    )
+    assert partial.agent("coder").sandbox_limits() == SandboxLimits(fuel=1_000_000)
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ("fuell = 5", r"agents.coder.sandbox: unknown sandbox limit\(s\) 'fuell'; known: fuel,"),
+        ("fuel = 10", "sandbox limit fuel=10 must be at least 1000000"),
+        ("memory_bytes = 1024", "memory_bytes=1024 must be between 4 MiB and 4 GiB"),
+        ("wall_clock_s = 0", "wall_clock_s=0.0 must be between 0 and 3600 seconds"),
+        ("max_host_calls = -1", "max_host_calls=-1 must be at least 0"),
+        ('fuel = "lots"', "sandbox limit fuel must be a number, not 'lots'"),
+        ("max_stdout_bytes = 1e6", "max_stdout_bytes must be a whole number, not 1000000.0"),
+        ("wall_clock_s = true", "wall_clock_s must be a number, not True"),
+    ],
+)
+def test_sandbox_limits_errors(tmp_path: Path, table: str, message: str) -> None:
+    text = f'[agents.coder]\nsubscribe = ["job"]\n\n[agents.coder.sandbox]\n{table}\n'
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, text))
+    with pytest.raises(ConfigError, match="sandbox must be a table of limits"):
+        load_config(write(tmp_path, '[agents.coder]\nsubscribe = ["job"]\nsandbox = 3\n'))

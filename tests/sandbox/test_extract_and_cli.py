@@ -125,3 +125,13 @@ def test_cli_needs_code_and_has_help(runner: CliRunner) -> None:
     assert both.exit_code == 1
     help_text = runner.invoke(main, ["sandbox", "--help"]).output
     assert "Examples:" in help_text and "loopbus sandbox -c" in help_text
+
+
+def test_run_sandbox_limit_flags_are_validated_before_any_model_loads(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    args = ["--bus", str(tmp_path / "bus.db"), "run", "coder", "x"]
+    bad = runner.invoke(main, [*args, "--sandbox-fuel", "10"])
+    assert bad.exit_code == 1 and "sandbox limit fuel=10 must be at least 1000000" in bad.output
+    size = runner.invoke(main, [*args, "--sandbox-memory", "12Q"])
+    assert size.exit_code != 0 and "is not a size" in size.output
