@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from agents.config import AgentConfig, ChainConfig, consumer_name, render_task
+from agents.pytool import set_sandbox_limits
 
 __all__ = ["AgentWorker", "FirstDecision", "parse_instance", "run_id_for"]
 
@@ -134,6 +135,8 @@ class AgentWorker:
     ) -> None:
         self.config = config
         self.agent: AgentConfig = config.agent(name)
+        # RunPython limits from the agent's [agents.NAME.sandbox] table (resumed runs too).
+        set_sandbox_limits(self.agent.name, self.agent.sandbox_limits())
         self.bus = bus
         self.runtime = runtime
         self.index = index
