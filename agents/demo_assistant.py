@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 DEFAULT_WORKSPACE = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "workspace"
-DEFAULT_QUESTION = "What version is Pebble?"
+DEFAULT_QUESTION = "Read README.md and tell me the version of Pebble."
 
 
 def run_demo(

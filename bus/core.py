@@ -16,8 +16,8 @@ Durability and concurrency design (measured facts in issue 2; figures in bench/b
 * Reads use a second connection (its own thread), so they never wait behind an fsync and
   never see another task's uncommitted transaction.
 * After each commit that added events the writer rings the wake-up doorbell
-  (:mod:`bus.wakeup`), right after handing the results back, so the datagrams are not on the
-  publisher's path; subscribers always re-query ``id > position``, with a safety poll.
+  (:mod:`bus.wakeup`) just before handing the results back; subscribers always re-query
+  ``id > position``, with a safety poll.
 * A subscription with a backlog reads its next batch ahead; the writer thread starts that
   read just before its next COMMIT, so it overlaps the fsync (:mod:`bus.subscription`).
 """
@@ -311,8 +311,8 @@ class Bus:
             self._loop.create_task(run())
 
     def _batch_job(self, ops: list[tuple[int, Any, asyncio.Future[Any]]]) -> None:
-        """Writer thread: commit one batch, hand the results to the loop, then ring the
-        doorbell (after the commit, but off the callers' path); never raises."""
+        """Writer thread: commit one batch, ring the doorbell, hand the results to the loop
+        with one call_soon_threadsafe; never raises."""
         results: list[Any]
         published = 0
         try:
@@ -346,13 +346,15 @@ class Bus:
         except BaseException as exc:  # noqa: BLE001 - every caller gets the error
             results = [self._wrap(exc)] * len(ops)
             published = 0
+        if published:
+            # Ring before handing the results back: the callers resume on the loop thread
+            # and would hold the GIL that the ring needs, delaying other processes'
+            # subscribers by a loop turn (measured: p50 0.45 -> 0.24 ms from commit).
+            self._doorbell.ring()
         try:
             self._loop.call_soon_threadsafe(self._batch_done, ops, results, published)
         except RuntimeError:  # pragma: no cover - the event loop is gone: nobody is waiting
             pass
-        if published:
-            # Other processes' subscribers: rung once the callers are already on their way.
-            self._doorbell.ring()
 
     def _kick_read_aheads(self) -> None:
         """Writer thread, just before COMMIT: start the subscriptions' pending read-aheads,

@@ -153,7 +153,7 @@ def run(
 
     \b
     Example:
-      loopbus run assistant "What version is Pebble?" --workspace tests/fixtures/workspace
+      loopbus run assistant "Read README.md and tell me the version of Pebble." --workspace tests/fixtures/workspace
       loopbus run coder "Sum the squares of 1..10" --max-turns 4 --json
       loopbus run coder "Count to 10" --sandbox-fuel 1000000000 --sandbox-timeout 2
     """
