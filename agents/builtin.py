@@ -3,7 +3,10 @@
 Built-in agents:
 
 * ``assistant`` (``Assistant``: ListDir | ReadFile | Done) answers a question about a workspace;
-* ``coder`` (``Coder``: RunPython | Done) solves a task with small MicroPython programs.
+* ``coder`` (``Coder``: RunPython | Done) solves a task with small MicroPython programs;
+* ``watcher`` (``Watcher``: ListDir | ReadFile | Publish | Done) reads workspace files and
+  publishes what it finds as events on the bus for other agents;
+* ``answer`` (``Answer``: Done) answers the task directly, without tools (one model call).
 
 Other modules add agents the same way (their ``baml_src/<agent>.baml`` defines the function)::
 
@@ -106,6 +109,20 @@ def _ensure_builtin_agents() -> None:
         "Coder",
         "solves a task by running small MicroPython programs in the sandbox",
         max_tokens=384,
+        replace=False,
+    )
+    register_agent(
+        "watcher",
+        "Watcher",
+        "reads workspace files and publishes what it finds as events for other agents",
+        max_tokens=384,
+        replace=False,
+    )
+    register_agent(
+        "answer",
+        "Answer",
+        "answers the task directly, without tools (one model call)",
+        max_tokens=256,
         replace=False,
     )
     for plugin in AGENT_PLUGINS:

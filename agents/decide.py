@@ -71,14 +71,40 @@ def _text(content: Any) -> str:
 #: Length caps for string fields by name: a small model stuck in a repetition loop would
 #: otherwise fill max_tokens with one path (and a huge path then echoes through error events).
 FIELD_MAX_LENGTH = {"path": 200, "event_type": 128}
+#: Map fields (``map<string, string>``, e.g. Publish's payload) are bounded the same way:
+#: snake_case keys of at most 40 characters, values of at most 400, at most 8 entries.
+MAP_KEY_PATTERN = r"^[a-z][a-z0-9_]{0,39}$"
+MAP_VALUE_MAX_LENGTH = 400
+MAP_MAX_ENTRIES = 8
 _PLACEHOLDER = "\u27e6loopbus:events\u27e7"
 _PROBE = '<event type="a" ts="t">{"x":"\\u003c {{ y }} {% raw %}"}</event>\n  \t\u00e9\r\n<elided count="1"/>'
+
+
+def _field_patterns() -> dict[str, str]:
+    """Regex patterns for string fields by name: what the field's consumer accepts."""
+    from bus.events import EVENT_TYPE_PATTERN  # the bus refuses any other event type
+
+    return {"event_type": EVENT_TYPE_PATTERN}
+
+
+def _bound_map(prop: dict[str, Any]) -> None:
+    """A ``map<string, string>`` property bounded in keys, values and entries (in place)."""
+    values = prop.get("additionalProperties")
+    if prop.get("type") != "object" or not isinstance(values, dict) or "properties" in prop:
+        return
+    if values.get("type") != "string":
+        return
+    values = {**values, "maxLength": values.get("maxLength", MAP_VALUE_MAX_LENGTH)}
+    prop["patternProperties"] = {MAP_KEY_PATTERN: values}
+    prop["additionalProperties"] = False
+    prop.setdefault("maxProperties", MAP_MAX_ENTRIES)
 
 
 def _union_schema(classes: tuple[type[BaseModel], ...]) -> dict[str, Any]:
     """``anyOf`` the members' schemas; nested definitions hoisted to one top-level ``$defs``."""
     members: list[dict[str, Any]] = []
     defs: dict[str, Any] = {}
+    patterns = _field_patterns()
     for cls in classes:
         schema = copy.deepcopy(cls.model_json_schema())
         defs.update(schema.pop("$defs", {}))
@@ -86,6 +112,9 @@ def _union_schema(classes: tuple[type[BaseModel], ...]) -> dict[str, Any]:
         for name, prop in schema.get("properties", {}).items():
             if prop.get("type") == "string" and name in FIELD_MAX_LENGTH:
                 prop.setdefault("maxLength", FIELD_MAX_LENGTH[name])
+            if prop.get("type") == "string" and name in patterns:
+                prop.setdefault("pattern", patterns[name])
+            _bound_map(prop)
         members.append(schema)
     union: dict[str, Any] = {"anyOf": members}
     if defs:

@@ -26,6 +26,7 @@ def run_demo(
     from agents.loop import run_agent
     from bus import SyncBus
     from models import load_runtime
+
     bus_file.parent.mkdir(parents=True, exist_ok=True)
     click.secho(f"loading the model ({model or 'embedded SmolLM2-135M'}) ...", dim=True)
     runtime = load_runtime(model)

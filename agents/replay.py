@@ -225,7 +225,10 @@ class ReplayRuntime:
     """A model runtime that answers with a recording's raw outputs; no model is loaded.
 
     Token counts come from the recording (looked up by prompt sha256), so the budget check needs
-    no tokenizer. A prompt whose hash differs from the recorded one is a divergence.
+    no tokenizer. A prompt whose hash differs from the recorded one is a divergence. A run that
+    ended ``failed`` on a model error (``model_error`` in its ``run.outcome``) gets the same
+    error (the ``models.errors`` class of that name, same message) from the call after the
+    recorded ones.
     """
 
     def __init__(self, recording: Recording) -> None:
@@ -235,9 +238,12 @@ class ReplayRuntime:
         self.supports_schema = settings.supports_schema
         self.calls = [e.payload for e in recording.events if e.type == "run.model_call"]
         self.counts: dict[str, int] = {}
+        self.failure: dict[str, Any] | None = None  # the model error that ended the run
         for e in recording.events:
             if e.type in ("run.model_call", "run.outcome"):
                 self.counts.update(e.payload.get("counts") or {})
+            if e.type == "run.outcome" and isinstance(e.payload.get("model_error"), dict):
+                self.failure = e.payload["model_error"]
         self.used = 0
 
     def _hash(self, messages: list[dict[str, Any]]) -> str:
@@ -268,8 +274,29 @@ class ReplayRuntime:
             f"only {len(self.calls)} model calls"
         )
 
+    def _fail(self, messages: list[dict[str, Any]]) -> Exception:
+        """The recorded model error, raised where the recorded run's model call failed."""
+        from models import errors
+
+        failure = self.failure
+        assert failure is not None
+        sha = self._hash(messages)
+        if sha != failure.get("prompt_sha256"):
+            return ReplayDivergence(
+                f"replay diverged at model call {self.used + 1}, the one that failed with "
+                f"{failure.get('type')}: prompt hash changed\n"
+                f"  recorded: {failure.get('prompt_sha256')}\n  replayed: {sha}\n"
+                "the prompt template (baml_src) or the context changed"
+            )
+        cls = getattr(errors, str(failure.get("type")), None)
+        if not (isinstance(cls, type) and issubclass(cls, errors.ModelError)):
+            cls = errors.ModelError
+        return cls(failure.get("message", ""))
+
     def generate(self, messages: list[dict[str, Any]], **_: Any) -> ReplayGeneration:
         if self.used >= len(self.calls):
+            if self.failure is not None:
+                raise self._fail(messages)
             raise self._exhausted()
         call = self.calls[self.used]
         self.used += 1
@@ -297,7 +324,7 @@ def essence(event_type: str, payload: Any) -> Any:
         "run.tool_call": ("turn", "tool", "args"),
         "run.tool_result": ("turn", "tool", "result"),
         "run.error": ("turn", "kind", "tool", "error"),
-        "run.outcome": ("kind", "summary", "reason", "turns"),
+        "run.outcome": ("kind", "summary", "reason", "turns", "model_error"),
     }.get(event_type)
     if keep is None or not isinstance(payload, dict):
         return payload

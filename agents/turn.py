@@ -79,7 +79,11 @@ def ask_model(state: RunState, runtime: Any, decider: Decider) -> Outcome | None
             messages, schema=schema, max_tokens=settings.max_tokens, cache=state.cache
         )
     except ModelError as exc:
-        return finish(state, "failed", reason=f"model error: {exc}", counts=counts)
+        # What the call raised, recorded so a replay can raise the same error at this point.
+        error = {"type": type(exc).__name__, "message": str(exc), "prompt_sha256": sha}
+        return finish(
+            state, "failed", reason=f"model error: {exc}", counts=counts, model_error=error
+        )
     state.turn += 1
     call = {
         "turn": state.turn,

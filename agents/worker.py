@@ -4,7 +4,7 @@ Protocol (at-least-once delivery, exactly-once outcomes):
 
 * The process consumes its subscriptions through its own cursor. With ``parallelism = n`` the
   agent runs n processes; instance ``i`` uses the consumer ``NAME#i/n`` and owns the events
-  with ``id % n == i`` (it acks the others straight away). Partitioning by id needs no claim
+  with ``id % n == i`` (its subscription skips the others, and commits past them while idle). Partitioning by id needs no claim
   table and never gives one event to two processes.
 * Each owned event starts one run with the deterministic id ``NAME-e<event id>``, caused by
   the event. ``run_agent`` with an id already on the bus resumes that run, and returns the
@@ -281,8 +281,13 @@ class AgentWorker:
         idle_since = time.monotonic()
         while not self.stop.is_set():
             self.set_status(state="idle", run_id=None, event_id=None)
+            # The partition filter skips other instances' ids without delivering them, so
+            # the subscription commits past them (and past unmatched types) while idle.
             for event in self.bus.subscribe(
-                self.consumer, list(self.agent.subscribe), timeout=poll
+                self.consumer,
+                list(self.agent.subscribe),
+                timeout=poll,
+                partition=(self.index, self.count),
             ):
                 self.handle(event)
                 idle_since = time.monotonic()

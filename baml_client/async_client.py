@@ -82,6 +82,21 @@ class BamlAsyncClient:
     def parse_stream(self):
       return self.__llm_stream_parser
 
+    async def Answer(self, events: str,
+        baml_options: BamlCallOptions = {},
+    ) -> types.Done:
+        # Check if on_tick is provided
+        if 'on_tick' in baml_options:
+            # Use streaming internally when on_tick is provided
+            __stream__ = self.stream.Answer(events=events,
+                baml_options=baml_options)
+            return await __stream__.get_final_response()
+        else:
+            # Original non-streaming code
+            __result__ = await self.__options.merge_options(baml_options).call_function_async(function_name="Answer", args={
+                "events": events,
+            })
+            return typing.cast(types.Done, __result__.cast_to(types, types, stream_types, False, __runtime__))
     async def Assistant(self, events: str,
         baml_options: BamlCallOptions = {},
     ) -> typing.Union["types.ReadFile", "types.ListDir", "types.Done"]:
@@ -217,6 +232,21 @@ class BamlAsyncClient:
                 "events": events,
             })
             return typing.cast(types.WriteReport, __result__.cast_to(types, types, stream_types, False, __runtime__))
+    async def Watcher(self, events: str,
+        baml_options: BamlCallOptions = {},
+    ) -> typing.Union["types.ListDir", "types.ReadFile", "types.Publish", "types.Done"]:
+        # Check if on_tick is provided
+        if 'on_tick' in baml_options:
+            # Use streaming internally when on_tick is provided
+            __stream__ = self.stream.Watcher(events=events,
+                baml_options=baml_options)
+            return await __stream__.get_final_response()
+        else:
+            # Original non-streaming code
+            __result__ = await self.__options.merge_options(baml_options).call_function_async(function_name="Watcher", args={
+                "events": events,
+            })
+            return typing.cast(typing.Union["types.ListDir", "types.ReadFile", "types.Publish", "types.Done"], __result__.cast_to(types, types, stream_types, False, __runtime__))
     async def Worker(self, events: str,
         baml_options: BamlCallOptions = {},
     ) -> typing.Union["types.Done", "types.RunPython"]:
@@ -256,6 +286,18 @@ class BamlStreamClient:
     def __init__(self, options: DoNotUseDirectlyCallManager):
         self.__options = options
 
+    def Answer(self, events: str,
+        baml_options: BamlCallOptions = {},
+    ) -> baml_py.BamlStream[stream_types.Done, types.Done]:
+        __ctx__, __result__ = self.__options.merge_options(baml_options).create_async_stream(function_name="Answer", args={
+            "events": events,
+        })
+        return baml_py.BamlStream[stream_types.Done, types.Done](
+          __result__,
+          lambda x: typing.cast(stream_types.Done, x.cast_to(types, types, stream_types, True, __runtime__)),
+          lambda x: typing.cast(types.Done, x.cast_to(types, types, stream_types, False, __runtime__)),
+          __ctx__,
+        )
     def Assistant(self, events: str,
         baml_options: BamlCallOptions = {},
     ) -> baml_py.BamlStream[typing.Union["stream_types.ReadFile", "stream_types.ListDir", "stream_types.Done"], typing.Union["types.ReadFile", "types.ListDir", "types.Done"]]:
@@ -364,6 +406,18 @@ class BamlStreamClient:
           lambda x: typing.cast(types.WriteReport, x.cast_to(types, types, stream_types, False, __runtime__)),
           __ctx__,
         )
+    def Watcher(self, events: str,
+        baml_options: BamlCallOptions = {},
+    ) -> baml_py.BamlStream[typing.Union["stream_types.ListDir", "stream_types.ReadFile", "stream_types.Publish", "stream_types.Done"], typing.Union["types.ListDir", "types.ReadFile", "types.Publish", "types.Done"]]:
+        __ctx__, __result__ = self.__options.merge_options(baml_options).create_async_stream(function_name="Watcher", args={
+            "events": events,
+        })
+        return baml_py.BamlStream[typing.Union["stream_types.ListDir", "stream_types.ReadFile", "stream_types.Publish", "stream_types.Done"], typing.Union["types.ListDir", "types.ReadFile", "types.Publish", "types.Done"]](
+          __result__,
+          lambda x: typing.cast(typing.Union["stream_types.ListDir", "stream_types.ReadFile", "stream_types.Publish", "stream_types.Done"], x.cast_to(types, types, stream_types, True, __runtime__)),
+          lambda x: typing.cast(typing.Union["types.ListDir", "types.ReadFile", "types.Publish", "types.Done"], x.cast_to(types, types, stream_types, False, __runtime__)),
+          __ctx__,
+        )
     def Worker(self, events: str,
         baml_options: BamlCallOptions = {},
     ) -> baml_py.BamlStream[typing.Union["stream_types.Done", "stream_types.RunPython"], typing.Union["types.Done", "types.RunPython"]]:
@@ -396,6 +450,13 @@ class BamlHttpRequestClient:
     def __init__(self, options: DoNotUseDirectlyCallManager):
         self.__options = options
 
+    async def Answer(self, events: str,
+        baml_options: BamlCallOptions = {},
+    ) -> baml_py.baml_py.HTTPRequest:
+        __result__ = await self.__options.merge_options(baml_options).create_http_request_async(function_name="Answer", args={
+            "events": events,
+        }, mode="request")
+        return __result__
     async def Assistant(self, events: str,
         baml_options: BamlCallOptions = {},
     ) -> baml_py.baml_py.HTTPRequest:
@@ -456,6 +517,13 @@ class BamlHttpRequestClient:
         baml_options: BamlCallOptions = {},
     ) -> baml_py.baml_py.HTTPRequest:
         __result__ = await self.__options.merge_options(baml_options).create_http_request_async(function_name="Tally", args={
+            "events": events,
+        }, mode="request")
+        return __result__
+    async def Watcher(self, events: str,
+        baml_options: BamlCallOptions = {},
+    ) -> baml_py.baml_py.HTTPRequest:
+        __result__ = await self.__options.merge_options(baml_options).create_http_request_async(function_name="Watcher", args={
             "events": events,
         }, mode="request")
         return __result__
@@ -481,6 +549,13 @@ class BamlHttpStreamRequestClient:
     def __init__(self, options: DoNotUseDirectlyCallManager):
         self.__options = options
 
+    async def Answer(self, events: str,
+        baml_options: BamlCallOptions = {},
+    ) -> baml_py.baml_py.HTTPRequest:
+        __result__ = await self.__options.merge_options(baml_options).create_http_request_async(function_name="Answer", args={
+            "events": events,
+        }, mode="stream")
+        return __result__
     async def Assistant(self, events: str,
         baml_options: BamlCallOptions = {},
     ) -> baml_py.baml_py.HTTPRequest:
@@ -541,6 +616,13 @@ class BamlHttpStreamRequestClient:
         baml_options: BamlCallOptions = {},
     ) -> baml_py.baml_py.HTTPRequest:
         __result__ = await self.__options.merge_options(baml_options).create_http_request_async(function_name="Tally", args={
+            "events": events,
+        }, mode="stream")
+        return __result__
+    async def Watcher(self, events: str,
+        baml_options: BamlCallOptions = {},
+    ) -> baml_py.baml_py.HTTPRequest:
+        __result__ = await self.__options.merge_options(baml_options).create_http_request_async(function_name="Watcher", args={
             "events": events,
         }, mode="stream")
         return __result__

@@ -23,6 +23,12 @@ class LlmResponseParser:
     def __init__(self, options: DoNotUseDirectlyCallManager):
         self.__options = options
 
+    def Answer(
+        self, llm_response: str, baml_options: BamlCallOptions = {},
+    ) -> types.Done:
+        __result__ = self.__options.merge_options(baml_options).parse_response(function_name="Answer", llm_response=llm_response, mode="request")
+        return typing.cast(types.Done, __result__)
+
     def Assistant(
         self, llm_response: str, baml_options: BamlCallOptions = {},
     ) -> typing.Union["types.ReadFile", "types.ListDir", "types.Done"]:
@@ -77,6 +83,12 @@ class LlmResponseParser:
         __result__ = self.__options.merge_options(baml_options).parse_response(function_name="Tally", llm_response=llm_response, mode="request")
         return typing.cast(types.WriteReport, __result__)
 
+    def Watcher(
+        self, llm_response: str, baml_options: BamlCallOptions = {},
+    ) -> typing.Union["types.ListDir", "types.ReadFile", "types.Publish", "types.Done"]:
+        __result__ = self.__options.merge_options(baml_options).parse_response(function_name="Watcher", llm_response=llm_response, mode="request")
+        return typing.cast(typing.Union["types.ListDir", "types.ReadFile", "types.Publish", "types.Done"], __result__)
+
     def Worker(
         self, llm_response: str, baml_options: BamlCallOptions = {},
     ) -> typing.Union["types.Done", "types.RunPython"]:
@@ -96,6 +108,12 @@ class LlmStreamParser:
 
     def __init__(self, options: DoNotUseDirectlyCallManager):
         self.__options = options
+
+    def Answer(
+        self, llm_response: str, baml_options: BamlCallOptions = {},
+    ) -> stream_types.Done:
+        __result__ = self.__options.merge_options(baml_options).parse_response(function_name="Answer", llm_response=llm_response, mode="stream")
+        return typing.cast(stream_types.Done, __result__)
 
     def Assistant(
         self, llm_response: str, baml_options: BamlCallOptions = {},
@@ -150,6 +168,12 @@ class LlmStreamParser:
     ) -> stream_types.WriteReport:
         __result__ = self.__options.merge_options(baml_options).parse_response(function_name="Tally", llm_response=llm_response, mode="stream")
         return typing.cast(stream_types.WriteReport, __result__)
+
+    def Watcher(
+        self, llm_response: str, baml_options: BamlCallOptions = {},
+    ) -> typing.Union["stream_types.ListDir", "stream_types.ReadFile", "stream_types.Publish", "stream_types.Done"]:
+        __result__ = self.__options.merge_options(baml_options).parse_response(function_name="Watcher", llm_response=llm_response, mode="stream")
+        return typing.cast(typing.Union["stream_types.ListDir", "stream_types.ReadFile", "stream_types.Publish", "stream_types.Done"], __result__)
 
     def Worker(
         self, llm_response: str, baml_options: BamlCallOptions = {},

@@ -5,6 +5,7 @@ Public API::
     from bus import Bus, SyncBus, Event, NewEvent, query, default_bus_path
     from bus.errors import BusError, InvalidEventType, PayloadTooLarge, InvalidPayload
     from bus.errors import BusNotFound, SchemaTooNew, ReadOnlyViolation
+    from bus.errors import QueryInterrupted, QueryTimeout
 
 Names are imported lazily so that ``import bus.errors`` (the CLI's error mapping) stays cheap.
 """

@@ -31,7 +31,7 @@ import sqlite3
 import threading
 import time
 import warnings
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -43,14 +43,13 @@ from bus import sqlops
 from bus.errors import BusClosed, BusError, BusNotFound, PayloadTooLarge, PruneWarning
 from bus.events import (
     DEFAULT_MAX_PAYLOAD_BYTES,
-    CursorInfo,
-    Event,
     NewEvent,
     PruneReport,
     check_id,
     check_name,
     prepare_row,
 )
+from bus.reading import ReadAPI
 from bus.subscription import Subscription
 from bus.transaction import CURRENT_TX, Transaction
 from bus.wakeup import Doorbell, Listener, wake_dir_for
@@ -78,7 +77,7 @@ class BusStats:
     largest_batch: int = 0  # most operations committed together
 
 
-class Bus:
+class Bus(ReadAPI):
     """An open bus file. Create with ``await Bus.open(...)`` or ``async with Bus.connect(...)``.
 
     A ``Bus`` belongs to the event loop that opened it. Several processes may open the same
@@ -124,6 +123,9 @@ class Bus:
         # (see Subscription._read_ahead); the lock makes starting one exactly-once.
         self._kicks: dict[Any, Callable[[], None]] = {}
         self._kick_lock = threading.Lock()
+        # Acks made through this bus (subscriptions retry committing their scanned position
+        # when it changes, see bus.subscription).
+        self._acks = 0
 
     # ------------------------------------------------------------------ open / close
 
@@ -168,7 +170,13 @@ class Bus:
                     f"no bus file at {bus_path}; publish an event to create it, or pass the "
                     "path of an existing bus with --bus / $LOOPBUS_BUS"
                 )
-            bus_path.parent.mkdir(parents=True, exist_ok=True)
+            if not bus_path.parent.is_dir():
+                # Never create directories: a mistyped --bus path would silently start a new,
+                # empty bus somewhere unexpected.
+                raise BusError(
+                    f"directory {bus_path.parent} does not exist; create it first or pass "
+                    "another bus path"
+                )
         busy_ms = int(busy_timeout_s * 1000)
         writer = reader = None
         try:
@@ -469,8 +477,21 @@ class Bus:
         check_name("consumer", consumer)
         check_id("event id", event_id)
         error = await self._enqueue(sqlops.ACK, (consumer, event_id))
+        self._acks += 1
         if error is not None:
             raise error
+
+    async def unregister(self, consumer: str) -> int | None:
+        """Delete ``consumer``'s cursor, so it no longer holds back :meth:`prune`; return the
+        cursor it had, or None for a consumer that was not registered.
+
+        For a consumer that is gone for good (a renamed agent, a changed parallelism). Stop it
+        first: a running subscription registers again when it next starts, and its next ack
+        recreates the cursor.
+        """
+        self._check_usable()
+        check_name("consumer", consumer)
+        return await self._enqueue(sqlops.UNREGISTER, consumer)
 
     def transaction(self) -> Transaction:
         """``async with bus.transaction() as tx:`` — publish and ack in one BEGIN IMMEDIATE
@@ -502,93 +523,6 @@ class Bus:
             log.warning(message)
             warnings.warn(message, PruneWarning, stacklevel=2)
         return report
-
-    # ------------------------------------------------------------------ reads
-
-    async def events(
-        self,
-        *,
-        since_id: int = 0,
-        types: str | Iterable[str] | None = None,
-        run_id: str | None = None,
-        limit: int | None = None,
-    ) -> list[Event]:
-        """Stored events with ``id > since_id`` in id order, filtered by type globs / run."""
-        check_id("since_id", since_id)
-        if limit is not None and (not isinstance(limit, int) or limit < 0):
-            raise BusError(f"limit must be a non-negative integer, not {limit!r}")
-        return await self._rcall(sqlops.select_events, since_id, types, run_id, limit)
-
-    async def get(self, event_id: int) -> Event | None:
-        """The event with this id, or None (never published or pruned)."""
-        return await self._rcall(sqlops.get_event, check_id("event id", event_id))
-
-    async def last_id(self) -> int:
-        """The last id ever assigned (0 for an empty bus); pruning never lowers it."""
-        return await self._rcall(sqlops.head_id)
-
-    async def cursors(self) -> list[CursorInfo]:
-        """Registered consumers with their cursor and lag (events stored after the cursor)."""
-        return await self._rcall(sqlops.list_cursors)
-
-    def subscribe(
-        self, consumer: str, types: str | Iterable[str] = ("*",), *, batch_size: int = 100
-    ) -> AsyncIterator[Event]:
-        """Events for ``consumer`` in id order, starting after its committed cursor, waiting
-        for new ones (wake-up doorbell, safety poll). Does not move the cursor: call
-        :meth:`ack`. ``types`` are fnmatch globs on event_type (``file.*``, ``*``).
-
-        The consumer is registered (cursor 0 when new) so prune keeps its events.
-        """
-        self._check_usable()
-        check_name("consumer", consumer)
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise BusError(f"batch_size must be a positive integer, not {batch_size!r}")
-        sqlops.type_filter(types)  # validate now, not at the first iteration
-        return self._iterate(Subscription(self, consumer, types, batch_size))
-
-    def follow(
-        self,
-        *,
-        since_id: int = 0,
-        types: str | Iterable[str] = ("*",),
-        batch_size: int = 100,
-    ) -> AsyncIterator[Event]:
-        """Like :meth:`subscribe` but without a consumer: events after ``since_id``, waiting
-        for new ones, and nothing is written (no cursor, so prune is not held back). For
-        watching the bus (``loopbus tail --follow``)."""
-        self._check_usable()
-        check_id("since_id", since_id)
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise BusError(f"batch_size must be a positive integer, not {batch_size!r}")
-        sqlops.type_filter(types)
-        return self._iterate(Subscription(self, None, types, batch_size, since_id=since_id))
-
-    async def _iterate(self, sub: Subscription) -> AsyncIterator[Event]:
-        await sub.start()
-        while True:
-            for event in await sub.next_batch(None):
-                yield event
-
-    async def open_subscription(
-        self,
-        consumer: str | None,
-        types: str | Iterable[str] = ("*",),
-        *,
-        batch_size: int = 100,
-        since_id: int = 0,
-    ) -> Subscription:
-        """A started :class:`Subscription` (batch-level API used by SyncBus). With
-        ``consumer=None`` it is a cursor-less follow from ``since_id``."""
-        self._check_usable()
-        if consumer is not None:
-            check_name("consumer", consumer)
-        check_id("since_id", since_id)
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise BusError(f"batch_size must be a positive integer, not {batch_size!r}")
-        sub = Subscription(self, consumer, types, batch_size, since_id=since_id)
-        await sub.start()
-        return sub
 
 
 class _Connector:

@@ -48,6 +48,14 @@ class InvalidQuery(BusError):
     """A read-only query is not valid SQL (syntax error, unknown table, several statements)."""
 
 
+class QueryInterrupted(BusError):
+    """A read-only query was stopped by its interrupt flag (Ctrl-C in ``loopbus sql``)."""
+
+
+class QueryTimeout(BusError):
+    """A read-only query ran longer than its ``timeout_s``."""
+
+
 class NotABus(BusError):
     """The file exists but is not a loopbus bus (another SQLite database or not SQLite at all)."""
 
@@ -67,6 +75,8 @@ __all__ = [
     "NotABus",
     "PayloadTooLarge",
     "PruneWarning",
+    "QueryInterrupted",
+    "QueryTimeout",
     "ReadOnlyViolation",
     "SchemaTooNew",
 ]

@@ -266,7 +266,13 @@ def events_from_rows(rows: Iterable[tuple[Any, ...]], cls: type[Event] = Event) 
 
 @dataclass(frozen=True)
 class CursorInfo:
-    """One registered consumer: its committed cursor and how many stored events follow it."""
+    """One registered consumer: its committed cursor and how many stored events follow it.
+
+    ``lag`` counts every stored event after the cursor, whatever its type. A consumer that
+    subscribes to some types only still reaches 0 when caught up: its subscription commits
+    the cursor past the events it skips while it waits idle (see :mod:`bus.subscription`).
+    A consumer that is not running keeps the lag it had when it stopped.
+    """
 
     consumer: str
     last_seen_id: int

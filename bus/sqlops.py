@@ -33,8 +33,13 @@ _REGISTER = f"""
     ON CONFLICT (consumer) DO NOTHING
 """
 
+_ADVANCE = f"""
+    UPDATE cursors SET last_seen_id = :scanned, updated_at = {migrations.NOW_SQL}
+    WHERE consumer = :consumer AND last_seen_id >= :delivered AND last_seen_id < :scanned
+"""
+
 # Operation kinds of a group-commit batch.
-PUBLISH, PUBLISH_MANY, ACK, REGISTER = range(4)
+PUBLISH, PUBLISH_MANY, ACK, REGISTER, ADVANCE, UNREGISTER = range(6)
 
 Row = tuple[str, str, str, str | None, int | None]
 Op = tuple[Any, ...]  # (kind, arg, ...)
@@ -119,6 +124,29 @@ def register(conn: sqlite3.Connection, consumer: str) -> int:
     ).fetchone()[0]
 
 
+def advance_cursor(conn: sqlite3.Connection, consumer: str, delivered: int, scanned: int) -> int:
+    """Move ``consumer``'s cursor to ``scanned`` if it is already at or past ``delivered``.
+
+    A subscription that scanned up to ``scanned`` delivered nothing after ``delivered``: the
+    events in between are ones the consumer does not subscribe to (or another partition's).
+    Once every delivered event is acknowledged (cursor >= ``delivered``), the cursor may skip
+    them; while one is not, the cursor stays put (at-least-once). Returns the cursor after.
+    """
+    conn.execute(_ADVANCE, {"consumer": consumer, "delivered": delivered, "scanned": scanned})
+    row = conn.execute(
+        "SELECT last_seen_id FROM cursors WHERE consumer = ?", (consumer,)
+    ).fetchone()
+    return 0 if row is None else row[0]
+
+
+def unregister(conn: sqlite3.Connection, consumer: str) -> int | None:
+    """Delete ``consumer``'s cursor; return the cursor it had, or None if it was unknown."""
+    row = conn.execute(
+        "DELETE FROM cursors WHERE consumer = ? RETURNING last_seen_id", (consumer,)
+    ).fetchone()
+    return None if row is None else row[0]
+
+
 def apply_ops(conn: sqlite3.Connection, ops: Sequence[Op]) -> list[Any]:
     """Apply operations inside an open transaction; results in order (ids, errors, ...).
 
@@ -147,6 +175,10 @@ def apply_ops(conn: sqlite3.Connection, ops: Sequence[Op]) -> list[Any]:
             results[i] = ack_cursor(conn, *arg)
         elif kind == REGISTER:
             results[i] = register(conn, arg)
+        elif kind == ADVANCE:
+            results[i] = advance_cursor(conn, *arg)
+        elif kind == UNREGISTER:
+            results[i] = unregister(conn, arg)
         else:  # pragma: no cover - programming error
             raise AssertionError(f"unknown op kind {kind}")
         i += 1

@@ -7,7 +7,18 @@ moves (local commit or a doorbell datagram from another process) and at least ev
 Read-ahead: when a batch comes back full (a backlog), the next batch is fetched on the reader
 thread while the caller handles this one (and commits its ack on the writer thread), so a
 catching-up consumer does not wait for each fetch. It changes nothing the caller sees: the
-same events in the same order, and the committed cursor still moves only with ``ack``.
+same events in the same order, and the committed cursor moves with ``ack``.
+
+Skipping what a consumer does not subscribe to: a filtered fetch (type globs, or an id
+partition) scans up to the head of the bus, so the subscription's position passes events it
+never delivers. Cursors only move with ``ack`` of delivered ids, so without more a consumer of
+a rare type would keep its committed cursor at its last matching event: its lag would count
+every later event and ``prune`` could never pass it. So when a subscription is idle (a fetch
+found nothing), it commits its scanned position as the cursor — but only once every event it
+delivered is acknowledged (the UPDATE requires ``cursor >= last delivered id``, see
+:func:`bus.sqlops.advance_cursor`), so at-least-once delivery holds. That write happens at most
+once per :data:`ADVANCE_INTERVAL_S` per subscription, and only when the position or the
+consumer's acks changed since the last try.
 """
 
 from __future__ import annotations
@@ -18,10 +29,30 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from bus import sqlops
+from bus.errors import BusError
 from bus.events import Event, events_from_rows
 
 if TYPE_CHECKING:
     from bus.core import Bus
+
+# The least time between two scanned-position commits of one subscription (each is a write
+# transaction): an idle filtered consumer reaches lag 0 within this long.
+ADVANCE_INTERVAL_S = 1.0
+
+
+def partition_filter(partition: tuple[int, int] | None) -> tuple[str, list[int]]:
+    """SQL (`` AND ...``) and parameters selecting the ids of partition ``(index, count)``."""
+    if partition is None:
+        return "", []
+    try:
+        index, count = (int(v) for v in partition)
+    except (TypeError, ValueError):
+        raise BusError(f"partition must be (index, count), not {partition!r}") from None
+    if count < 1 or not 0 <= index < count:
+        raise BusError(f"partition {partition!r}: need 0 <= index < count")
+    if count == 1:
+        return "", []
+    return " AND id % ? = ?", [count, index]
 
 
 class Subscription:
@@ -36,12 +67,22 @@ class Subscription:
         batch_size: int,
         *,
         since_id: int = 0,
+        partition: tuple[int, int] | None = None,
     ) -> None:
         self.bus = bus
         self.consumer = consumer
         self.batch_size = batch_size
         self.position = since_id
         self._filter_sql, self._params = sqlops.type_filter(types)
+        part_sql, part_params = partition_filter(partition)
+        self._filter_sql += part_sql
+        self._params = [*self._params, *part_params]
+        # The last id delivered (or the cursor at start), the committed cursor as last seen,
+        # and what the last scanned-position commit tried: (position, bus ack count), time.
+        self._delivered = since_id
+        self._committed = since_id
+        self._advance_key: tuple[int, int] | None = None
+        self._advance_at = 0.0
         # A fetch already running for the batch after `position` (see the module docstring),
         # and the listener generation taken before it started.
         self._ahead: _ReadAhead | None = None
@@ -53,6 +94,44 @@ class Subscription:
         self.bus._listener.bind()
         if self.consumer is not None:
             self.position = await self.bus._enqueue(sqlops.REGISTER, self.consumer)
+            self._delivered = self._committed = self.position
+
+    @property
+    def scanned_id(self) -> int:
+        """The id up to which this subscription has looked: every event at or below it was
+        delivered or does not match the subscription (types, partition)."""
+        return self.position
+
+    async def commit_scanned(self) -> bool:
+        """Commit the scanned position as the consumer's cursor if every delivered event is
+        acknowledged; return whether the cursor is now at the scanned position.
+
+        Never moves the cursor past a delivered event that was not acknowledged.
+        """
+        if self.consumer is None:
+            return False
+        bus = self.bus
+        self._advance_key = (self.position, bus._acks)
+        self._advance_at = bus._loop.time()
+        if self._committed >= self.position:
+            return True
+        self._committed = await bus._enqueue(
+            sqlops.ADVANCE, (self.consumer, self._delivered, self.position)
+        )
+        return self._committed >= self.position
+
+    def _may_advance(self) -> bool:
+        bus = self.bus
+        return (
+            self.consumer is not None
+            # Skipped something (an unfiltered subscription never does: its acks suffice).
+            and self.position > max(self._committed, self._delivered)
+            and self._advance_key != (self.position, bus._acks)
+            and not bus.closed
+            # A transaction owns the writer (maybe this very caller's): try again later.
+            and not bus._exclusive
+            and not bus._exclusive_waiters
+        )
 
     async def next_batch(self, timeout: float | None) -> list[Event]:
         """The next events after the position (at least one), waiting up to ``timeout``
@@ -79,11 +158,19 @@ class Subscription:
             if rows:
                 if len(rows) == self.batch_size:
                     self._read_ahead()
+                self._delivered = rows[-1][0]
                 # Events are built here rather than on the reader thread: that keeps the
                 # reader's GIL use short (the fetch mostly runs inside SQLite) when it
                 # overlaps the caller's own work and commits.
                 return events_from_rows(rows)
             wait_s = bus.safety_poll_s
+            if self._may_advance():
+                wait_until = self._advance_at + ADVANCE_INTERVAL_S
+                now = bus._loop.time()
+                if now >= wait_until:
+                    await self.commit_scanned()
+                    continue  # re-check: events may have come meanwhile
+                wait_s = min(wait_s, wait_until - now)
             if deadline is not None:
                 remaining = deadline - bus._loop.time()
                 if remaining <= 0:

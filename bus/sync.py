@@ -124,6 +124,12 @@ class SyncBus:
         self._check_not_in_tx()
         self._call(self._bus.ack(consumer, event_id))
 
+    def unregister(self, consumer: str) -> int | None:
+        """Delete ``consumer``'s cursor; the cursor it had, or None if unknown (see
+        Bus.unregister)."""
+        self._check_not_in_tx()
+        return self._call(self._bus.unregister(consumer))
+
     def events(
         self,
         *,
@@ -160,11 +166,16 @@ class SyncBus:
         timeout: float | None = None,
         *,
         batch_size: int = 100,
+        partition: tuple[int, int] | None = None,
     ) -> Iterator[Event]:
         """Events for ``consumer`` after its committed cursor, in id order, waiting for new
         ones; with ``timeout``, the iterator ends after that many seconds without events.
-        Does not move the cursor: call :meth:`ack`."""
-        sub = self._call(self._bus.open_subscription(consumer, types, batch_size=batch_size))
+        ``partition=(i, n)``: only ids with ``id % n == i``. Delivered events move the cursor
+        only with :meth:`ack`; skipped ones (other types or partitions) are committed past
+        while the iterator waits idle with every delivered event acked (see Bus.subscribe)."""
+        sub = self._call(
+            self._bus.open_subscription(consumer, types, batch_size=batch_size, partition=partition)
+        )
         return self._iterate(sub, timeout)
 
     def follow(

@@ -126,5 +126,6 @@ class Transaction:
         check_id("event id", event_id)
         bus = self._bus
         error = await bus._wcall(sqlops.ack_cursor, bus._wconn, consumer, event_id)
+        bus._acks += 1
         if error is not None:
             raise error

@@ -11,8 +11,11 @@ import csv
 import io
 import json
 import logging
+import math
 import re
+import signal
 import sys
+import threading
 import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -90,12 +93,12 @@ def format_event(event: Any) -> str:
         payload = payload[: _PAYLOAD_PREVIEW_CHARS - 1] + "…"
     extra = ""
     if event.run_id is not None:
-        extra += f"  run={event.run_id}"
+        extra += f"  run={printable(event.run_id)}"
     if event.caused_by is not None:
         extra += f"  caused_by={event.caused_by}"
     return (
-        f"{event.id:>6}  {event.created_at}  {event.agent:<10}  {event.event_type:<16}  "
-        f"{payload}{extra}"
+        f"{event.id:>6}  {event.created_at}  {printable(event.agent):<10}  "
+        f"{event.event_type:<16}  {payload}{extra}"
     )
 
 
@@ -132,18 +135,44 @@ def _silence_library_log() -> None:
         logger.addHandler(logging.NullHandler())
 
 
+# Characters that would move the cursor, recolour or reorder the terminal: C0/C1 controls,
+# DEL, line/paragraph separators and bidirectional overrides ("Trojan Source").
+_CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_CONTROL_NAMES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape_control(match: re.Match[str]) -> str:
+    char = match.group(0)
+    if char in _CONTROL_NAMES:
+        return _CONTROL_NAMES[char]
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def printable(text: str) -> str:
+    """``text`` with terminal control characters shown as escapes (``\\n``, ``\\x1b``)."""
+    return _CONTROL_RE.sub(_escape_control, text)
+
+
 def _cell(value: Any) -> str:
     if value is None:
         return "NULL"
     if isinstance(value, bytes):
         return "x'" + value.hex() + "'"
-    return str(value)
+    return printable(str(value))
+
+
+# JSON has no infinities (SQLite returns them for e.g. 1e999) nor NaN: `sql --json` writes
+# them as these strings, so that every line stays valid JSON.
+_NON_FINITE = {math.inf: "Infinity", -math.inf: "-Infinity"}
 
 
 def _json_value(value: Any) -> Any:
     # Blobs have no JSON form; hex keeps them lossless and readable.
     if isinstance(value, bytes):
         return value.hex()
+    if isinstance(value, float) and not math.isfinite(value):
+        return _NON_FINITE.get(value, "NaN")
     return value
 
 
@@ -162,6 +191,7 @@ def _print_table(columns: Sequence[str], rows: Iterable[Sequence[Any]], empty: s
     from rich import box
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     rows = list(rows)
     if not rows:
@@ -169,9 +199,10 @@ def _print_table(columns: Sequence[str], rows: Iterable[Sequence[Any]], empty: s
         return
     table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
     for column in columns:
-        table.add_column(column, overflow="fold")
+        # Text, not str: rich would read `[red]` in a value (or a column name) as markup.
+        table.add_column(Text(printable(column)), overflow="fold")
     for row in rows:
-        table.add_row(*(_cell(value) for value in row))
+        table.add_row(*(Text(_cell(value)) for value in row))
     if sys.stdout.isatty():
         Console(highlight=False).print(table)
         return
@@ -180,6 +211,26 @@ def _print_table(columns: Sequence[str], rows: Iterable[Sequence[Any]], empty: s
     Console(file=buffer, width=200, highlight=False, color_system=None).print(table)
     for line in buffer.getvalue().splitlines():
         click.echo(line.rstrip())
+
+
+class _SigintToFlag:
+    """While active (in the main thread), Ctrl-C sets ``flag`` instead of raising
+    KeyboardInterrupt: a running query checks the flag and stops cleanly."""
+
+    def __init__(self, flag: threading.Event) -> None:
+        self._flag = flag
+        self._previous: Any = None
+        self._installed = False
+
+    def __enter__(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, lambda *_: self._flag.set())
+            self._installed = True
+
+    def __exit__(self, *exc: object) -> None:
+        if self._installed:
+            previous = self._previous
+            signal.signal(signal.SIGINT, signal.SIG_DFL if previous is None else previous)
 
 
 # --------------------------------------------------------------------------- commands
@@ -294,34 +345,57 @@ def tail(
     metavar="VALUE",
     help="Value for a `?` placeholder (repeatable, in order).",
 )
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per row (JSON lines).")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="One JSON object per row (JSON lines); blobs as hex, infinite numbers as the "
+    'strings "Infinity" / "-Infinity".',
+)
 @click.option("--csv", "as_csv", is_flag=True, help="CSV with a header row.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    metavar="SECONDS",
+    help="Stop the query after SECONDS (default: no limit; Ctrl-C always stops it).",
+)
 @click.pass_context
 @handle_errors
 def sql(
-    ctx: click.Context, statement: str, params: tuple[str, ...], as_json: bool, as_csv: bool
+    ctx: click.Context,
+    statement: str,
+    params: tuple[str, ...],
+    as_json: bool,
+    as_csv: bool,
+    timeout: float | None,
 ) -> None:
     """Run a read-only SQL query against the bus and print the rows.
 
-    The file is opened read-only: INSERT, UPDATE, DELETE, DROP, ATTACH and
-    writing PRAGMAs are refused. Tables: outbox, cursors; view: consumer_lag.
+    The file is opened read-only: INSERT, UPDATE, DELETE, DROP, ATTACH, VACUUM
+    and writing PRAGMAs are refused. Tables: outbox, cursors; view: consumer_lag.
+    A query stops at Ctrl-C or after --timeout. In the table, control
+    characters in values are shown escaped (\\n, \\x1b).
 
     \b
     Example:
       loopbus sql "SELECT event_type, count(*) AS n FROM outbox GROUP BY 1"
       loopbus sql "SELECT id, payload FROM outbox WHERE agent = ?" -p cli --json
       loopbus sql "SELECT * FROM consumer_lag" --csv > lag.csv
+      loopbus sql "SELECT count(*) FROM outbox" --timeout 30
     """
     if as_json and as_csv:
         fail("choose one of --json and --csv")
     from bus import query
 
-    result = query(bus_path(ctx), statement, params)
+    interrupt = threading.Event()
+    with _SigintToFlag(interrupt):
+        result = query(bus_path(ctx), statement, params, timeout_s=timeout, interrupt=interrupt)
     if as_json:
         names = _unique_columns(result.columns)
         for row in result.rows:
             record = {name: _json_value(value) for name, value in zip(names, row, strict=True)}
-            click.echo(json.dumps(record, ensure_ascii=False))
+            click.echo(json.dumps(record, ensure_ascii=False, allow_nan=False))
     elif as_csv:
         writer = csv.writer(sys.stdout, lineterminator="\n")
         writer.writerow(result.columns)
@@ -333,20 +407,50 @@ def sql(
 
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per consumer.")
+@click.option(
+    "--drop",
+    "drop",
+    multiple=True,
+    metavar="NAME",
+    help="Unregister consumer NAME (repeatable), so it no longer holds back prune.",
+)
 @click.pass_context
 @handle_errors
-def cursors(ctx: click.Context, as_json: bool) -> None:
-    """Show each registered consumer: last_seen_id, lag (unread events), updated_at.
+def cursors(ctx: click.Context, as_json: bool, drop: tuple[str, ...]) -> None:
+    """Show each registered consumer: last_seen_id, lag, updated_at.
+
+    lag counts every stored event after the cursor, of any type; a consumer
+    that subscribes to some types only still reaches 0 once it is caught up
+    and idle (it commits past the events it skips).
+
+    --drop NAME removes a consumer that is gone for good (a renamed agent,
+    a changed parallelism) so that prune can delete what it never read.
+    Stop it first: a running consumer registers again.
 
     \b
     Example:
       loopbus cursors
       loopbus cursors --json
+      loopbus cursors --drop 'checker#1/2'
     """
     from bus import SyncBus
 
     with SyncBus(bus_path(ctx), create=False) as bus:
         infos = list(bus.cursors())
+        if drop:
+            known = {info.consumer for info in infos}
+            unknown = [name for name in dict.fromkeys(drop) if name not in known]
+            if unknown:
+                registered = ", ".join(sorted(known)) or "none"
+                fail(
+                    f"no consumer named {unknown[0]!r} (registered: {registered}); "
+                    "see `loopbus cursors`"
+                )
+            for name in dict.fromkeys(drop):
+                cursor = bus.unregister(name)
+                if cursor is not None:
+                    click.echo(f"dropped consumer {name} (its cursor was at {cursor})")
+            return
     fields = ("consumer", "last_seen_id", "lag", "updated_at")
     if as_json:
         for info in infos:

@@ -57,7 +57,7 @@ def test_unknown_function() -> None:
         Decider("NoSuchFunction")
 
 
-@pytest.mark.parametrize("function", ["Assistant", "Coder"])
+@pytest.mark.parametrize("function", ["Assistant", "Coder", "Watcher", "Answer"])
 def test_constrained_output_always_parses(tiny_runtime: Any, function: str) -> None:
     decider = Decider(function)
     seen = set()

@@ -87,6 +87,7 @@ async def test_follower_in_another_process_wakes_before_the_safety_poll(
 @pytest.mark.parametrize("long_path", [True])
 async def test_wakeup_works_with_a_long_bus_path(tmp_path: Path, long_path: bool) -> None:
     path = tmp_path / ("x" * 90) / "bus.db"
+    path.parent.mkdir()
     async with Bus.connect(path, safety_poll_s=30) as a, Bus.connect(path) as b:
         iterator = a.subscribe("long")
         import asyncio

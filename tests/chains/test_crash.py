@@ -132,10 +132,11 @@ def test_chain_survives_random_sigkills(
         assert max(findings.values()) == 1
         # mod01 has a test file; every third module has a TODO
         assert len(findings) == (N_INPUTS - 1) + len(range(0, N_INPUTS, 3))
-        # every cursor of the chain is at the end of what it subscribes to
+        # every cursor of the chain is at (or, committed past while idle, beyond) the end of
+        # what it subscribes to
         cursors = {c.consumer: c.last_seen_id for c in bus.cursors()}
-        assert cursors["checker#0/2"] == cursors["checker#1/2"] == inputs[-1]
-        assert cursors["digester"] == bus.events(types=["review.done"])[-1].id
+        assert min(cursors["checker#0/2"], cursors["checker#1/2"]) >= inputs[-1]
+        assert cursors["digester"] >= bus.events(types=["review.done"])[-1].id
     report = (out / "report.md").read_text()
     assert f"{N_INPUTS}/{N_INPUTS} files reviewed (complete)" in report
     for i in range(N_INPUTS):

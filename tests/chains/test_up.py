@@ -146,4 +146,4 @@ def test_up_until_idle_with_the_live_view(
     assert "chain idle: every event handled" in proc.stdout
     with SyncBus(bus_file) as bus:
         assert len(bus.events(types=["review.done"])) == 2
-        assert {c.consumer: c.last_seen_id for c in bus.cursors()}["checker"] == 2
+        assert {c.consumer: c.last_seen_id for c in bus.cursors()}["checker"] >= 2

@@ -90,8 +90,10 @@ def test_routes_only_matching_events_and_partitions_by_id(
             worker = AgentWorker(chain, "checker", bus, runtime=tiny_runtime, index=index)
             handled = worker.serve(idle_exit=0.3, poll=0.1)
             assert handled == len([i for i in ids if i % 2 == index])
-            # every matching event is behind the cursor, owned or not
-            assert cursor(bus, f"checker#{index}/2") == ids[-1]
+            # every matching event is behind the cursor, owned or not; idle, the cursor
+            # also passes what the agent does not subscribe to (its own run events)
+            assert cursor(bus, f"checker#{index}/2") >= ids[-1]
+            assert {c.consumer: c.lag for c in bus.cursors()}[f"checker#{index}/2"] == 0
         triggers = sorted(e.caused_by for e in bus.events(types=["run.task"]))
         assert triggers == ids
         assert not set(noise) & set(triggers)
@@ -120,7 +122,7 @@ def test_cursor_stays_before_an_unfinished_run_and_resume_does_not_reask(
         assert counting.calls == 0  # the recorded decision was executed, not asked again
         assert again.serve(idle_exit=0.3, poll=0.1) == 1  # redelivered: outcome found, acked
         assert counting.calls == 0
-        assert cursor(bus, again.consumer) == first
+        assert cursor(bus, again.consumer) >= first  # idle: past skipped events too
         assert len(bus.events(run_id=run_id, types=["run.model_call"])) == 1
         assert len(bus.events(run_id=run_id, types=["run.tool_result"])) == 1
         assert len(bus.events(run_id=run_id, types=["run.outcome"])) == 1
@@ -143,7 +145,7 @@ def test_crash_between_outcome_and_ack_publishes_nothing_twice(
         again = AgentWorker(chain, "checker", bus, runtime=counting, index=first % 2)
         assert again.serve(idle_exit=0.3, poll=0.1) == 1
         assert counting.calls == 0
-        assert cursor(bus, again.consumer) == first
+        assert cursor(bus, again.consumer) >= first
         assert len(bus.events(types=["run.outcome"])) == 1
         [done] = bus.events(types=["review.done"])
         assert done.payload["trigger_id"] == first and done.payload["outcome"] == "max_turns"
