@@ -1,6 +1,7 @@
 """Bus benchmarks, each against a baseline measured in the same run.
 
-1. single-event publish: loopbus vs raw stdlib sqlite3 with identical pragmas (FULL, NORMAL);
+1. single-event publish: loopbus (async Bus, and the blocking SyncBus) vs raw stdlib sqlite3
+   with identical pragmas (FULL, NORMAL);
 2. many concurrent publishers in one process (group commit) at FULL vs the raw single-commit
    rate;
 3. publish -> consume latency across processes (p50/p99) and the idle consumer's CPU;
@@ -25,7 +26,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bus import Bus, NewEvent
+from bus import Bus, NewEvent, SyncBus
 
 REPO = Path(__file__).resolve().parent.parent
 ROUNDS = 7
@@ -91,6 +92,19 @@ def bus_single_publishes(path: Path, synchronous: str, n: int) -> float:
             return done / (time.perf_counter() - started)
 
     return asyncio.run(run())
+
+
+def sync_single_publishes(path: Path, synchronous: str, n: int) -> float:
+    """Events/s, sequential ``SyncBus.publish`` (the blocking API of the CLI and agent loop)."""
+    with SyncBus(path, synchronous=synchronous) as bus:
+        started = time.perf_counter()
+        done = 0
+        for i in range(n):
+            bus.publish("bench.sync", {"i": i}, agent="bench")
+            done += 1
+            if i % 50 == 0 and time.perf_counter() - started > ROUND_BUDGET_S:
+                break
+        return done / (time.perf_counter() - started)
 
 
 def bus_group_commit(path: Path, publishers: int, each: int) -> tuple[float, float]:
@@ -293,6 +307,16 @@ def main() -> None:
             print(
                 f"   {mode:<6} raw sqlite3 {raw_rate:>9,.0f} ev/s   loopbus {bus_rate:>9,.0f} ev/s"
                 f"   ratio {ratio:.0%}" + ("   (target >= 80%)" if mode == "FULL" else "")
+            )
+            sync_path = _fresh(tmpdir, f"sync-{mode}.db")
+            raw_rate, sync_rate, ratio = _paired(
+                lambda p=raw_path, m=mode, n=n: raw_single_commits(p, m, n),
+                lambda p=sync_path, m=mode, n=n: sync_single_publishes(p, m, n),
+            )
+            print(
+                f"   {mode:<6} raw sqlite3 {raw_rate:>9,.0f} ev/s   SyncBus {sync_rate:>9,.0f} ev/s"
+                f"   ratio {ratio:.0%}   (the blocking API"
+                + (", target >= 80%)" if mode == "FULL" else ")")
             )
 
         print("2. group commit: 200 concurrent publishers x 50 events, FULL")

@@ -197,7 +197,12 @@ def main() -> None:
         "2 durable commits per tool turn, 1 for the Done turn)"
     )
     results = {}
-    for sync, label in (("FULL", "the bus default"), ("NORMAL", "opt-in")):
+    # `loopbus replay` runs on a throwaway bus with synchronous=NORMAL (agents.replay): that is
+    # the replay figure. FULL shows what the same turns cost with a live run's durable commits.
+    for sync, label in (
+        ("NORMAL", "as `loopbus replay` runs: scratch bus"),
+        ("FULL", "a live run's durable bus, for reference"),
+    ):
         time_replay(recording, sync)  # warm-up (imports, compiled regexes, BAML runtime)
         runs = [time_replay(recording, sync) for _ in range(5)]
         per_turn = sorted(t for run in runs for t in run)
@@ -220,12 +225,11 @@ def main() -> None:
     print("model share of a real SmolLM2 turn:")
     for line in smollm2_share(results["FULL"]):
         print(line)
+    replay_p50 = results["NORMAL"]
     print(
-        "TARGET (issue 4, p50 <= 1 ms per turn): "
-        + "; ".join(
-            f"{sync} {'MET' if p50 <= TARGET_S else 'NOT MET'} ({p50 * 1e3:.3f} ms)"
-            for sync, p50 in results.items()
-        )
+        f"TARGET (issue 4, p50 <= 1 ms per turn, replaying): "
+        f"{'MET' if replay_p50 <= TARGET_S else 'NOT MET'} ({replay_p50 * 1e3:.3f} ms); "
+        f"with FULL commits {results['FULL'] * 1e3:.3f} ms"
     )
 
 

@@ -90,7 +90,7 @@ class SyncBus:
             bus.stats.transactions += 1
             bus.stats.events += len(result) if kind == sqlops.PUBLISH_MANY else 1
         bus._doorbell.ring()  # other processes' subscribers
-        self._loop.call_soon_threadsafe(bus._listener.notify)  # this process's subscribers
+        bus._listener.notify_from_thread()  # this process's subscribers
         return result
 
     def _stop_loop(self) -> None:

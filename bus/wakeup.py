@@ -186,6 +186,14 @@ class Listener:
             changed, self._changed = self._changed, asyncio.Event()
             changed.set()
 
+    def notify_from_thread(self) -> None:
+        """:meth:`notify` from another thread (SyncBus's direct publishes): bump the generation
+        at once, and only wake the loop when a waiter has ever waited on it (a hint: a missed
+        wake-up costs at most the safety poll)."""
+        self.generation += 1
+        if self._changed is not None and self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self.notify)
+
     async def wait(self, generation: int, timeout: float | None) -> bool:
         """Wait until the generation moves past ``generation`` or ``timeout`` seconds pass.
 
