@@ -397,6 +397,8 @@ def load_config(path: str | Path) -> ChainConfig:
         data = tomllib.loads(file.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"chain config {file} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"chain config {file} is not UTF-8 text") from None
     config = parse_config(data, base=file.resolve().parent, source=str(file))
     return config.model_copy(update={"path": file.resolve()})
 
@@ -418,6 +420,11 @@ def check_registry(config: ChainConfig) -> None:
     known = {a.name: a for a in list_agents()}
     all_tools = {t.name for t in list_tools()}
     for agent in config.agents.values():
+        workspace = config.workspace_for(agent)
+        if workspace is not None and not Path(workspace).is_dir():
+            raise ConfigError(
+                f"agent {agent.name!r} in {config.path}: workspace {workspace} is not a directory"
+            )
         spec = known.get(agent.kind)
         if spec is None:
             raise UnknownAgent(

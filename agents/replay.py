@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from agents.decide import prompt_hash
 from agents.errors import AgentError
@@ -119,7 +119,25 @@ class Recording(BaseModel):
             run_id=run_id,
             events=[RecordedEvent.of(e) for e in events],
             context=[RecordedEvent.of(e, context=True) for e in context],
-        )
+        ).checked()
+
+    def checked(self) -> Recording:
+        """Self, after checking the run.task event replay starts from (AgentError if not)."""
+        if not self.events or self.events[0].type != "run.task":
+            raise AgentError(f"malformed recording of run {self.run_id!r}: no run.task event first")
+        payload = self.events[0].payload
+        if not isinstance(payload, dict) or not isinstance(payload.get("task"), str):
+            raise AgentError(f"malformed recording of run {self.run_id!r}: run.task has no task")
+        try:
+            RunSettings.model_validate(payload.get("settings"))
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "settings"
+            raise AgentError(
+                f"malformed recording of run {self.run_id!r}: run.task settings: {where}: "
+                f"{first['msg']}"
+            ) from None
+        return self
 
     @classmethod
     def from_bus(cls, bus: Any, run_id: str) -> Recording:
@@ -179,7 +197,7 @@ class Recording(BaseModel):
                 (context if attrs.get("context") == "1" else events).append(event)
         except (EventLogError, ValueError) as exc:
             raise AgentError(f"malformed recording: {exc}") from None
-        return cls(run_id=_unattr(match.group(2)), events=events, context=context)
+        return cls(run_id=_unattr(match.group(2)), events=events, context=context).checked()
 
 
 def _attr(value: str) -> str:
@@ -201,7 +219,11 @@ def load_recording(source: str | Path, *, bus_path: str | Path | None = None) ->
     """A recording from an exported file, else from the run id ``source`` on the bus."""
     path = Path(source)
     if path.is_file():
-        return Recording.from_xml(path.read_text(encoding="utf-8"))
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise AgentError(f"{path} is not a loopbus recording (not UTF-8 text)") from None
+        return Recording.from_xml(text)
     from bus import SyncBus
 
     with SyncBus(bus_path, create=False) as bus:

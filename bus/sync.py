@@ -15,7 +15,7 @@ import asyncio
 import os
 import sqlite3
 import threading
-from collections.abc import Coroutine, Iterable, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping
 from concurrent.futures import Future
 from pathlib import Path
 from types import TracebackType
@@ -47,6 +47,8 @@ class SyncBus:
         self._wconn: sqlite3.Connection | None = None
         try:
             self._bus: Bus = self._call(Bus.open(path, **options))
+            # The file as opened now: a later chdir must not send publishes to another file.
+            self._abs_path = os.path.abspath(self._bus.path)
         except BaseException:
             self._stop_loop()
             raise
@@ -71,18 +73,25 @@ class SyncBus:
                 "tx.ack() there (bus.publish() would wait for the transaction to end)"
             )
 
-    def _write(self, kind: int, arg: Any) -> Any:
-        """One write transaction in the calling thread (see the module docstring)."""
+    def _write(self, kind: int, arg: Any, queued: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
+        """One write transaction in the calling thread (see the module docstring).
+
+        ``queued`` makes the same write through the async bus: used while one of this bus's
+        own transactions holds or waits for the write lock, so the write waits behind it
+        instead of polling SQLite's lock.
+        """
         self._check_not_in_tx()
         bus = self._bus
-        bus._check_usable()
         with self._wlock:
+            bus._check_usable()  # under the lock, so close() cannot slip in before the write
+            if bus._exclusive or bus._exclusive_waiters:
+                return self._call(queued())
             try:
                 if self._wconn is None:
                     conn = sqlite3.connect(
-                        str(bus.path), isolation_level=None, check_same_thread=False
+                        self._abs_path, isolation_level=None, check_same_thread=False
                     )
-                    sqlops.prepare_writer(conn, str(bus.path), bus.synchronous, bus._busy_ms)
+                    sqlops.prepare_writer(conn, self._abs_path, bus.synchronous, bus._busy_ms)
                     self._wconn = conn
                 result = sqlops.run_in_transaction(self._wconn, [(kind, arg)], bus._busy_ms)[0]
             except (sqlite3.Error, OverflowError) as exc:
@@ -147,13 +156,22 @@ class SyncBus:
         self._check_not_in_tx()
         bus = self._bus
         row = prepare_row(event_type, payload, agent, run_id, caused_by, bus.max_payload_bytes)
-        return self._write(sqlops.PUBLISH, row)
+        return self._write(
+            sqlops.PUBLISH,
+            row,
+            lambda: bus.publish(
+                event_type, payload, agent=agent, run_id=run_id, caused_by=caused_by
+            ),
+        )
 
     def publish_many(self, events: Iterable[NewEvent | Mapping[str, Any]]) -> list[int]:
         """Publish several events in one transaction; their ids in order."""
         self._check_not_in_tx()
+        events = list(events)
         rows = self._bus._rows(events)
-        return self._write(sqlops.PUBLISH_MANY, rows) if rows else []
+        if not rows:
+            return []
+        return self._write(sqlops.PUBLISH_MANY, rows, lambda: self._bus.publish_many(events))
 
     def ack(self, consumer: str, event_id: int) -> None:
         """Commit ``consumer``'s cursor at ``event_id`` (never backwards)."""

@@ -191,8 +191,10 @@ class Listener:
         at once, and only wake the loop when a waiter has ever waited on it (a hint: a missed
         wake-up costs at most the safety poll)."""
         self.generation += 1
-        if self._changed is not None and self._loop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(self.notify)
+        if self._changed is not None and self._loop is not None:
+            # The loop may be closing: the event is committed, never fail its publish.
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self.notify)
 
     async def wait(self, generation: int, timeout: float | None) -> bool:
         """Wait until the generation moves past ``generation`` or ``timeout`` seconds pass.

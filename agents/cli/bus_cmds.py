@@ -45,7 +45,7 @@ def parse_payload(text: str) -> Any:
     """Parse a payload given on the command line; `Error:` + exit 1 when it is not JSON."""
     try:
         return json.loads(text, parse_constant=_reject_constant)
-    except ValueError as exc:  # json.JSONDecodeError is a ValueError
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError; deep nesting
         fail(f"payload is not valid JSON: {exc}")
 
 

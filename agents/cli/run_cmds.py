@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from agents.cli.common import bus_path, handle_errors
+from agents.cli.common import bus_path, fail, handle_errors
 from agents.cli.sandbox_cmds import _parse_bytes
 
 _STYLE = {
@@ -171,8 +171,8 @@ def run(
         set_sandbox_limits(
             agent, SandboxLimits(**{k: v for k, v in limits.items() if v is not None})
         )
-    runtime = load_runtime(model_spec, context_window=context_window)
-    with SyncBus(bus_path(ctx)) as bus:
+    with SyncBus(bus_path(ctx)) as bus:  # a bad bus path fails before the model loads
+        runtime = load_runtime(model_spec, context_window=context_window)
         outcome = run_agent(
             agent,
             task,
@@ -303,4 +303,7 @@ def export(ctx: click.Context, run_id: str, output: Path | None) -> None:
     if output is None:
         click.echo(text, nl=False)
     else:
-        output.write_text(text, encoding="utf-8")
+        try:
+            output.write_text(text, encoding="utf-8")
+        except OSError as exc:
+            fail(f"cannot write {output}: {exc.strerror or exc}")

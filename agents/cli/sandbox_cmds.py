@@ -68,7 +68,10 @@ def sandbox(
     """
     if (code is None) == (file is None):
         fail("give either -c CODE or a FILE (use - for stdin)")
-    source = code if code is not None else file.read()  # type: ignore[union-attr]
+    try:
+        source = code if code is not None else file.read()  # type: ignore[union-attr]
+    except UnicodeDecodeError:
+        fail(f"{file.name} is not UTF-8 text")  # type: ignore[union-attr]
 
     from agents.sandbox import Sandbox, SandboxLimits
 
