@@ -87,11 +87,26 @@ def test_chain_survives_random_sigkills(
     kills: list[tuple[str, str]] = []
     try:
         # Kill random agent processes at random moments: at least 12 kills, 3 of them in the
-        # middle of a run (at most 24), unless the chain finishes first.
-        time.sleep(4.0)
+        # middle of a run, and on until some restarted process has resumed an interrupted run
+        # (at most 40 kills), unless the chain finishes first.
+        # The chain is fast (~100 runs in a few seconds): start as soon as an agent is busy.
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and up.poll() is None:
+            states = [read_status(f).get("state") for f in status_dir.glob("*.status.json")]
+            if "running" in states:
+                break
+            time.sleep(0.05)
         mid_run = 0
-        while up.poll() is None and len(kills) < 24 and (len(kills) < 12 or mid_run < 3):
-            time.sleep(rng.uniform(0.3, 2.0))
+
+        def resumed_so_far() -> int:
+            return sum(p.read_text().count(" resuming ") for p in status_dir.glob("*.log"))
+
+        while (
+            up.poll() is None
+            and len(kills) < 40
+            and (len(kills) < 12 or mid_run < 3 or resumed_so_far() == 0)
+        ):
+            time.sleep(rng.uniform(0.05, 0.6))
             live = [s for f in status_dir.glob("*.status.json") if (s := read_status(f)).get("pid")]
             if not live:
                 continue
@@ -143,6 +158,6 @@ def test_chain_survives_random_sigkills(
         assert f"- [x] `mod{i:02d}.py` (" in report
     restarts = log.read_text().count("restarting in")
     assert restarts >= len(kills) - 1  # the last kill may land while the chain stops
-    resumed = sum(p.read_text().count(" resuming ") for p in status_dir.glob("*.log"))
+    resumed = resumed_so_far()
     assert resumed >= 1  # some kill interrupted a run, and a restarted process resumed it
     print(f"{len(kills)} SIGKILLs ({Counter(state for _, state in kills)}), {resumed} runs resumed")
