@@ -5,17 +5,37 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
 from agents.cli.common import bus_path, fail, handle_errors
 
 DEFAULT_CONFIG = "loopbus.toml"
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _config_default() -> str:
     return os.environ.get("LOOPBUS_CONFIG") or DEFAULT_CONFIG
+
+
+def _override_options(fn: F) -> F:
+    """--workspace / --output / --model: the chain-config overrides `agent` and `up` share."""
+    fn = click.option("--model", default=None, help="Override the chain's model spec.")(fn)
+    fn = click.option(
+        "--output",
+        type=click.Path(file_okay=False),
+        default=None,
+        help="Override the chain's output folder.",
+    )(fn)
+    return click.option(
+        "--workspace",
+        type=click.Path(file_okay=False, exists=True),
+        default=None,
+        help="Override the chain's workspace folder.",
+    )(fn)
 
 
 @click.command("agent")
@@ -33,19 +53,7 @@ def _config_default() -> str:
     metavar="I/N",
     help="Run instance I of N (events with id % N == I; default 0/1: all events).",
 )
-@click.option(
-    "--workspace",
-    type=click.Path(file_okay=False, exists=True),
-    default=None,
-    help="Override the chain's workspace folder.",
-)
-@click.option(
-    "--output",
-    type=click.Path(file_okay=False),
-    default=None,
-    help="Override the chain's output folder.",
-)
-@click.option("--model", default=None, help="Override the chain's model spec.")
+@_override_options
 @click.option(
     "--exit-when-idle",
     type=float,
@@ -115,19 +123,7 @@ def agent(
 
 @click.command("up")
 @click.argument("config_path", required=False, type=click.Path(dir_okay=False))
-@click.option(
-    "--workspace",
-    type=click.Path(file_okay=False, exists=True),
-    default=None,
-    help="Override the chain's workspace folder.",
-)
-@click.option(
-    "--output",
-    type=click.Path(file_okay=False),
-    default=None,
-    help="Override the chain's output folder.",
-)
-@click.option("--model", default=None, help="Override the chain's model spec.")
+@_override_options
 @click.option(
     "--until-idle",
     is_flag=True,
