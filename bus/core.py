@@ -9,10 +9,13 @@ Durability and concurrency design (measured facts in issue 2; figures in bench/b
   transaction fails with SQLITE_BUSY regardless of ``busy_timeout``), ``busy_timeout`` >= 5 s.
 * Group commit: ``publish``/``ack`` calls queue an operation; whenever the writer thread is
   free, everything queued goes into one transaction (one fsync) on the aiosqlite writer
-  thread, in a single thread hop; each caller's future resolves after that commit. The hop
-  is the whole cost of a publish beyond SQLite's own, so its path stays lean: validation
-  without building models (:func:`bus.events.prepare_row`), one job on aiosqlite's queue,
-  and one ``call_soon_threadsafe`` back that resolves the callers' futures directly.
+  thread, in a single thread hop; each caller's future resolves after that commit. The path
+  stays lean: validation without building models (:func:`bus.events.prepare_row`), one job
+  on aiosqlite's queue, and one ``call_soon_threadsafe`` back that resolves the futures.
+* A lone write skips the hop: after one loop turn (so that writes from tasks that were
+  ready join it), if nothing else is queued it commits on the loop thread, provided the write
+  lock is free and commits are fast (:mod:`bus.inline`; the hop costs about as much as a
+  FULL commit on a small VM).
 * Reads use a second connection (its own thread), so they never wait behind an fsync and
   never see another task's uncommitted transaction.
 * After each commit that added events the writer rings the wake-up doorbell
@@ -49,6 +52,7 @@ from bus.events import (
     check_name,
     prepare_row,
 )
+from bus.inline import InlineWriter, passive_checkpoint
 from bus.reading import ReadAPI
 from bus.subscription import Subscription
 from bus.transaction import CURRENT_TX, Transaction
@@ -113,6 +117,9 @@ class Bus(ReadAPI):
         # writer thread, whether a transaction/prune owns the writer, who waits for it.
         self._pending: list[tuple[int, Any, asyncio.Future[Any]]] = []
         self._inflight = False
+        self._flush_scheduled = False
+        # Lone writes commit on the loop thread when that is cheap (see bus.inline).
+        self._inline = InlineWriter(os.path.abspath(path), synchronous)
         self._exclusive = False
         self._exclusive_waiters: list[asyncio.Future[None]] = []
         self._closed = False
@@ -224,9 +231,12 @@ class Bus(ReadAPI):
         self._closed = True
         deadline = time.monotonic() + self.busy_timeout_s
         # Rare and short: only queued group commits or an open transaction can be pending.
-        while (self._pending or self._inflight or self._exclusive) and time.monotonic() < deadline:
+        while (
+            self._pending or self._inflight or self._exclusive or self._flush_scheduled
+        ) and time.monotonic() < deadline:
             await asyncio.sleep(0.002)
         self._listener.close()
+        self._inline.close()
         await self._writer.close()
         await self._reader.close()
         self._doorbell.close()
@@ -291,22 +301,104 @@ class Bus(ReadAPI):
 
     # ------------------------------------------------------------------ group commit
 
+    async def _write(self, kind: int, arg: Any) -> Any:
+        """Commit one operation; its result. Concurrent writes share a commit (group
+        commit); a lone one commits on the loop thread when that is cheap (:mod:`bus.inline`)."""
+        if (
+            self._inflight
+            or self._exclusive
+            or self._flush_scheduled
+            or not self._inline.available()
+        ):
+            return await self._enqueue(kind, arg)
+        # Let the tasks that are ready now run first: writes they make queue behind this
+        # decision and go with this one as a batch; if none comes, commit right here.
+        self._flush_scheduled = True
+        try:
+            await asyncio.sleep(0)
+        finally:
+            self._flush_scheduled = False
+            if self._pending and not self._inflight and not self._exclusive:
+                self._flush_scheduled = True
+                self._loop.call_soon(self._flush)
+        if self._pending or self._inflight or self._exclusive:
+            return await self._enqueue(kind, arg)
+        done, result = self._commit_inline((kind, arg))
+        if not done:
+            return await self._enqueue(kind, arg)
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
     def _enqueue(self, kind: int, arg: Any) -> asyncio.Future[Any]:
         fut: asyncio.Future[Any] = self._loop.create_future()
         self._pending.append((kind, arg, fut))
-        if not self._inflight and not self._exclusive:
-            self._start_batch()
+        if not self._inflight and not self._exclusive and not self._flush_scheduled:
+            # Decide after the tasks that are ready now have run, as in _write.
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
         return fut
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self._inflight or self._exclusive or not self._pending:
+            return
+        if len(self._pending) == 1 and self._inline.available():
+            op = self._pending[0]
+            done, result = self._commit_inline(op)
+            if done:
+                self._pending = []
+                fut = op[2]
+                if not fut.done():
+                    if isinstance(result, BaseException):
+                        fut.set_exception(result)
+                    else:
+                        fut.set_result(result)
+                return
+        self._start_batch()
+
+    def _commit_inline(self, op: sqlops.Op) -> tuple[bool, Any]:
+        """Commit ``op`` on the loop thread (:mod:`bus.inline`): ``(True, result or
+        exception)``, or ``(False, None)`` if the write lock is taken (use the writer thread)."""
+        done, result = self._inline.commit(op, self._kick_read_aheads)
+        if not done:
+            return False, None
+        published = 0
+        if isinstance(result, BaseException):
+            result = self._wrap(result)
+        else:
+            published = sqlops.count_events([op], [result])
+            stats = self.stats
+            stats.transactions += 1
+            stats.events += published
+            if published:
+                self._doorbell.ring()
+                self._listener.notify()
+        if self._inline.checkpoint_due(op):
+            # Writes queue until it is done (see bus.inline), then go as one batch.
+            self._inflight = True
+            self._submit_job(self._checkpoint_job)
+        return True, result
+
+    def _checkpoint_job(self) -> None:
+        passive_checkpoint(self._wconn)
+        try:
+            self._loop.call_soon_threadsafe(self._batch_done, [], [], 0)
+        except RuntimeError:  # pragma: no cover - the event loop is gone
+            pass
 
     def _start_batch(self) -> None:
         ops, self._pending = self._pending, []
         self._inflight = True
-        job = partial(self._batch_job, ops)
+        self._submit_job(partial(self._batch_job, ops), ops)
+
+    def _submit_job(self, job: Callable[[], None], ops: list[Any] | None = None) -> None:
+        """Queue ``job`` (which hands back its own results) on the writer thread."""
         submit = self._submit
         if submit is not None:
             # Straight onto aiosqlite's worker queue (its (future, function) protocol, with no
-            # future): the job itself hands the results back with one call_soon_threadsafe,
-            # so the callers' futures resolve in the first loop iteration after the commit.
+            # future): a batch job hands the results back with one call_soon_threadsafe, so
+            # the callers' futures resolve in the first loop iteration after the commit.
             submit((None, job))
         else:  # pragma: no cover - an aiosqlite without the worker queue
 
@@ -314,7 +406,8 @@ class Bus(ReadAPI):
                 try:
                     await self._writer._execute(job)
                 except BaseException as exc:  # noqa: BLE001
-                    self._batch_done(ops, [exc] * len(ops), 0)
+                    if ops is not None:
+                        self._batch_done(ops, [exc] * len(ops), 0)
 
             self._loop.create_task(run())
 
@@ -396,7 +489,7 @@ class Bus(ReadAPI):
             self._exclusive = True  # handed over: nobody can slip in before it resumes
             waiter.set_result(None)
         elif self._pending:
-            self._start_batch()
+            self._flush()
 
     async def _acquire_exclusive(self) -> None:
         if not self._inflight and not self._exclusive and not self._exclusive_waiters:
@@ -436,7 +529,7 @@ class Bus(ReadAPI):
         """
         self._check_usable()
         row = prepare_row(event_type, payload, agent, run_id, caused_by, self.max_payload_bytes)
-        return await self._enqueue(sqlops.PUBLISH, row)
+        return await self._write(sqlops.PUBLISH, row)
 
     def _rows(self, events: Iterable[NewEvent | Mapping[str, Any]]) -> list[sqlops.Row]:
         rows: list[sqlops.Row] = []
@@ -465,7 +558,7 @@ class Bus(ReadAPI):
         rows = self._rows(events)
         if not rows:
             return []
-        return await self._enqueue(sqlops.PUBLISH_MANY, rows)
+        return await self._write(sqlops.PUBLISH_MANY, rows)
 
     async def ack(self, consumer: str, event_id: int) -> None:
         """Commit ``consumer``'s cursor at ``event_id`` (it never moves backwards).
@@ -476,7 +569,7 @@ class Bus(ReadAPI):
         self._check_usable()
         check_name("consumer", consumer)
         check_id("event id", event_id)
-        error = await self._enqueue(sqlops.ACK, (consumer, event_id))
+        error = await self._write(sqlops.ACK, (consumer, event_id))
         self._acks += 1
         if error is not None:
             raise error
@@ -491,7 +584,7 @@ class Bus(ReadAPI):
         """
         self._check_usable()
         check_name("consumer", consumer)
-        return await self._enqueue(sqlops.UNREGISTER, consumer)
+        return await self._write(sqlops.UNREGISTER, consumer)
 
     def transaction(self) -> Transaction:
         """``async with bus.transaction() as tx:`` — publish and ack in one BEGIN IMMEDIATE

@@ -52,7 +52,8 @@ def wake_dir_for(bus_path: str | os.PathLike[str]) -> Path:
 class Doorbell:
     """Publisher side: rings every subscriber socket in the wake directory.
 
-    Not thread-safe; each bus rings from its single writer thread.
+    A bus rings from whichever thread committed (the loop's, the writer's, a SyncBus
+    caller's); they rarely overlap, and a race costs at most one stale list of targets.
     """
 
     def __init__(self, wake_dir: Path, own_name: str | None = None) -> None:

@@ -122,6 +122,8 @@ async def test_every_write_transaction_begins_immediate(bus_path: Path) -> None:
     async with Bus.connect(bus_path) as bus:
         statements: list[str] = []
         await bus._writer._execute(bus._wconn.set_trace_callback, statements.append)
+        # Lone writes commit on the loop thread's own connection (bus.inline).
+        bus._inline.connection().set_trace_callback(statements.append)
         await bus.publish("a", 1)
         await bus.publish_many([{"event_type": "b", "payload": 2}])
         await bus.ack("c", 1)
