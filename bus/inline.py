@@ -92,10 +92,13 @@ class InlineWriter:
             result = sqlops.apply_ops(conn, [op])[0]
             before_commit()
             conn.execute("COMMIT")
-        except Exception as exc:  # noqa: BLE001 - handed to the caller, like the writer thread
+        except BaseException as exc:
+            # Never leave the write lock held (a Ctrl-C here would stall every later write).
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            result = exc
+            if not isinstance(exc, Exception):
+                raise
+            result = exc  # handed to the caller, as the writer thread does
         elapsed = time.perf_counter() - started
         self._average_s += _AVERAGE_WEIGHT * (elapsed - self._average_s)
         if self._average_s > SLOW_COMMIT_S:

@@ -134,3 +134,19 @@ async def test_close_waits_for_a_deciding_write(bus_path: Path) -> None:
         await bus.publish("a", 2)
     async with Bus.connect(bus_path) as again:
         assert await again.last_id() == 1
+
+
+async def test_an_interrupted_commit_releases_the_write_lock(bus_path: Path) -> None:
+    async with Bus.connect(bus_path) as bus:
+        await bus.publish("a", 1)
+
+        def interrupt() -> None:
+            raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            bus._inline.commit((0, ("cli", "b", "2", None, None)), interrupt)
+        assert not bus._inline.connection().in_transaction
+        started = time.monotonic()
+        assert await bus.publish("c", 3) == 2  # the insert of "b" was rolled back
+        assert time.monotonic() - started < 1
+        assert [e.event_type for e in await bus.events()] == ["a", "c"]
