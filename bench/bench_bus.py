@@ -175,8 +175,9 @@ def latency(
     """Publish ``count`` events ``gap_s`` apart to a consumer in another process.
 
     Latency "from publish() call" includes the durable commit (an fsync at FULL); "from
-    commit" is from publish() returning to the consumer having the Event (it can be slightly
-    negative: the doorbell rings before the publisher's thread hop back).
+    commit" is from publish() returning to the consumer having the Event (the doorbell rings
+    just before publish() returns; when the write goes through the writer thread, a thread
+    hop before, so that figure can even be slightly negative).
     """
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.Popen(
