@@ -42,17 +42,6 @@ def sandbox_limits(agent: str) -> SandboxLimits | None:
         return _LIMITS.get(agent)
 
 
-def _llm(runtime: Any) -> Any:
-    # Sandbox llm() calls are not recorded, so a replay must not answer them from the recording.
-    if runtime is None or str(getattr(runtime, "spec", "")).startswith("replay:"):
-        return None
-
-    def llm(prompt: str) -> str:
-        return runtime.generate([{"role": "user", "content": str(prompt)}], max_tokens=256).text
-
-    return llm
-
-
 def run_python(call: Any, ctx: ToolContext) -> str:
     """Run ``call.code`` in the run's sandbox session; its output is the tool result."""
     from agents.sandbox import Sandbox, extract_code
@@ -63,7 +52,7 @@ def run_python(call: Any, ctx: ToolContext) -> str:
             sandbox_limits(ctx.agent),
             workspace=ctx.workspace,
             publish=ctx.publish,
-            llm=_llm(ctx.runtime),
+            llm=ctx.llm,
         )
         ctx.resources["sandbox"] = sandbox
     result = sandbox.run(extract_code(call.code))

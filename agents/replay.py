@@ -246,7 +246,9 @@ class ReplayGeneration:
 class ReplayRuntime:
     """A model runtime that answers with a recording's raw outputs; no model is loaded.
 
-    Token counts come from the recording (looked up by prompt sha256), so the budget check needs
+    Calls come back in the recorded order: the loop's decisions (``run.model_call``) and the
+    tools' own calls (``run.llm_call``, the sandbox's ``llm()``), each checked by prompt sha256;
+    a tool call that failed with a model error raises it again. Token counts come from the recording (looked up by prompt sha256), so the budget check needs
     no tokenizer. A prompt whose hash differs from the recorded one is a divergence. A run that
     ended ``failed`` on a model error (``model_error`` in its ``run.outcome``) gets the same
     error (the ``models.errors`` class of that name, same message) from the call after the
@@ -258,7 +260,11 @@ class ReplayRuntime:
         self.spec = f"replay:{recording.run_id}"
         self.context_window = settings.context_window
         self.supports_schema = settings.supports_schema
-        self.calls = [e.payload for e in recording.events if e.type == "run.model_call"]
+        self.calls = [
+            e.payload for e in recording.events if e.type in ("run.model_call", "run.llm_call")
+        ]
+        self.decisions = {id(e.payload) for e in recording.events if e.type == "run.model_call"}
+        self.turns = 0  # decisions answered (tool calls of the model not counted)
         self.counts: dict[str, int] = {}
         self.failure: dict[str, Any] | None = None  # the model error that ended the run
         for e in recording.events:
@@ -298,8 +304,6 @@ class ReplayRuntime:
 
     def _fail(self, messages: list[dict[str, Any]]) -> Exception:
         """The recorded model error, raised where the recorded run's model call failed."""
-        from models import errors
-
         failure = self.failure
         assert failure is not None
         sha = self._hash(messages)
@@ -310,10 +314,7 @@ class ReplayRuntime:
                 f"  recorded: {failure.get('prompt_sha256')}\n  replayed: {sha}\n"
                 "the prompt template (baml_src) or the context changed"
             )
-        cls = getattr(errors, str(failure.get("type")), None)
-        if not (isinstance(cls, type) and issubclass(cls, errors.ModelError)):
-            cls = errors.ModelError
-        return cls(failure.get("message", ""))
+        return _model_error(failure)
 
     def generate(self, messages: list[dict[str, Any]], **_: Any) -> ReplayGeneration:
         if self.used >= len(self.calls):
@@ -322,19 +323,39 @@ class ReplayRuntime:
             raise self._exhausted()
         call = self.calls[self.used]
         self.used += 1
+        decision = id(call) in self.decisions
         sha = self._hash(messages)
-        if sha != call["prompt_sha256"]:
-            raise ReplayDivergence(
-                f"replay diverged at model call {self.used} (turn {call['turn']}): prompt hash "
-                f"changed\n  recorded: {call['prompt_sha256']}\n  replayed: {sha}\n"
+        if sha != call.get("prompt_sha256"):
+            what = (
                 "the prompt template (baml_src) or the context changed"
+                if decision
+                else "this call came from a tool (run.llm_call): its prompt changed, or the "
+                "tool asked where the recording has a decision"
             )
+            raise ReplayDivergence(
+                f"replay diverged at model call {self.used} (turn {call.get('turn')}): prompt "
+                f"hash changed\n  recorded: {call.get('prompt_sha256')}\n  replayed: {sha}\n" + what
+            )
+        if decision:
+            self.turns += 1
+        elif isinstance(call.get("error"), dict):
+            raise _model_error(call["error"])
         return ReplayGeneration(
             call["raw"],
-            call["prompt_tokens"],
+            call.get("prompt_tokens") or 0,
             call.get("finish_reason"),
             call.get("completion_tokens"),
         )
+
+
+def _model_error(recorded: dict[str, Any]) -> Exception:
+    """The ``models.errors`` exception a recording names (``ModelError`` if unknown)."""
+    from models import errors
+
+    cls = getattr(errors, str(recorded.get("type")), None)
+    if not (isinstance(cls, type) and issubclass(cls, errors.ModelError)):
+        cls = errors.ModelError
+    return cls(recorded.get("message", ""))
 
 
 def essence(event_type: str, payload: Any) -> Any:
@@ -345,6 +366,7 @@ def essence(event_type: str, payload: Any) -> Any:
         "run.decision": ("turn", "decision"),
         "run.tool_call": ("turn", "tool", "args"),
         "run.tool_result": ("turn", "tool", "result"),
+        "run.llm_call": ("turn", "prompt_sha256", "raw", "error"),
         "run.error": ("turn", "kind", "tool", "error"),
         "run.outcome": ("kind", "summary", "reason", "turns", "model_error"),
     }.get(event_type)
@@ -418,7 +440,8 @@ class ReplayReport(BaseModel):
 
     ok: bool
     run_id: str
-    turns: int
+    turns: int  # decisions answered from the recording
+    model_calls: int = 0  # every answer from the recording, tools' own calls included
     diff: str | None = None
     outcome: Outcome | None = None
 
@@ -503,8 +526,14 @@ def replay(
                 outcome = run(state, runtime, decider)
                 checker.finish()
             except ReplayDivergence as exc:
-                turns = runtime.used if runtime is not None else 0
-                return ReplayReport(ok=False, run_id=recording.run_id, turns=turns, diff=str(exc))
+                turns, calls = (runtime.turns, runtime.used) if runtime is not None else (0, 0)
+                return ReplayReport(
+                    ok=False, run_id=recording.run_id, turns=turns, model_calls=calls, diff=str(exc)
+                )
             return ReplayReport(
-                ok=True, run_id=recording.run_id, turns=runtime.used, outcome=outcome
+                ok=True,
+                run_id=recording.run_id,
+                turns=runtime.turns,
+                model_calls=runtime.used,
+                outcome=outcome,
             )

@@ -14,6 +14,8 @@ run.model_call     turn, prompt_sha256, prompt_tokens, counts {sha: tokens}, eli
 run.decision       turn, decision (the parsed object as JSON)                          -
 run.tool_call      turn, tool, args, idempotent  (published BEFORE the tool runs)      see below
 run.tool_result    turn, tool, result            (published AFTER it ran)              tool_call
+run.llm_call       turn, prompt_sha256, prompt (first 2,000 characters), raw or error  tool_call
+                   (a model call a tool made: the sandbox's llm() / summarize())
 run.error          turn, error, kind (parse | tool | unknown_outcome), [tool]          call/-
 run.outcome        kind, summary, reason, turns                                        trigger
 <other types>      what the Publish tool emitted                                       trigger

@@ -117,7 +117,8 @@ class ToolContext:
     event that triggered the run (``caused_by`` here; :meth:`trigger` reads it), and the run's
     recording includes them. ``bus`` reads the bus (a replay serves it from the recording).
     ``output`` is the folder writing tools write to (a chain's ``output``; a scratch folder in a
-    replay). ``resources`` holds per-run objects (e.g. the sandbox session), closed by
+    replay). ``llm(prompt)`` asks the run's model (recorded as ``run.llm_call``, so a replay
+    answers from the recording). ``resources`` holds per-run objects (e.g. the sandbox session), closed by
     :meth:`close` when the run ends.
     """
 
@@ -131,6 +132,7 @@ class ToolContext:
     caused_by: int | None = None
     output: Path | None = None
     publish_many: Callable[[list[tuple[str, Any]]], list[int]] | None = None
+    llm: Callable[[str], str] | None = None
 
     def trigger(self) -> Any:
         """The bus event that started this run; ToolError when there is none."""

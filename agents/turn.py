@@ -130,6 +130,45 @@ def ask_model(state: RunState, runtime: Any, decider: Decider) -> Outcome | None
     return None
 
 
+# A tool's own model calls (the sandbox's llm() / summarize()): answer length, and how much of
+# the prompt the recording keeps for people reading the bus (its sha256 is what replay checks).
+TOOL_LLM_MAX_TOKENS = 256
+TOOL_LLM_PROMPT_CHARS = 2000
+
+
+def tool_llm(state: RunState, runtime: Any, prompt: str) -> str:
+    """A model call made by a running tool, recorded as ``run.llm_call`` (caused by the tool
+    call) so that a replay answers it from the recording; a model error is recorded, then raised.
+    """
+    from models.errors import ModelError
+
+    messages = [{"role": "user", "content": str(prompt)}]
+    sha = prompt_hash(messages)
+    call: dict[str, Any] = {
+        "turn": state.turn,
+        "prompt_sha256": sha,
+        "prompt": str(prompt)[:TOOL_LLM_PROMPT_CHARS],
+    }
+    caused_by = state.pending_call.event_id if state.pending_call is not None else None
+    try:
+        gen = runtime.generate(messages, max_tokens=TOOL_LLM_MAX_TOKENS)
+    except ModelError as exc:
+        call["error"] = {"type": type(exc).__name__, "message": str(exc)}
+        state.emit(("run.llm_call", call, caused_by))
+        raise
+    except BaseException as exc:
+        # Not the tool's failure (a replay divergence, a bug): the loop re-raises it after the
+        # tool, even if the tool's code catches it (the sandbox hands it to the guest).
+        state.interrupted = exc
+        raise
+    call["raw"] = gen.text
+    call["prompt_tokens"] = getattr(gen, "prompt_tokens", None)
+    call["completion_tokens"] = getattr(gen, "completion_tokens", None)
+    call["finish_reason"] = getattr(gen, "finish_reason", None)
+    state.emit(("run.llm_call", call, caused_by))
+    return gen.text
+
+
 def call_tool(state: RunState, decision: BaseModel) -> None:
     """Record the tool call (with the staged decision), run the handler, record its result.
 
@@ -183,7 +222,8 @@ def _attach_context(
     state: RunState, runtime: Any, *, output: Path | None = None, reads: Any = None
 ) -> None:
     """The run's ToolContext: its workspace, bus reads (``reads``, default the run's own bus),
-    its trigger, publishing through the run (so a recording has every output) and ``output``."""
+    its trigger, publishing and model calls through the run (so a recording has every output
+    and every answer) and ``output``."""
     state.cache = runtime.new_cache() if hasattr(runtime, "new_cache") else None
 
     def publish(event_type: str, payload: Any) -> int:
@@ -191,6 +231,9 @@ def _attach_context(
 
     def publish_many(items: list[tuple[str, Any]]) -> list[int]:
         return [e.id for e in state.emit(*[(t, p, state.origin) for t, p in items])]
+
+    def llm(prompt: str) -> str:
+        return tool_llm(state, runtime, prompt)
 
     state.ctx = ToolContext(
         state.run_id,
@@ -202,6 +245,7 @@ def _attach_context(
         caused_by=state.trigger,
         output=output,
         publish_many=publish_many,
+        llm=llm,
     )
 
 

@@ -73,6 +73,8 @@ def describe(event: Any) -> str:
         return f"decided {_short(p.get('decision', {}))}"
     if kind == "run.tool_call":
         return f"calling {p.get('tool')}"
+    if kind == "run.llm_call":
+        return f"tool asked the model ({p.get('completion_tokens')} tokens)"
     if kind == "run.tool_result":
         return f"{p.get('tool')} -> {_short(p.get('result', ''))}"
     if kind == "run.error":

@@ -24,6 +24,7 @@ _STYLE = {
     "run.outcome": "bold magenta",
     "run.model_call": "dim",
     "run.tool_call": "dim",
+    "run.llm_call": "dim",
 }
 
 
@@ -51,6 +52,9 @@ def describe(event: Any) -> str:
             return f"call {p.get('tool')}"
         case "run.tool_result":
             return f"result: {_short(p.get('result'))}"
+        case "run.llm_call":
+            answer = p["raw"] if "raw" in p else p.get("error")
+            return f"tool asked the model: {_short(p.get('prompt'), 60)} -> {_short(answer)}"
         case "run.error":
             return f"error ({p.get('kind')}): {_short(p.get('error'))}"
         case "run.outcome":
@@ -271,7 +275,9 @@ def replay(
     if as_json:
         click.echo(report.model_dump_json())
     elif report.ok:
-        click.secho(f"replay of {report.run_id} matches ({report.turns} model calls)", fg="green")
+        click.secho(
+            f"replay of {report.run_id} matches ({report.model_calls} model calls)", fg="green"
+        )
     else:
         click.secho(report.diff or "replay diverged", fg="red")
     sys.exit(0 if report.ok else 1)

@@ -87,3 +87,63 @@ def test_configured_sandbox_limits_apply_to_the_agents_runs(tmp_path: Path) -> N
         tight.close()
         default.close()
     assert pytool.sandbox_limits("cruncher") is None
+
+
+def test_sandbox_llm_calls_are_recorded_and_replayed(
+    tiny_runtime: Any, bus: Any, workspace: Path
+) -> None:
+    """llm() / summarize() inside RunPython go to the run's model and into the recording as
+    run.llm_call, so a replay answers them without a model (and notices when they change)."""
+    from agents.loop import run_agent
+    from agents.replay import Recording, replay
+    from agents.worker import FirstDecision
+
+    code = (
+        "a = llm('name a colour')\n"
+        "s = summarize('Pebble is a tiny language.')\n"
+        "try:\n"
+        "    llm('word ' * 5000)\n"
+        "except Exception as exc:\n"
+        "    print('refused:', 'context window' in str(exc))\n"
+        "print(len(a), len(s))"
+    )
+    runtime = FirstDecision(tiny_runtime, {"action": "run_python", "code": code})
+    outcome = run_agent(
+        "coder", "ask", runtime=runtime, bus=bus, workspace=workspace, max_turns=1, run_id="r-llm"
+    )
+    assert outcome.kind == "max_turns"
+    events = bus.events(run_id="r-llm")
+    (call,) = [e for e in events if e.event_type == "run.tool_call"]
+    asked = [e for e in events if e.event_type == "run.llm_call"]
+    assert [e.caused_by for e in asked] == [call.id] * 3
+    first, summary, too_long = (e.payload for e in asked)
+    expected = tiny_runtime.generate([{"role": "user", "content": "name a colour"}], max_tokens=256)
+    assert first["raw"] == expected.text and first["prompt"] == "name a colour"
+    assert summary["prompt"].endswith("Pebble is a tiny language.")
+    assert too_long["error"]["type"] == "ModelError" and "raw" not in too_long
+    from agents.cli.run_cmds import describe
+
+    assert describe(asked[0]).startswith("tool asked the model: name a colour -> ")
+    (result,) = [e for e in events if e.event_type == "run.tool_result"]
+    lengths = f"{len(first['raw'])} {len(summary['raw'])}"
+    assert result.payload["result"] == f"refused: True\n{lengths}"
+
+    recording = Recording.from_bus(bus, "r-llm")
+    report = replay(recording, workspace=workspace)  # no model: FirstDecision is gone too
+    assert report.ok, report.diff
+    assert (report.turns, report.model_calls) == (1, 4)
+
+    # Another answer from the model changes what the tool printed: a divergence.
+    changed = recording.model_copy(deep=True)
+    llm_calls = [e for e in changed.events if e.type == "run.llm_call"]
+    llm_calls[0].payload["raw"] = "ultraviolet"
+    report = replay(changed, workspace=workspace)
+    assert not report.ok and "(run.tool_result, turn 1)" in report.diff
+
+    # The tool asking something else (here: a recorded prompt that differs) is caught at the
+    # call, even though the guest code could catch exceptions from llm().
+    changed = recording.model_copy(deep=True)
+    llm_calls = [e for e in changed.events if e.type == "run.llm_call"]
+    llm_calls[2].payload["prompt_sha256"] = "0" * 64
+    report = replay(changed, workspace=workspace)
+    assert not report.ok and "this call came from a tool (run.llm_call)" in report.diff
