@@ -162,6 +162,4 @@ def resume_run(
 
 def unfinished_runs(bus: Any, agent: str) -> list[str]:
     """Run ids of ``agent`` that have a ``run.task`` on the bus but no ``run.outcome``."""
-    started = [e.run_id for e in bus.events(types=["run.task"]) if e.agent == agent]
-    ended = {e.run_id for e in bus.events(types=["run.outcome"]) if e.agent == agent}
-    return [run_id for run_id in started if run_id not in ended]
+    return bus.unfinished_runs(agent)

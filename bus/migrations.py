@@ -73,6 +73,17 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         END
         """,
     ),
+    # 4: runs without an outcome (an agent process resumes them when it starts):
+    # `run.task` rows of an agent that have no `run.outcome` row with their run_id
+    # (bus.sqlops.unfinished_runs). Partial indexes: only those two event types are indexed,
+    # so no other publish pays for them; event_type is a column too, which makes them covering
+    # (SQLite 3.40 does not infer it from the WHERE clause).
+    (
+        "CREATE INDEX outbox_run_tasks ON outbox (agent, id, run_id, event_type) "
+        "WHERE event_type = 'run.task'",
+        "CREATE INDEX outbox_run_outcomes ON outbox (run_id, event_type) "
+        "WHERE event_type = 'run.outcome'",
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

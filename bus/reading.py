@@ -46,6 +46,12 @@ class ReadAPI:
         """The last id ever assigned (0 for an empty bus); pruning never lowers it."""
         return await self._rcall(sqlops.head_id)
 
+    async def unfinished_runs(self, agent: str) -> list[str]:
+        """Ids of ``agent``'s runs that have a ``run.task`` but no ``run.outcome`` event
+        (the agent loop's protocol, see :mod:`agents.runstate`), oldest first; indexed."""
+        check_name("agent", agent)
+        return await self._rcall(sqlops.unfinished_runs, agent)
+
     async def cursors(self) -> list[CursorInfo]:
         """Registered consumers with their cursor and lag (events stored after the cursor)."""
         return await self._rcall(sqlops.list_cursors)

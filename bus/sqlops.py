@@ -339,6 +339,22 @@ def select_events(
     return events_from_rows(conn.execute(sql, args).fetchall())
 
 
+# The literal event types (not parameters) let SQLite use migration 4's partial indexes.
+_UNFINISHED_RUNS = """
+    SELECT t.run_id FROM outbox AS t
+    WHERE t.event_type = 'run.task' AND t.agent = ? AND t.run_id IS NOT NULL
+      AND NOT EXISTS (
+          SELECT 1 FROM outbox AS o WHERE o.event_type = 'run.outcome' AND o.run_id = t.run_id
+      )
+    ORDER BY t.id
+"""
+
+
+def unfinished_runs(conn: sqlite3.Connection, agent: str) -> list[str]:
+    """Run ids of ``agent`` with a ``run.task`` event and no ``run.outcome``, oldest first."""
+    return [row[0] for row in conn.execute(_UNFINISHED_RUNS, (agent,))]
+
+
 def get_event(conn: sqlite3.Connection, event_id: int) -> Event | None:
     """The event with this id, or None (never published, or pruned)."""
     row = conn.execute(f"{SELECT_EVENTS} WHERE id = ?", (event_id,)).fetchone()

@@ -205,6 +205,10 @@ class SyncBus:
         """The last id ever assigned (0 for an empty bus)."""
         return self._call(self._bus.last_id())
 
+    def unfinished_runs(self, agent: str) -> list[str]:
+        """Ids of ``agent``'s runs without an outcome (see Bus.unfinished_runs)."""
+        return self._call(self._bus.unfinished_runs(agent))
+
     def cursors(self) -> list[CursorInfo]:
         """Registered consumers with cursor and lag."""
         return self._call(self._bus.cursors())
