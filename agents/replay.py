@@ -282,7 +282,8 @@ class ReplayRuntime:
         sha = self._hash(messages)
         if sha not in self.counts:
             if self.used >= len(self.calls):
-                raise self._exhausted()
+                # The recorded run may have failed right here (a tokenizer error).
+                raise self._fail(messages) if self.failure is not None else self._exhausted()
             raise ReplayDivergence(
                 f"replay diverged before model call {self.used + 1}: the prompt hash "
                 f"{sha[:16]} is not in the recording, so the prompt template or the context "
@@ -349,12 +350,15 @@ class ReplayRuntime:
 
 
 def _model_error(recorded: dict[str, Any]) -> Exception:
-    """The ``models.errors`` exception a recording names (``ModelError`` if unknown)."""
+    """The exception a recording names: its ``models.errors`` class, else (a runtime failure
+    that was not a ModelError, such as a ValueError) a stand-in class of that name, so that
+    the replayed run records the same failure."""
     from models import errors
 
-    cls = getattr(errors, str(recorded.get("type")), None)
+    name = str(recorded.get("type"))
+    cls = getattr(errors, name, None)
     if not (isinstance(cls, type) and issubclass(cls, errors.ModelError)):
-        cls = errors.ModelError
+        cls = type(name, (RuntimeError,), {}) if name.isidentifier() else errors.ModelError
     return cls(recorded.get("message", ""))
 
 

@@ -5,6 +5,7 @@ the run back from the bus for durable resume). :mod:`agents.loop` composes them.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +17,8 @@ from agents.decide import Decider, DecisionParseError, get_decider, prompt_hash
 from agents.errors import AgentError
 from agents.runstate import Outcome, PendingCall, RunSettings, RunState
 from agents.tools import BusReads, ToolContext, get_tool, shape_result, tool_for
+
+log = logging.getLogger("loopbus.agents")
 
 UNKNOWN_OUTCOME = (
     "outcome unknown after crash: the {tool} call was started but its result was never "
@@ -48,6 +51,15 @@ def finish(
     return outcome
 
 
+def failure_reason(exc: BaseException) -> str:
+    """The outcome reason of a run the model runtime failed (``model error: ...``)."""
+    from models.errors import ModelError
+
+    if isinstance(exc, ModelError):
+        return f"model error: {exc}"
+    return f"model error: {type(exc).__name__}: {exc}"
+
+
 def ask_model(state: RunState, runtime: Any, decider: Decider) -> Outcome | None:
     """One model call: check the budget (eliding if allowed), generate, parse and record.
 
@@ -61,29 +73,35 @@ def ask_model(state: RunState, runtime: Any, decider: Decider) -> Outcome | None
     settings = state.settings
     limit = int(runtime.context_window * settings.budget)
     counts: dict[str, int] = {}
-    while True:
-        messages = decider.messages(state.log.render())
-        sha = prompt_hash(messages)
-        tokens = counts[sha] = runtime.count_tokens(messages)
-        if tokens <= limit:
-            break
-        if not (settings.elide and state.log.elide_oldest()):
-            reason = (
-                f"the prompt is {tokens} tokens, over {settings.budget:.0%} of the "
-                f"{runtime.context_window}-token context window ({limit} tokens)"
-            )
-            return finish(state, "budget_exceeded", reason=reason, counts=counts)
-    schema = decider.schema if runtime.supports_schema else None
+    sha = None
     try:
+        while True:
+            messages = decider.messages(state.log.render())
+            sha = prompt_hash(messages)
+            tokens = counts[sha] = runtime.count_tokens(messages)
+            if tokens <= limit:
+                break
+            if not (settings.elide and state.log.elide_oldest()):
+                reason = (
+                    f"the prompt is {tokens} tokens, over {settings.budget:.0%} of the "
+                    f"{runtime.context_window}-token context window ({limit} tokens)"
+                )
+                return finish(state, "budget_exceeded", reason=reason, counts=counts)
+        schema = decider.schema if runtime.supports_schema else None
         gen = runtime.generate(
             messages, schema=schema, max_tokens=settings.max_tokens, cache=state.cache
         )
-    except ModelError as exc:
-        # What the call raised, recorded so a replay can raise the same error at this point.
+    except AgentError:
+        raise  # the loop's own (a replay divergence): for the caller
+    except Exception as exc:  # noqa: BLE001 - the run ends failed, with the reason
+        # Any failure of the model runtime ends the run failed, recorded so that a replay
+        # raises the same error here. Anything but a ModelError is also logged with its
+        # traceback: left to crash the process, a chain agent would resume the run and
+        # crash again on every restart.
+        if not isinstance(exc, ModelError):
+            log.error("model runtime failed in run %s", state.run_id, exc_info=exc)
         error = {"type": type(exc).__name__, "message": str(exc), "prompt_sha256": sha}
-        return finish(
-            state, "failed", reason=f"model error: {exc}", counts=counts, model_error=error
-        )
+        return finish(state, "failed", reason=failure_reason(exc), counts=counts, model_error=error)
     state.turn += 1
     call = {
         "turn": state.turn,

@@ -10,7 +10,7 @@ import pytest
 
 from agents.loop import run_agent
 from agents.replay import Recording, export_run, replay
-from agents.testing import assert_replays
+from agents.testing import CountingRuntime, assert_replays
 
 
 def _closed_port() -> int:
@@ -63,12 +63,13 @@ def test_replay_of_a_failed_run_checks_the_failing_prompt(unreachable: Any, bus:
     seen: list[Any] = []
     report = replay(recording, on_event=seen.append)
     assert report.ok and seen[-1].payload["model_error"]["type"] == "SchemaRejected"
-    # ... else a plain ModelError, which differs from the recording (a readable diff).
+    # ... else an error of that name that is not a ModelError (a runtime bug, recorded with
+    # its class name in the reason), which differs from this recording (a readable diff).
     failure["type"] = "NotAModelError"
     report = replay(recording)
     assert not report.ok and report.diff.startswith("replay diverged at event 2 of 2")
-    assert '-      "type": "NotAModelError"' in report.diff
-    assert '+      "type": "ModelError"' in report.diff
+    assert '-    "reason": "model error: Cannot reach' in report.diff
+    assert '+    "reason": "model error: NotAModelError: Cannot reach' in report.diff
     # A different prompt at the failing call is a divergence, not the recorded error.
     failure["type"], failure["prompt_sha256"] = "BackendUnreachable", "0" * 64
     report = replay(recording)
@@ -77,3 +78,53 @@ def test_replay_of_a_failed_run_checks_the_failing_prompt(unreachable: Any, bus:
     del recording.events[-1].payload["model_error"]
     report = replay(recording)
     assert not report.ok and "recording has only 0 model calls" in report.diff
+
+
+class _Faulty(CountingRuntime):
+    """The real tiny model with one injected fault: ``count_tokens`` or the ``fail_at``-th
+    ``generate`` raises an error that is not a ModelError (a tokenizer or runtime bug)."""
+
+    def __init__(self, inner: Any, *, tokenizer: bool = False, fail_at: int = 0) -> None:
+        super().__init__(inner)
+        self.tokenizer, self.fail_at = tokenizer, fail_at
+
+    def count_tokens(self, messages: list[dict[str, Any]]) -> int:
+        if self.tokenizer:
+            raise ValueError("tokenizer exploded")
+        return super().count_tokens(messages)
+
+    def generate(self, messages: list[dict[str, Any]], **kwargs: Any) -> Any:
+        if self.calls + 1 == self.fail_at:
+            self.calls += 1
+            raise RuntimeError("[metal::malloc] out of memory")
+        return super().generate(messages, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("fault", "reason"),
+    [
+        ({"tokenizer": True}, "model error: ValueError: tokenizer exploded"),
+        ({"fail_at": 1}, "model error: RuntimeError: [metal::malloc] out of memory"),
+    ],
+)
+def test_any_runtime_failure_ends_the_run_failed_and_replays(
+    tiny_runtime: Any, bus: Any, workspace: Path, fault: dict[str, Any], reason: str
+) -> None:
+    """Not only ModelError: a run never stays without an outcome (a chain agent would resume it
+    and fail again on every restart)."""
+    runtime = _Faulty(tiny_runtime, **fault)
+    outcome = run_agent(
+        "assistant",
+        "What is in README.md?",
+        runtime=runtime,
+        bus=bus,
+        workspace=workspace,
+        max_turns=3,
+    )
+    assert (outcome.kind, outcome.reason) == ("failed", reason)
+    events = bus.events(run_id=outcome.run_id)
+    assert events[-1].payload["model_error"]["type"] == reason.split(": ")[1]
+    assert bus.unfinished_runs("assistant") == []
+    report = replay(Recording.from_bus(bus, outcome.run_id), workspace=workspace)
+    assert report.ok, report.diff
+    assert report.outcome == outcome
