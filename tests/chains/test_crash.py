@@ -85,6 +85,7 @@ def test_chain_survives_random_sigkills(
     )
     status_dir = state_dir_for(bus_file)
     kills: list[tuple[str, str]] = []
+    killed: set[int] = set()
     try:
         # Kill random agent processes at random moments: at least 12 kills, 3 of them in the
         # middle of a run, and on until some restarted process has resumed an interrupted run
@@ -111,12 +112,18 @@ def test_chain_survives_random_sigkills(
             if not live:
                 continue
             # mostly hit processes in the middle of a run: that is where state can be lost
+            # A process killed already may still show in its status file until the supervisor
+            # restarts it (and, unreaped, still accepts signals): it is not a new kill.
+            live = [s for s in live if s["pid"] not in killed]
+            if not live:
+                continue
             running = [s for s in live if s.get("state") == "running"]
             victim = rng.choice(running if running and rng.random() < 0.75 else live)
             try:
                 os.kill(victim["pid"], signal.SIGKILL)
             except ProcessLookupError:
                 continue
+            killed.add(victim["pid"])
             kills.append((victim["consumer"], victim.get("state", "?")))
             mid_run += victim.get("state") == "running"
         assert up.wait(300) == 0, log.read_text()[-3000:]
