@@ -18,8 +18,8 @@ path is taken only while it stays cheap:
   finishes before the next write lets SQLite restart the WAL from its beginning. Without
   that, the WAL file grows with every commit and each fsync costs twice as much (measured).
 
-Concurrent writes still go through the writer thread together (group commit): the bus
-decides after the tasks that were ready have run (see ``Bus._flush``).
+Concurrent writes still go through the writer thread together (group commit): when other tasks
+are ready to run, the bus decides after they have (see :mod:`bus.commit`).
 """
 
 from __future__ import annotations

@@ -85,6 +85,33 @@ async def test_a_lone_publisher_lets_other_tasks_run(bus_path: Path) -> None:
         assert bus.stats.batches == 0
 
 
+async def test_a_tight_publish_loop_still_lets_timers_run(
+    bus_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing else is ready, so writes skip the loop's turn, but only for a time slice."""
+    # No checkpoint (their writes wait on the writer thread, a turn of the loop) in this test.
+    monkeypatch.setattr(inline, "CHECKPOINT_PAGES", 10**9)
+    async with Bus.connect(bus_path, synchronous="NORMAL") as bus:
+        wakeups = 0
+
+        async def timer() -> None:
+            nonlocal wakeups
+            while True:
+                await asyncio.sleep(0.005)
+                wakeups += 1
+
+        task = asyncio.create_task(timer())
+        await asyncio.sleep(0)  # the timer is now waiting on the clock, not ready
+        started = time.monotonic()
+        turns_before = bus._turned_at
+        while time.monotonic() - started < 0.3:
+            await bus.publish("a", 1)
+        task.cancel()
+        assert bus._turned_at > turns_before  # the publisher did give the loop turns
+        assert wakeups >= 20  # ~50 with turns every 2 ms; 0 if the writes never gave one
+        assert bus.stats.batches == 0
+
+
 async def test_slow_commits_turn_the_fast_path_off(
     bus_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
