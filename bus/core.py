@@ -17,8 +17,8 @@ Durability and concurrency design (measured facts in issue 2; figures in bench/b
 * After each commit that added events the writer rings the wake-up doorbell
   (:mod:`bus.wakeup`) just before handing the results back; subscribers always re-query
   ``id > position``, with a safety poll.
-* A subscription with a backlog reads its next batch ahead; the writer thread starts that
-  read just before its next COMMIT, so it overlaps the fsync (:mod:`bus.subscription`).
+* A subscription with a backlog reads its next batch ahead; the next commit starts that
+  read just before its COMMIT, so it overlaps the fsync (:mod:`bus.subscription`).
 """
 
 from __future__ import annotations

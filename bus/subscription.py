@@ -4,8 +4,8 @@ A waiting subscription re-queries ``id > position`` whenever the bus's listener 
 moves (local commit or a doorbell datagram from another process) and at least every
 ``safety_poll_s``; the doorbell is only a hint.
 
-Read-ahead: when a batch comes back full (a backlog), the next batch is fetched on the reader
-thread while the caller handles this one (and commits its ack on the writer thread), so a
+Read-ahead: when a batch comes back full (a backlog), the next batch is fetched (and turned
+into events) on the reader thread while the caller handles this one and commits its ack, so a
 catching-up consumer does not wait for each fetch. It changes nothing the caller sees: the
 same events in the same order, and the committed cursor moves with ``ack``.
 
@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from bus import sqlops
 from bus.errors import BusError
-from bus.events import Event, events_from_rows
+from bus.events import Event
 
 if TYPE_CHECKING:
     from bus.core import Bus
@@ -144,25 +144,22 @@ class Subscription:
             if ahead is not None and not bus.closed:
                 generation = self._ahead_generation
                 bus._kicks.pop(self, None)
-                ahead.kick()  # no-op when the writer already started it
-                rows, self.position = await bus._rresult(ahead.future)
+                ahead.kick()  # no-op when a commit already started it
+                events, self.position = await bus._rresult(ahead.future)
             else:
                 generation = listener.generation
-                rows, self.position = await bus._rcall(
-                    sqlops.fetch_rows_after,
+                events, self.position = await bus._rcall(
+                    sqlops.fetch_after,
                     self.position,
                     self._filter_sql,
                     self._params,
                     self.batch_size,
                 )
-            if rows:
-                if len(rows) == self.batch_size:
+            if events:
+                if len(events) == self.batch_size:
                     self._read_ahead()
-                self._delivered = rows[-1][0]
-                # Events are built here rather than on the reader thread: that keeps the
-                # reader's GIL use short (the fetch mostly runs inside SQLite) when it
-                # overlaps the caller's own work and commits.
-                return events_from_rows(rows)
+                self._delivered = events[-1].id
+                return events
             wait_s = bus.safety_poll_s
             if self._may_advance():
                 wait_until = self._advance_at + ADVANCE_INTERVAL_S
@@ -185,7 +182,7 @@ class Subscription:
         ahead = _ReadAhead(
             bus,
             partial(
-                sqlops.fetch_rows_after,
+                sqlops.fetch_after,
                 bus._rconn,
                 self.position,
                 self._filter_sql,
@@ -194,9 +191,10 @@ class Subscription:
             ),
         )
         self._ahead = ahead
-        # The writer thread starts it just before its next COMMIT (see Bus._batch_job), so
-        # the fetch runs while that commit waits for the disk instead of competing with the
-        # commit's own work for the GIL; next_batch starts it itself if no commit came first.
+        # The next commit starts it just before its COMMIT (bus.commit's _kick_read_aheads),
+        # so the fetch runs while that commit waits for the disk (with the GIL released)
+        # instead of competing with the commit's own work; next_batch starts it itself if no
+        # commit came first.
         bus._kicks[self] = ahead.kick
 
 
