@@ -72,6 +72,16 @@ class InlineWriter:
         self._conn = conn
         return conn
 
+    def data_version(self) -> int | None:
+        """SQLite's ``PRAGMA data_version`` on this connection: it changes whenever another
+        connection (any process) commits. None when it cannot be read (closed, busy)."""
+        if self._closed:
+            return None
+        try:
+            return self.connection().execute("PRAGMA data_version").fetchone()[0]
+        except sqlite3.Error:
+            return None
+
     def commit(self, op: sqlops.Op, before_commit: Any) -> tuple[bool, Any]:
         """Try to commit ``op`` in its own transaction; ``(False, None)`` if the write lock
         is taken (or the connection cannot be opened): the caller then uses the writer thread.

@@ -1,8 +1,9 @@
 """Subscriptions: a read position plus a type filter, delivering batches of events.
 
 A waiting subscription re-queries ``id > position`` whenever the bus's listener generation
-moves (local commit or a doorbell datagram from another process) and at least every
-``safety_poll_s``; the doorbell is only a hint.
+moves (local commit or a doorbell datagram from another process), and every ``safety_poll_s``
+when SQLite's ``data_version`` says another connection committed meanwhile (a cheap check on
+the loop thread); the doorbell is only a hint.
 
 Read-ahead: when a batch comes back full (a backlog), the next batch is fetched (and turned
 into events) on the reader thread while the caller handles this one and commits its ack, so a
@@ -87,6 +88,8 @@ class Subscription:
         # and the listener generation taken before it started.
         self._ahead: _ReadAhead | None = None
         self._ahead_generation = 0
+        # The file's data_version taken before the last fetch (see next_batch).
+        self._version: int | None = None
 
     async def start(self) -> None:
         """Bind the wake-up socket; register the consumer and read its committed cursor."""
@@ -139,6 +142,7 @@ class Subscription:
         bus = self.bus
         listener = bus._listener
         deadline = None if timeout is None else bus._loop.time() + timeout
+        quiet = False  # the last wait timed out and nothing was committed anywhere since
         while True:
             ahead, self._ahead = self._ahead, None
             if ahead is not None and not bus.closed:
@@ -146,8 +150,11 @@ class Subscription:
                 bus._kicks.pop(self, None)
                 ahead.kick()  # no-op when a commit already started it
                 events, self.position = await bus._rresult(ahead.future)
+            elif quiet:
+                events = []
             else:
                 generation = listener.generation
+                self._version = bus._inline.data_version()
                 events, self.position = await bus._rcall(
                     sqlops.fetch_after,
                     self.position,
@@ -166,6 +173,7 @@ class Subscription:
                 now = bus._loop.time()
                 if now >= wait_until:
                     await self.commit_scanned()
+                    quiet = False
                     continue  # re-check: events may have come meanwhile
                 wait_s = min(wait_s, wait_until - now)
             if deadline is not None:
@@ -173,7 +181,15 @@ class Subscription:
                 if remaining <= 0:
                     return []
                 wait_s = min(wait_s, remaining)
-            await listener.wait(generation, wait_s)
+            woken = await listener.wait(generation, wait_s)
+            # The safety poll: SQLite's data_version (read on the loop thread, no thread hop)
+            # moves with every commit of another connection or process, and this bus's own
+            # commits move the generation; when neither did, the fetch would find nothing.
+            quiet = (
+                not woken
+                and self._version is not None
+                and bus._inline.data_version() == self._version
+            )
 
     def _read_ahead(self) -> None:
         # Generation first, as in next_batch: a commit during the fetch is not missed.

@@ -117,3 +117,38 @@ async def test_unusable_wake_dir_falls_back_to_polling(
         event = await asyncio.wait_for(task, 5)
         assert event.event_type == "polled"
     assert any("polling instead" in r.getMessage() for r in caplog.records)
+
+
+async def test_the_safety_poll_reads_the_bus_only_after_a_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An idle subscriber's safety poll checks SQLite's data_version on the loop thread and
+    fetches only when another connection committed: here a raw sqlite3 insert, no doorbell."""
+    import asyncio
+    import sqlite3
+
+    from bus import sqlops
+
+    fetches = 0
+    fetch_after = sqlops.fetch_after
+
+    def counting(*args: object) -> object:
+        nonlocal fetches
+        fetches += 1
+        return fetch_after(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(sqlops, "fetch_after", counting)
+    path = tmp_path / "bus.db"
+    async with Bus.connect(path, safety_poll_s=0.02) as bus:
+        task = asyncio.ensure_future(bus.subscribe("idle").__anext__())
+        await asyncio.sleep(0.4)  # ~20 safety polls
+        assert not task.done()
+        assert fetches <= 2  # the first fetch, not one per poll
+        conn = sqlite3.connect(path, isolation_level=None)
+        conn.execute(
+            "INSERT INTO outbox (agent, event_type, payload) VALUES ('raw', 'raw.insert', '1')"
+        )
+        conn.close()
+        event = await asyncio.wait_for(task, 5)
+        assert event.event_type == "raw.insert"
+        assert fetches >= 2
