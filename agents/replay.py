@@ -246,13 +246,12 @@ class ReplayGeneration:
 class ReplayRuntime:
     """A model runtime that answers with a recording's raw outputs; no model is loaded.
 
-    Calls come back in the recorded order: the loop's decisions (``run.model_call``) and the
-    tools' own calls (``run.llm_call``, the sandbox's ``llm()``), each checked by prompt sha256;
-    a tool call that failed with a model error raises it again. Token counts come from the recording (looked up by prompt sha256), so the budget check needs
-    no tokenizer. A prompt whose hash differs from the recorded one is a divergence. A run that
-    ended ``failed`` on a model error (``model_error`` in its ``run.outcome``) gets the same
-    error (the ``models.errors`` class of that name, same message) from the call after the
-    recorded ones.
+    Answers come back in the recorded order: the loop's decisions (``run.model_call``) and the
+    tools' own calls (``run.llm_call``, the sandbox's ``llm()``); a prompt whose sha256 differs
+    from the recorded one is a divergence, and a tool's call that failed raises its error again.
+    Token counts come from the recording (looked up by prompt sha256), so the budget check needs
+    no tokenizer. A run that ended ``failed`` on a runtime error (``model_error`` in its
+    ``run.outcome``) gets the same error (same class name, same message) at the same point.
     """
 
     def __init__(self, recording: Recording) -> None:
@@ -260,11 +259,13 @@ class ReplayRuntime:
         self.spec = f"replay:{recording.run_id}"
         self.context_window = settings.context_window
         self.supports_schema = settings.supports_schema
+        # (whether it is a decision, the recorded call), in order
         self.calls = [
-            e.payload for e in recording.events if e.type in ("run.model_call", "run.llm_call")
+            (e.type == "run.model_call", e.payload)
+            for e in recording.events
+            if e.type in ("run.model_call", "run.llm_call")
         ]
-        self.decisions = {id(e.payload) for e in recording.events if e.type == "run.model_call"}
-        self.turns = 0  # decisions answered (tool calls of the model not counted)
+        self.turns = 0  # decisions answered (tools' own calls not counted)
         self.counts: dict[str, int] = {}
         self.failure: dict[str, Any] | None = None  # the model error that ended the run
         for e in recording.events:
@@ -322,9 +323,8 @@ class ReplayRuntime:
             if self.failure is not None:
                 raise self._fail(messages)
             raise self._exhausted()
-        call = self.calls[self.used]
+        decision, call = self.calls[self.used]
         self.used += 1
-        decision = id(call) in self.decisions
         sha = self._hash(messages)
         if sha != call.get("prompt_sha256"):
             what = (

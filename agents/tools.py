@@ -118,8 +118,8 @@ class ToolContext:
     recording includes them. ``bus`` reads the bus (a replay serves it from the recording).
     ``output`` is the folder writing tools write to (a chain's ``output``; a scratch folder in a
     replay). ``llm(prompt)`` asks the run's model (recorded as ``run.llm_call``, so a replay
-    answers from the recording). ``resources`` holds per-run objects (e.g. the sandbox session), closed by
-    :meth:`close` when the run ends.
+    answers from the recording). ``resources`` holds per-run objects (e.g. the sandbox
+    session), closed by :meth:`close` when the run ends.
     """
 
     run_id: str

@@ -51,7 +51,7 @@ def finish(
     return outcome
 
 
-def failure_reason(exc: BaseException) -> str:
+def _failure_reason(exc: BaseException) -> str:
     """The outcome reason of a run the model runtime failed (``model error: ...``)."""
     from models.errors import ModelError
 
@@ -101,7 +101,9 @@ def ask_model(state: RunState, runtime: Any, decider: Decider) -> Outcome | None
         if not isinstance(exc, ModelError):
             log.error("model runtime failed in run %s", state.run_id, exc_info=exc)
         error = {"type": type(exc).__name__, "message": str(exc), "prompt_sha256": sha}
-        return finish(state, "failed", reason=failure_reason(exc), counts=counts, model_error=error)
+        return finish(
+            state, "failed", reason=_failure_reason(exc), counts=counts, model_error=error
+        )
     state.turn += 1
     call = {
         "turn": state.turn,
@@ -156,10 +158,9 @@ TOOL_LLM_PROMPT_CHARS = 2000
 
 def tool_llm(state: RunState, runtime: Any, prompt: str) -> str:
     """A model call made by a running tool, recorded as ``run.llm_call`` (caused by the tool
-    call) so that a replay answers it from the recording; a model error is recorded, then raised.
+    call) so that a replay answers it from the recording; a runtime error is recorded, then
+    raised to the tool (like a tool failure, the model sees it).
     """
-    from models.errors import ModelError
-
     messages = [{"role": "user", "content": str(prompt)}]
     sha = prompt_hash(messages)
     call: dict[str, Any] = {
@@ -170,13 +171,16 @@ def tool_llm(state: RunState, runtime: Any, prompt: str) -> str:
     caused_by = state.pending_call.event_id if state.pending_call is not None else None
     try:
         gen = runtime.generate(messages, max_tokens=TOOL_LLM_MAX_TOKENS)
-    except ModelError as exc:
+    except Exception as exc:
+        if isinstance(exc, AgentError):  # a replay divergence: see below
+            state.interrupted = exc
+            raise
         call["error"] = {"type": type(exc).__name__, "message": str(exc)}
         state.emit(("run.llm_call", call, caused_by))
         raise
     except BaseException as exc:
-        # Not the tool's failure (a replay divergence, a bug): the loop re-raises it after the
-        # tool, even if the tool's code catches it (the sandbox hands it to the guest).
+        # Not the tool's failure (Ctrl-C, a replay divergence): the loop re-raises it after
+        # the tool, even if the tool's code catches it (the sandbox hands it to the guest).
         state.interrupted = exc
         raise
     call["raw"] = gen.text

@@ -232,8 +232,9 @@ class CommitQueue:
             pass
 
     def _kick_read_aheads(self) -> None:
-        """Writer thread, just before COMMIT: start the subscriptions' pending read-aheads,
-        so that they run while the commit waits for the disk."""
+        """Just before a COMMIT (on the writer thread, or the loop thread's fast path): start
+        the subscriptions' pending read-aheads, so that they run while the commit waits for
+        the disk."""
         if self._kicks:
             kicks, self._kicks = self._kicks, {}
             for kick in list(kicks.values()):
