@@ -29,7 +29,7 @@ from pathlib import Path
 from bus import Bus, NewEvent, SyncBus
 
 REPO = Path(__file__).resolve().parent.parent
-ROUNDS = 7
+ROUNDS = 11
 
 
 def _fresh(directory: Path, name: str) -> Path:
@@ -382,7 +382,7 @@ def main() -> None:
         raw_rate, bus_rate, ratio = _paired(
             lambda: raw_consume(consume_path, n, 100, f"raw{next(counter)}"),
             lambda: bus_consume(consume_path, n, 100, f"bus{next(counter)}"),
-            rounds=5,
+            rounds=9,
         )
         print(
             f"   raw cursor loop {raw_rate:>9,.0f} ev/s   loopbus {bus_rate:>9,.0f} ev/s"
