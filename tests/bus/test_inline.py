@@ -15,6 +15,13 @@ from bus import Bus, inline
 from bus.errors import BusClosed, BusError
 
 
+@pytest.fixture(autouse=True)
+def _fast_disk_or_not(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests count which path each commit took: a slow disk (a loaded CI machine) must
+    not turn the fast path off under them. test_slow_commits_... sets its own threshold."""
+    monkeypatch.setattr(inline, "SLOW_COMMIT_S", 60.0)
+
+
 async def _ticker(stop: asyncio.Event) -> int:
     ticks = 0
     while not stop.is_set():
