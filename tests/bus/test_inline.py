@@ -184,3 +184,55 @@ async def test_an_interrupted_commit_releases_the_write_lock(bus_path: Path) -> 
         assert await bus.publish("c", 3) == 2  # the insert of "b" was rolled back
         assert time.monotonic() - started < 1
         assert [e.event_type for e in await bus.events()] == ["a", "c"]
+
+
+@pytest.mark.parametrize("seed", range(4))
+async def test_mixed_writers_lose_and_duplicate_nothing(
+    bus_path: Path, monkeypatch: pytest.MonkeyPatch, seed: int
+) -> None:
+    """Lone and concurrent publishes, transactions, acks and prunes, frequent checkpoints and
+    another process-like writer holding the lock now and then: every publish that returned an
+    id is stored once, with its payload, and nothing else is."""
+    import random
+
+    rng = random.Random(seed)
+    monkeypatch.setattr(inline, "CHECKPOINT_PAGES", 20)  # a checkpoint every few commits
+    published: dict[int, dict[str, int]] = {}
+    async with Bus.connect(bus_path, synchronous="NORMAL") as bus:
+
+        def hold_lock(seconds: float) -> None:
+            other = sqlite3.connect(bus_path, isolation_level=None, timeout=10)
+            other.execute("BEGIN IMMEDIATE")
+            time.sleep(seconds)
+            other.execute("COMMIT")
+            other.close()
+
+        async def worker(w: int) -> None:
+            for i in range(40):
+                payload = {"w": w, "i": i}
+                roll = rng.random()
+                if roll < 0.45:
+                    published[await bus.publish("mix.one", payload)] = payload
+                elif roll < 0.6:
+                    pair = [dict(payload, k=0), dict(payload, k=1)]
+                    ids = await bus.publish_many(
+                        [{"event_type": "mix.many", "payload": p} for p in pair]
+                    )
+                    published.update(zip(ids, pair, strict=True))
+                elif roll < 0.72:
+                    async with bus.transaction() as tx:
+                        published[await tx.publish("mix.tx", payload)] = payload
+                        await tx.ack(f"c{w}", max(published))
+                elif roll < 0.84 and published:
+                    await bus.ack(f"c{w}", rng.choice(list(published)))
+                elif roll < 0.9:
+                    await asyncio.to_thread(hold_lock, rng.uniform(0.001, 0.01))
+                elif roll < 0.93:
+                    await bus.prune(dry_run=True)
+                else:
+                    await asyncio.sleep(rng.choice([0, 0.001]))
+
+        await asyncio.gather(*(worker(w) for w in range(6)))
+        stored = {e.id: e.payload for e in await bus.events()}
+    assert stored == published
+    assert len(published) > 100
