@@ -15,6 +15,7 @@ from pydantic import BaseModel
 
 from agents.decide import Decider, DecisionParseError, get_decider, prompt_hash
 from agents.errors import AgentError
+from agents.runs import prompt_record
 from agents.runstate import Outcome, PendingCall, RunSettings, RunState
 from agents.tools import BusReads, ToolContext, get_tool, shape_result, tool_for
 
@@ -118,6 +119,7 @@ def ask_model(state: RunState, runtime: Any, decider: Decider) -> Outcome | None
         "prefill_s": getattr(gen, "prefill_s", None),
         "decode_s": getattr(gen, "decode_s", None),
     }
+    call.update(prompt_record(state, messages))  # the exact prompt, for `loopbus show --prompt`
     try:
         decision = decider.parse(gen.text)
     except DecisionParseError as exc:
