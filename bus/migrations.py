@@ -84,6 +84,156 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX outbox_run_outcomes ON outbox (run_id, event_type) "
         "WHERE event_type = 'run.outcome'",
     ),
+    # 5: `caused_by` becomes a declared foreign key (for Datasette and other tools that follow
+    # them), and views per event family. SQLite adds a foreign key only by rebuilding the table:
+    # the new outbox keeps every row and id, the AUTOINCREMENT high-water mark (so ids are still
+    # never reused), the CHECK, the trigger and every index. The key is declared, not enforced:
+    # loopbus never turns on PRAGMA foreign_keys, so prune can delete an event that later events
+    # were caused by, and caused_by may name a pruned event.
+    (
+        # RENAME re-parses views that name the table; this one is recreated below.
+        "DROP VIEW consumer_lag",
+        f"""
+        CREATE TABLE outbox_new (
+            id          INTEGER PRIMARY KEY AUTOINCREMENT,
+            agent       TEXT NOT NULL,
+            event_type  TEXT NOT NULL,
+            payload     TEXT NOT NULL CHECK (json_valid(payload)),
+            run_id      TEXT,
+            caused_by   INTEGER REFERENCES outbox (id),
+            created_at  TEXT NOT NULL DEFAULT ({NOW_SQL})
+        )
+        """,
+        "INSERT INTO outbox_new (id, agent, event_type, payload, run_id, caused_by, created_at) "
+        "SELECT id, agent, event_type, payload, run_id, caused_by, created_at FROM outbox "
+        "ORDER BY id",
+        # The copy sets outbox_new's sequence to its largest id; a prune may have deleted ids
+        # above that, so carry the old high-water mark over.
+        "DELETE FROM sqlite_sequence WHERE name = 'outbox_new'",
+        "INSERT INTO sqlite_sequence (name, seq) "
+        "SELECT 'outbox_new', seq FROM sqlite_sequence WHERE name = 'outbox'",
+        "DROP TABLE outbox",  # its indexes and trigger go with it
+        "ALTER TABLE outbox_new RENAME TO outbox",
+        "CREATE INDEX outbox_by_type_id ON outbox (event_type, id)",
+        "CREATE INDEX outbox_by_run_id ON outbox (run_id, id) WHERE run_id IS NOT NULL",
+        "CREATE INDEX outbox_by_caused_by ON outbox (caused_by) WHERE caused_by IS NOT NULL",
+        "CREATE INDEX outbox_run_tasks ON outbox (agent, id, run_id, event_type) "
+        "WHERE event_type = 'run.task'",
+        "CREATE INDEX outbox_run_outcomes ON outbox (run_id, event_type) "
+        "WHERE event_type = 'run.outcome'",
+        """
+        CREATE TRIGGER outbox_append_only BEFORE UPDATE ON outbox
+        BEGIN
+            SELECT RAISE(ABORT, 'the outbox is append-only: events cannot be updated');
+        END
+        """,
+        """
+        CREATE VIEW consumer_lag AS
+        SELECT c.consumer,
+               c.last_seen_id,
+               (SELECT count(*) FROM outbox o WHERE o.id > c.last_seen_id) AS lag,
+               (SELECT coalesce(max(id), 0) FROM outbox) AS head_id,
+               c.updated_at
+        FROM cursors c
+        """,
+        # One row per run (run.task, its run.outcome if any): the partial indexes of migration 4.
+        """
+        CREATE VIEW runs AS
+        SELECT t.run_id,
+               t.agent,
+               json_extract(t.payload, '$.task') AS task,
+               coalesce(json_extract(o.payload, '$.kind'), 'running') AS outcome,
+               json_extract(o.payload, '$.turns') AS turns,
+               t.created_at AS started_at,
+               o.created_at AS ended_at,
+               coalesce(json_extract(o.payload, '$.summary'),
+                        json_extract(o.payload, '$.reason')) AS detail,
+               json_extract(t.payload, '$.settings.model') AS model,
+               t.caused_by,
+               t.id AS task_id
+        FROM outbox AS t
+        LEFT JOIN outbox AS o ON o.event_type = 'run.outcome' AND o.run_id = t.run_id
+        WHERE t.event_type = 'run.task' AND t.run_id IS NOT NULL
+        """,
+        # Each model call: tokens, time and context fill against the run's budget.
+        """
+        CREATE VIEW model_calls AS
+        SELECT m.id,
+               m.run_id,
+               m.agent,
+               json_extract(m.payload, '$.turn') AS turn,
+               json_extract(m.payload, '$.prompt_tokens') AS prompt_tokens,
+               json_extract(m.payload, '$.completion_tokens') AS completion_tokens,
+               json_extract(m.payload, '$.cached_tokens') AS cached_tokens,
+               coalesce(json_extract(m.payload, '$.prefill_s'), 0)
+                 + coalesce(json_extract(m.payload, '$.decode_s'), 0) AS model_s,
+               round(1.0 * json_extract(m.payload, '$.prompt_tokens')
+                     / nullif(json_extract(t.payload, '$.settings.context_window'), 0), 4)
+                 AS context_fill,
+               json_extract(t.payload, '$.settings.budget') AS budget,
+               json_extract(m.payload, '$.elided') AS elided,
+               json_extract(m.payload, '$.prompt_sha256') AS prompt_sha256,
+               m.created_at
+        FROM outbox AS m
+        LEFT JOIN outbox AS t ON t.event_type = 'run.task' AND t.run_id = m.run_id
+        WHERE m.event_type = 'run.model_call'
+        """,
+        # Each decision the model made.
+        """
+        CREATE VIEW decisions AS
+        SELECT id,
+               run_id,
+               agent,
+               json_extract(payload, '$.turn') AS turn,
+               json_extract(payload, '$.decision.action') AS action,
+               json_extract(payload, '$.decision') AS decision,
+               created_at
+        FROM outbox
+        WHERE event_type = 'run.decision'
+        """,
+        # Each tool call with its result or error (caused_by the call), NULL while running.
+        """
+        CREATE VIEW tool_calls AS
+        SELECT c.id,
+               c.run_id,
+               c.agent,
+               json_extract(c.payload, '$.turn') AS turn,
+               json_extract(c.payload, '$.tool') AS tool,
+               json_extract(c.payload, '$.args') AS args,
+               CASE r.event_type WHEN 'run.tool_result' THEN 'ok'
+                                 WHEN 'run.error' THEN 'error' END AS status,
+               json_extract(r.payload, '$.result') AS result,
+               json_extract(r.payload, '$.error') AS error,
+               c.created_at AS called_at,
+               r.created_at AS finished_at,
+               r.id AS result_id
+        FROM outbox AS c
+        LEFT JOIN outbox AS r ON r.caused_by = c.id
+             AND r.event_type IN ('run.tool_result', 'run.error')
+        WHERE c.event_type = 'run.tool_call'
+        """,
+        # Parse errors, tool errors, outcomes unknown after a crash, and failed runs.
+        """
+        CREATE VIEW errors AS
+        SELECT id,
+               run_id,
+               agent,
+               json_extract(payload, '$.turn') AS turn,
+               json_extract(payload, '$.kind') AS kind,
+               json_extract(payload, '$.tool') AS tool,
+               json_extract(payload, '$.error') AS error,
+               caused_by,
+               created_at
+        FROM outbox
+        WHERE event_type = 'run.error'
+        UNION ALL
+        SELECT id, run_id, agent, json_extract(payload, '$.turns'), 'outcome.' ||
+               json_extract(payload, '$.kind'), NULL, json_extract(payload, '$.reason'),
+               caused_by, created_at
+        FROM outbox
+        WHERE event_type = 'run.outcome' AND json_extract(payload, '$.kind') <> 'done'
+        """,
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)
