@@ -24,6 +24,7 @@ import importlib
 from dataclasses import dataclass
 
 from agents.errors import AgentError
+from agents.policy import AGENT_POLICIES, Policy
 
 
 class UnknownAgent(AgentError):
@@ -32,13 +33,15 @@ class UnknownAgent(AgentError):
 
 @dataclass(frozen=True)
 class AgentDef:
-    """A registered agent: its name, what it does, its BAML function and its tool names."""
+    """A registered agent: its name, what it does, its BAML function, its tool names and its
+    decoding policy (:mod:`agents.policy`)."""
 
     name: str
     description: str
     function: str
     tools: tuple[str, ...]
     max_tokens: int = 256
+    policy: Policy = Policy()
 
 
 _AGENTS: dict[str, AgentDef] = {}
@@ -49,9 +52,19 @@ _loaded = False
 
 
 def register_agent(
-    name: str, function: str, description: str, *, max_tokens: int = 256, replace: bool = True
+    name: str,
+    function: str,
+    description: str,
+    *,
+    max_tokens: int = 256,
+    replace: bool = True,
+    policy: Policy | None = None,
 ) -> AgentDef:
-    """Register agent ``name`` driven by BAML function ``function``; returns its AgentDef."""
+    """Register agent ``name`` driven by BAML function ``function``; returns its AgentDef.
+
+    ``policy``: how its decisions are constrained each turn (default: its entry in
+    :data:`agents.policy.AGENT_POLICIES`, else none).
+    """
     from agents.decide import get_decider
 
     _ensure_builtin_tools()
@@ -61,7 +74,12 @@ def register_agent(
     for cls in decider.classes:
         tool_for(cls)  # raises UnknownTool with a clear message
     agent = AgentDef(
-        name, description, function, tuple(action_name(c) for c in decider.classes), max_tokens
+        name,
+        description,
+        function,
+        tuple(action_name(c) for c in decider.classes),
+        max_tokens,
+        policy if policy is not None else AGENT_POLICIES.get(name, Policy()),
     )
     if name in _AGENTS and not replace:
         raise AgentError(f"agent {name!r} is already registered")

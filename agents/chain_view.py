@@ -10,6 +10,7 @@ from rich.table import Table
 from rich.text import Text
 
 from agents.supervisor import Supervisor
+from agents.termsafe import printable
 
 _STATE_STYLE = {
     "running": "bold green",
@@ -23,10 +24,17 @@ _STATE_STYLE = {
 }
 
 
-def _short(value: Any, width: int) -> str:
+def _short(value: Any, width: int) -> Text:
+    """A one-line preview as a Text: terminal escapes shown escaped, `[/]` printed literally."""
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-    text = " ".join(text.split())
-    return text if len(text) <= width else text[: width - 1] + "…"
+    text = printable(" ".join(text.split()))
+    return Text(text if len(text) <= width else text[: width - 1] + "…")
+
+
+def _cell(value: Any) -> Text:
+    # Text, never a markup string: rich would read "[/]" in a run id or agent name as a tag
+    # (a closing tag with nothing to close raises MarkupError and stops the live view).
+    return Text(printable(value))
 
 
 def render(sup: Supervisor, *, title: str = "", elapsed: float | None = None) -> Group:
@@ -34,7 +42,7 @@ def render(sup: Supervisor, *, title: str = "", elapsed: float | None = None) ->
     head = title or f"chain {sup.config.name}"
     if elapsed is not None:
         head += f"  ({elapsed:.0f} s)"
-    table = Table(title=head, title_justify="left", expand=True)
+    table = Table(title=Text(printable(head)), title_justify="left", expand=True)
     for col, kw in (
         ("agent", {"no_wrap": True}),
         ("pid", {"justify": "right"}),
@@ -51,10 +59,10 @@ def render(sup: Supervisor, *, title: str = "", elapsed: float | None = None) ->
         if st.get("event_id"):
             run += f" ({st.get('event_type', '')} #{st['event_id']})"
         table.add_row(
-            slot.consumer,
+            _cell(slot.consumer),
             str(slot.pid or "-"),
-            Text(slot.state, style=_STATE_STYLE.get(slot.state, "")),
-            run,
+            Text(printable(slot.state), style=_STATE_STYLE.get(slot.state, "")),
+            _cell(run),
             _short(st.get("activity", ""), 80),
             str(slot.restarts),
             str(slot.handled),
@@ -65,6 +73,6 @@ def render(sup: Supervisor, *, title: str = "", elapsed: float | None = None) ->
     events.add_column("type", no_wrap=True)
     events.add_column("payload", ratio=1)
     for e in list(sup.recent)[-8:]:
-        events.add_row(str(e.id), e.agent, e.event_type, _short(e.payload, 90))
-    counts = ", ".join(f"{t}: {n}" for t, n in sorted(sup.counts.items()))
+        events.add_row(str(e.id), _cell(e.agent), _cell(e.event_type), _short(e.payload, 90))
+    counts = printable(", ".join(f"{t}: {n}" for t, n in sorted(sup.counts.items())))
     return Group(table, events, Text(counts or "(no events yet)", style="dim"))

@@ -32,6 +32,11 @@ class DecisionParseError(AgentError):
     """The model's output is not one of the function's decision types."""
 
 
+class PolicyViolation(DecisionParseError):
+    """A parsed decision outside the turn's schema (agents.policy); only possible when the
+    runtime does not decode under the schema."""
+
+
 class UnknownFunction(AgentError):
     """No BAML function of that name exists in baml_client (regenerate it?)."""
 

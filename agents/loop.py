@@ -119,6 +119,7 @@ def run_agent(
             context_window=runtime.context_window,
             supports_schema=runtime.supports_schema,
             max_tokens=spec.max_tokens,
+            policy=spec.policy,
         )
     except ValidationError as exc:
         raise AgentError(

@@ -318,13 +318,17 @@ class ReplayRuntime:
             )
         return _model_error(failure)
 
-    def generate(self, messages: list[dict[str, Any]], **_: Any) -> ReplayGeneration:
+    def generate(
+        self, messages: list[dict[str, Any]], schema: dict[str, Any] | None = None, **_: Any
+    ) -> ReplayGeneration:
         if self.used >= len(self.calls):
             if self.failure is not None:
                 raise self._fail(messages)
             raise self._exhausted()
         decision, call = self.calls[self.used]
         self.used += 1
+        if decision and schema is not None:
+            _check_schema(call, schema)
         sha = self._hash(messages)
         if sha != call.get("prompt_sha256"):
             what = (
@@ -346,6 +350,32 @@ class ReplayRuntime:
             call.get("prompt_tokens") or 0,
             call.get("finish_reason"),
             call.get("completion_tokens"),
+        )
+
+
+def _check_schema(call: dict[str, Any], schema: dict[str, Any]) -> None:
+    """The replayed turn's decoding schema (agents.policy) is the recorded one, and the
+    recorded decision is allowed by it; ReplayDivergence otherwise."""
+    from agents.policy import schema_sha, violation
+
+    recorded = call.get("schema_sha256")
+    if recorded is None:  # recorded without a policy: the static union, nothing to check
+        return
+    turn = call.get("turn")
+    if schema_sha(schema) != recorded:
+        raise ReplayDivergence(
+            f"replay diverged at turn {turn}: the decoding schema changed\n"
+            f"  recorded: {recorded}\n  replayed: {schema_sha(schema)}\n"
+            "the agent's policy, the workspace's files or the decision types differ"
+        )
+    try:
+        decision = json.loads(call.get("raw") or "")
+    except json.JSONDecodeError:
+        return  # not a decision: the loop records the parse error as it did then
+    if isinstance(decision, dict) and (problem := violation(decision, schema)):
+        raise ReplayDivergence(
+            f"replay diverged at turn {turn}: the recorded decision is not allowed by the "
+            f"policy's schema for that turn: {problem}"
         )
 
 

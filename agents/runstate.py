@@ -46,6 +46,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from agents.eventlog import EventLog, LogEvent
+from agents.policy import Policy, RunFacts
 
 OutcomeKind = Literal["done", "budget_exceeded", "max_turns", "failed"]
 CONTEXT_TYPES = frozenset({"run.task", "run.decision", "run.tool_result", "run.error"})
@@ -79,6 +80,7 @@ class RunSettings(BaseModel):
     max_tokens: int = 256
     max_parse_failures: int = 2
     max_result_chars: int = 4000
+    policy: Policy = Field(default_factory=Policy)  # agents.policy: the per-turn schema
 
 
 _second: tuple[int, str] = (-1, "")  # the last whole second seen and its formatted text
@@ -147,6 +149,7 @@ class RunState:
     ctx: Any = None  # agents.tools.ToolContext, set when the run starts
     staged: list[tuple[str, Any, int | None]] = field(default_factory=list)  # see stage()
     interrupted: BaseException | None = None  # what on_event raised (ends the run's process)
+    facts: RunFacts = field(default_factory=RunFacts)  # what the decoding policy needs
 
     @property
     def origin(self) -> int | None:
@@ -212,6 +215,7 @@ class RunState:
     def observe(self, event: Any, *, pinned: bool = False) -> None:
         """Add a bus event of this run to the context (if it belongs there)."""
         self.emitted += 1
+        self.facts.observe(event.event_type, event.payload, event.id, event.caused_by)
         view = context_view(event.event_type, event.payload)
         if view is not None:
             ts = event.payload.get("ts") or event.created_at

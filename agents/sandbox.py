@@ -49,6 +49,7 @@ __all__ = [
     "default_cache_dir",
     "extract_code",
     "get_runtime",
+    "guarded_publish",
     "prepare",
     "workspace_reader",
 ]
@@ -86,6 +87,32 @@ def workspace_reader(root: str | Path, max_bytes: int) -> Callable[[str], str]:
     return read
 
 
+def _is_loop_event_type(event_type: str) -> bool:
+    # Case and padding do not matter: the bus and its readers may normalise them.
+    return event_type.strip().lower().split(".", 1)[0] == "run"
+
+
+def guarded_publish(publish: Callable[[str, Any], Any]) -> Callable[[str, Any], Any]:
+    """``publish`` for guest code: refuses the loop's ``run``/``run.*`` event types.
+
+    A forged ``run.outcome`` or ``run.decision`` would be read back as the loop's own
+    record (and break a later resume), so the guest gets a clear error instead and
+    ``publish`` is never called.
+    """
+
+    def publish_from_guest(event_type: str, payload: Any = None) -> Any:
+        if not isinstance(event_type, str) or not event_type.strip():
+            raise ValueError("publish(event_type, payload) needs a non-empty event type string")
+        if _is_loop_event_type(event_type):
+            raise PermissionError(
+                f"cannot publish {event_type[:80]!r}: event types in the 'run.' namespace "
+                "are reserved for the agent loop; use another name (e.g. 'result.ready')"
+            )
+        return publish(event_type, payload)
+
+    return publish_from_guest
+
+
 def _unavailable(name: str, why: str) -> Callable[..., Any]:
     def missing(*_: Any, **__: Any) -> Any:
         raise RuntimeError(f"{name}() is not available in this sandbox ({why})")
@@ -100,6 +127,7 @@ class Sandbox:
     as JSON; failures raise ``HostError`` in the guest, limits ``HostLimitError``):
       * ``read(path)`` — text of a workspace file (also mounted read-only at ``/input``);
       * ``publish(event_type, payload)`` — calls ``publish`` (e.g. a bus publish bound to the agent);
+        the loop's own ``run``/``run.*`` event types are refused (``HostError``);
       * ``llm(prompt)`` / ``summarize(text)`` — call ``llm`` / ``summarize`` (the agent's model);
         ``summarize`` defaults to ``llm`` with a summarizing prompt;
       * any extra ``host_functions`` (name -> callable).
@@ -127,7 +155,9 @@ class Sandbox:
             "read": workspace_reader(self.workspace, self.limits.max_host_payload_bytes)
             if self.workspace is not None
             else _unavailable("read", "no workspace is mounted"),
-            "publish": publish or _unavailable("publish", "no event bus is attached"),
+            "publish": guarded_publish(publish)
+            if publish is not None
+            else _unavailable("publish", "no event bus is attached"),
             "llm": llm or _unavailable("llm", "no model is attached"),
         }
         if summarize is not None:

@@ -13,8 +13,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from agents.decide import Decider, DecisionParseError, get_decider, prompt_hash
+from agents.decide import Decider, DecisionParseError, PolicyViolation, get_decider, prompt_hash
 from agents.errors import AgentError
+from agents.policy import schema_sha, turn_schema, violation
 from agents.runs import prompt_record
 from agents.runstate import Outcome, PendingCall, RunSettings, RunState
 from agents.tools import BusReads, ToolContext, get_tool, shape_result, tool_for
@@ -88,9 +89,13 @@ def ask_model(state: RunState, runtime: Any, decider: Decider) -> Outcome | None
                     f"{runtime.context_window}-token context window ({limit} tokens)"
                 )
                 return finish(state, "budget_exceeded", reason=reason, counts=counts)
-        schema = decider.schema if runtime.supports_schema else None
+        # The agent's policy narrows the union from the run's state (agents.policy).
+        schema = turn_schema(decider.schema, settings.policy, state.facts, state.workspace_path())
         gen = runtime.generate(
-            messages, schema=schema, max_tokens=settings.max_tokens, cache=state.cache
+            messages,
+            schema=schema if runtime.supports_schema else None,
+            max_tokens=settings.max_tokens,
+            cache=state.cache,
         )
     except AgentError:
         raise  # the loop's own (a replay divergence): for the caller
@@ -120,14 +125,20 @@ def ask_model(state: RunState, runtime: Any, decider: Decider) -> Outcome | None
         "decode_s": getattr(gen, "decode_s", None),
     }
     call.update(prompt_record(state, messages))  # the exact prompt, for `loopbus show --prompt`
+    if settings.policy.active:  # replay checks this schema was the recorded one
+        call["schema_sha256"] = schema_sha(schema)
     try:
         decision = decider.parse(gen.text)
+        if settings.policy.active and (problem := violation(decision.model_dump(), schema)):
+            raise PolicyViolation(problem)  # only without constrained decoding
     except DecisionParseError as exc:
         state.parse_failures += 1
         error = (
             "your answer was not valid: reply with exactly one JSON object whose action "
             f"is one of: {', '.join(decider.actions())}"
         )
+        if isinstance(exc, PolicyViolation):  # say what is allowed this turn
+            error = f"your answer was not valid: {exc}"
         call["parse_error"] = str(exc)  # the details stay out of the context
         state.stage(
             ("run.model_call", call, None),

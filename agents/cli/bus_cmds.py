@@ -23,6 +23,7 @@ from typing import Any
 import click
 
 from agents.cli.common import bus_path, fail, handle_errors
+from agents.termsafe import printable, safe_json
 
 # Readable `tail` lines cut long payloads; --json always prints them whole.
 _PAYLOAD_PREVIEW_CHARS = 200
@@ -88,7 +89,8 @@ def event_to_dict(event: Any) -> dict[str, Any]:
 
 def format_event(event: Any) -> str:
     """One readable line: id, time, agent, type, compact payload (+ run / cause when set)."""
-    payload = _compact(event.payload)
+    # Escaped before it is cut, so a cut never splits an escape into a raw control byte.
+    payload = printable(_compact(event.payload))
     if len(payload) > _PAYLOAD_PREVIEW_CHARS:
         payload = payload[: _PAYLOAD_PREVIEW_CHARS - 1] + "…"
     extra = ""
@@ -98,13 +100,14 @@ def format_event(event: Any) -> str:
         extra += f"  caused_by={event.caused_by}"
     return (
         f"{event.id:>6}  {event.created_at}  {printable(event.agent):<10}  "
-        f"{event.event_type:<16}  {payload}{extra}"
+        f"{printable(event.event_type):<16}  {payload}{extra}"
     )
 
 
 def _emit_event(event: Any, as_json: bool) -> None:
     if as_json:
-        click.echo(json.dumps(event_to_dict(event), ensure_ascii=False))
+        # safe_json: C1 controls and bidi overrides, which JSON leaves raw, become \\uXXXX.
+        click.echo(safe_json(event_to_dict(event)))
     else:
         click.echo(format_event(event))
 
@@ -133,25 +136,6 @@ def _silence_library_log() -> None:
     logger = logging.getLogger("loopbus")
     if not any(isinstance(h, logging.NullHandler) for h in logger.handlers):
         logger.addHandler(logging.NullHandler())
-
-
-# Characters that would move the cursor, recolour or reorder the terminal: C0/C1 controls,
-# DEL, line/paragraph separators and bidirectional overrides ("Trojan Source").
-_CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
-_CONTROL_NAMES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
-
-
-def _escape_control(match: re.Match[str]) -> str:
-    char = match.group(0)
-    if char in _CONTROL_NAMES:
-        return _CONTROL_NAMES[char]
-    code = ord(char)
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
-
-
-def printable(text: str) -> str:
-    """``text`` with terminal control characters shown as escapes (``\\n``, ``\\x1b``)."""
-    return _CONTROL_RE.sub(_escape_control, text)
 
 
 def _cell(value: Any) -> str:
@@ -330,9 +314,15 @@ def tail(
                 # Cursor-less: a watcher never registers a consumer, so prune is not held back.
                 for event in bus.follow(since_id=position, types=type_list or ("*",)):
                     _emit_event(event, as_json)
+    except RecursionError:
+        # Only a file written by other means can hold one: publish refuses such payloads.
+        fail(
+            "an event on the bus has a payload nested too deeply to decode; "
+            "inspect it with `loopbus sql`"
+        )
     except KeyboardInterrupt:
-        # Ctrl-C is how a follower is meant to stop: quietly, with success.
-        raise SystemExit(0) from None
+        # Ctrl-C is how a follower is meant to stop: quietly, with the shell's 130 (like tail -f).
+        raise SystemExit(130) from None
 
 
 @click.command()
@@ -395,7 +385,7 @@ def sql(
         names = _unique_columns(result.columns)
         for row in result.rows:
             record = {name: _json_value(value) for name, value in zip(names, row, strict=True)}
-            click.echo(json.dumps(record, ensure_ascii=False, allow_nan=False))
+            click.echo(safe_json(record, allow_nan=False))
     elif as_csv:
         writer = csv.writer(sys.stdout, lineterminator="\n")
         writer.writerow(result.columns)
@@ -454,7 +444,7 @@ def cursors(ctx: click.Context, as_json: bool, drop: tuple[str, ...]) -> None:
     fields = ("consumer", "last_seen_id", "lag", "updated_at")
     if as_json:
         for info in infos:
-            click.echo(json.dumps({f: getattr(info, f) for f in fields}, ensure_ascii=False))
+            click.echo(safe_json({f: _json_value(getattr(info, f)) for f in fields}))
     else:
         rows = [[getattr(info, f) for f in fields] for info in infos]
         _print_table(fields, rows, empty="(no consumers)")

@@ -215,9 +215,11 @@ def supervise(
     """Run a Supervisor with a live rich view (or plain log lines); returns True when idle."""
     from rich.console import Console
     from rich.live import Live
+    from rich.text import Text
 
     from agents.chain_view import render
     from agents.supervisor import Supervisor
+    from agents.termsafe import printable
 
     console = Console()
     started = time.monotonic()
@@ -235,7 +237,9 @@ def supervise(
 
         def tick(s: Supervisor) -> None:
             while lines:
-                view.console.print(f"[up] {lines.pop(0)}", style="dim")
+                # Text, not markup (a crash message may hold "[/]"), escapes shown escaped.
+                line = Text(f"[up] {printable(lines.pop(0))}", style="dim")
+                view.console.print(line)
             view.update(render(s, title=title, elapsed=time.monotonic() - started))
 
         try:

@@ -15,6 +15,7 @@ import click
 
 from agents.cli.common import bus_path, fail, handle_errors
 from agents.cli.sandbox_cmds import _parse_bytes
+from agents.termsafe import printable, safe_json_text
 
 _STYLE = {
     "run.task": "bold cyan",
@@ -71,11 +72,13 @@ def _printer(as_json: bool) -> Any:
 
     def show(event: Any) -> None:
         if as_json:
-            click.echo(event.to_json())
+            click.echo(safe_json_text(event.to_json()))
             return
-        # Text, not markup: tool results may contain "[/bold]" and the like.
+        # Text, not markup: tool results may contain "[/bold]" and the like; printable():
+        # file contents and model output may carry terminal escapes (OSC 52, clear screen).
         style = _STYLE.get(event.event_type, "yellow")
-        console.print(Text.assemble((f"#{event.id} ", "dim"), (describe(event), style)))
+        line = printable(describe(event))
+        console.print(Text.assemble((f"#{event.id} ", "dim"), (line, style)))
 
     return show
 
@@ -190,10 +193,11 @@ def run(
             on_event=_printer(as_json),
         )
     if as_json:
-        click.echo(outcome.model_dump_json())
+        click.echo(safe_json_text(outcome.model_dump_json()))
     else:
+        detail = printable(outcome.summary or outcome.reason or "")
         click.secho(
-            f"{outcome.kind}: {outcome.summary or outcome.reason or ''}  (run {outcome.run_id})",
+            f"{outcome.kind}: {detail}  (run {printable(outcome.run_id)})",
             bold=True,
             fg="green" if outcome.ok else "red",
         )
@@ -273,13 +277,15 @@ def replay(
         on_event=_printer(False) if verbose and not as_json else None,
     )
     if as_json:
-        click.echo(report.model_dump_json())
+        click.echo(safe_json_text(report.model_dump_json()))
     elif report.ok:
         click.secho(
-            f"replay of {report.run_id} matches ({report.model_calls} model calls)", fg="green"
+            f"replay of {printable(report.run_id)} matches ({report.model_calls} model calls)",
+            fg="green",
         )
     else:
-        click.secho(report.diff or "replay diverged", fg="red")
+        # The diff quotes recorded file contents and model output: escapes shown, lines kept.
+        click.secho(printable(report.diff or "replay diverged", keep_newlines=True), fg="red")
     sys.exit(0 if report.ok else 1)
 
 

@@ -1,0 +1,235 @@
+"""Hostile input found by adversarial testing (issue 14): terminal escapes, rich markup and
+malformed input in `tail`, `run`, `up`'s live view and `replay` are printed harmlessly, and
+end in `Error: ...`, never a traceback."""
+
+from __future__ import annotations
+
+import io
+import json
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
+
+from click.testing import Result
+from hypothesis import given
+from hypothesis import strategies as st
+from rich.console import Console
+
+from agents.termsafe import printable, safe_json, safe_json_text
+from bus import SyncBus
+
+Invoke = Callable[..., Result]
+
+ROOT = Path(__file__).resolve().parents[2]
+RECORDING = ROOT / "tests" / "runs" / "smollm2_version.xml"
+
+# What a file, a model or another agent can put in a payload to act on a terminal: an OSC 52
+# clipboard write, a title change, clear screen + cursor home (CSI and its C1 form), a bidi
+# override and isolate, and rich markup that would close a tag that is not open.
+HOSTILE = (
+    "\x1b]52;c;ZXZpbA==\x07 \x1b]0;owned\x07 \x1b[2J\x1b[H \x9b2J \x9d0;t\x9c "
+    "\u202eevil\u202c \u2066iso\u2069 \r\x08\x7f [/] [bold]loud[/bold]"
+)
+# Characters that must never reach the terminal raw.
+RAW = ["\x1b", "\x07", "\x9b", "\x9d", "\x9c", "\u202e", "\u202c", "\u2066", "\u2069", "\r"]
+RAW += ["\x08", "\x7f"]
+
+
+def assert_harmless(text: str) -> None:
+    for char in RAW:
+        assert char not in text, (char, text)
+
+
+def assert_user_error(result: Result, fragment: str) -> None:
+    # The exit code is another change's business (usage errors become 2): only non-zero here.
+    assert result.exit_code != 0, result.output
+    assert result.stderr.startswith("Error: "), result.stderr
+    assert fragment in result.stderr, result.stderr
+    assert "Traceback" not in result.output
+
+
+# ----------------------------------------------------------------------------- termsafe
+
+
+@given(st.text())
+def test_printable_leaves_no_control_character_and_keeps_the_rest(text: str) -> None:
+    shown = printable(text)
+    assert_harmless(shown)
+    assert "\n" not in shown and "\t" not in shown
+    kept = printable(text, keep_newlines=True)
+    assert_harmless(kept)
+    assert kept.count("\n") == text.count("\n")
+    # Only the unsafe characters change: an escape-free printable text is shown as it is.
+    if text == printable(text):
+        assert all(c.isprintable() or c == " " for c in text if ord(c) < 0x250)
+
+
+@given(st.recursive(st.none() | st.booleans() | st.integers() | st.text(), st.lists))
+def test_safe_json_is_the_same_json_without_raw_controls(value: object) -> None:
+    text = safe_json(value)
+    assert_harmless(text)
+    assert json.loads(text) == value
+    indented = safe_json_text(json.dumps(value, ensure_ascii=False, indent=2))
+    assert_harmless(indented)
+    assert json.loads(indented) == value
+
+
+def test_printable_shows_escapes_visibly() -> None:
+    assert printable("a\x1b[2Jb\u202ec\x9b") == "a\\x1b[2Jb\\u202ec\\x9b"
+    assert printable("one\ntwo\tx", keep_newlines=True) == "one\ntwo\tx"
+    assert printable("one\ntwo") == "one\\ntwo"
+
+
+# ----------------------------------------------------------------------------- tail
+
+
+def test_tail_shows_escapes_in_payloads_escaped_and_markup_literally(
+    invoke: Invoke, bus_file: Path
+) -> None:
+    assert invoke("publish", "x.y", json.dumps({"text": HOSTILE})).exit_code == 0
+    result = invoke("tail")
+    assert result.exit_code == 0, result.output
+    assert_harmless(result.stdout)
+    assert "\\u202eevil" in result.stdout and "\\x9b2J" in result.stdout
+    assert "[/] [bold]loud[/bold]" in result.stdout
+
+
+def test_tail_json_escapes_c1_and_bidi_and_stays_the_same_json(
+    invoke: Invoke, bus_file: Path
+) -> None:
+    assert invoke("publish", "x.y", json.dumps({"text": HOSTILE}), "--agent", "a\u202eb").exit_code == 0
+    result = invoke("tail", "--json")
+    assert result.exit_code == 0, result.output
+    assert_harmless(result.stdout)
+    record = json.loads(result.stdout)
+    assert record["payload"] == {"text": HOSTILE}
+    assert record["agent"] == "a\u202eb"
+
+
+def test_tail_follow_escapes_new_events(bus_file: Path, spawn_cli: Callable[..., object]) -> None:
+    with SyncBus(bus_file) as bus:
+        bus.publish("x.y", {"n": 0})
+    proc = spawn_cli("tail", "--follow", "--since", "1")
+    with SyncBus(bus_file) as bus:
+        bus.publish("x.y", {"text": HOSTILE})
+    line = proc.stdout.readline()  # type: ignore[attr-defined]
+    proc.kill()  # type: ignore[attr-defined]
+    assert '"text"' in line
+    assert_harmless(line)
+    assert "\\x1b]52;c;" in line or "\\u001b]52;c;" in line
+
+
+def test_sql_json_escapes_c1_and_bidi(invoke: Invoke, bus_file: Path) -> None:
+    invoke("publish", "x.y", "{}")
+    result = invoke("sql", "SELECT char(155) || '2J' || char(8238) AS v", "--json")
+    assert result.exit_code == 0, result.output
+    assert_harmless(result.stdout)
+    assert json.loads(result.stdout) == {"v": "\x9b2J\u202e"}
+
+
+def test_cursors_json_with_a_blob_consumer_name(invoke: Invoke, bus_file: Path) -> None:
+    # A bus written by something else may hold a blob where text belongs.
+    invoke("publish", "x.y", "{}")
+    with sqlite3.connect(bus_file) as conn:
+        conn.execute("INSERT INTO cursors (consumer, last_seen_id) VALUES (?, 1)", (b"\x1b[2J",))
+    conn.close()
+    result = invoke("cursors", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["consumer"] == "1b5b324a"
+    table = invoke("cursors")
+    assert table.exit_code == 0 and "x'1b5b324a'" in table.stdout
+
+
+def test_tail_of_a_payload_nested_too_deeply_to_decode(invoke: Invoke, bus_file: Path) -> None:
+    invoke("publish", "x.y", "{}")
+    with sqlite3.connect(bus_file) as conn:
+        conn.execute(
+            "INSERT INTO outbox (agent, event_type, payload) VALUES ('x', 'deep', ?)",
+            ("[" * 1500 + "]" * 1500,),
+        )
+    conn.close()
+    for args in (("tail",), ("tail", "--json")):
+        assert_user_error(invoke(*args), "nested too deeply")
+
+
+# ----------------------------------------------------------------------------- run's printer
+
+
+def test_run_printer_shows_tool_results_and_model_output_escaped(
+    bus_file: Path, capsys: object
+) -> None:
+    from agents.cli.run_cmds import _printer
+
+    with SyncBus(bus_file) as bus:
+        ids = [
+            bus.publish("run.tool_result", {"tool": "read_file", "result": HOSTILE}, run_id="r"),
+            bus.publish("run.decision", {"decision": {"answer": HOSTILE}}, run_id="r"),
+            bus.publish("run.outcome", {"kind": "done", "summary": HOSTILE}, run_id="r"),
+        ]
+        events = [bus.get(i) for i in ids]
+    show = _printer(False)
+    for event in events:
+        show(event)  # "[/]" must not raise MarkupError
+    out = capsys.readouterr().out  # type: ignore[attr-defined]
+    assert_harmless(out)
+    assert out.count("[/] [bold]loud[/bold]") == 3
+    show_json = _printer(True)
+    for event in events:
+        show_json(event)
+    lines = capsys.readouterr().out.splitlines()  # type: ignore[attr-defined]
+    assert_harmless("\n".join(lines))
+    assert json.loads(lines[0])["payload"]["result"] == HOSTILE
+
+
+# ----------------------------------------------------------------------------- up's live view
+
+
+def test_chain_view_renders_hostile_events_and_status(tmp_path: Path, bus_file: Path) -> None:
+    from agents.chain_view import render
+    from agents.config import load_config
+    from agents.supervisor import Supervisor
+
+    config_file = tmp_path / "chain.toml"
+    config_file.write_text(
+        '[chain]\nworkspace = "."\n\n[agents.watch]\nkind = "answer"\n'
+        'subscribe = ["x.*"]\ntask = "t {payload}"\n',
+        encoding="utf-8",
+    )
+    sup = Supervisor(load_config(config_file), bus_file)
+    with SyncBus(bus_file) as bus:
+        event_id = bus.publish("x.y", {"text": HOSTILE}, agent="ev[/]il\x1b[2J", run_id="r[/]")
+        sup.recent.append(bus.get(event_id))
+        sup.recent.append(bus.get(bus.publish("x.y", {"m": "[/] [bold]loud[/bold]"})))
+    sup.counts["x.y"] = 1
+    slot = sup.slots[0]
+    slot.state = "running"
+    slot.status = {"activity": HOSTILE, "run_id": "r\x1b]0;t\x07[/]", "event_id": event_id}
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=400, color_system=None, force_terminal=False)
+    console.print(render(sup, title="chain [/] \x1b[2J"))  # MarkupError before the fix
+    out = buffer.getvalue()
+    assert_harmless(out)
+    assert "ev[/]il\\x1b[2J" in out and "chain [/] \\x1b[2J" in out
+    assert '{"m": "[/] [bold]loud[/bold]"}' in out
+
+
+# ----------------------------------------------------------------------------- replay
+
+
+def test_replay_refuses_a_function_that_is_not_a_decision_function(tmp_path: Path) -> None:
+    from agents.cli import main
+    from click.testing import CliRunner
+
+    text = RECORDING.read_text(encoding="utf-8")
+    for name in ("__init__", "with_options", "parse", "__class__"):
+        recording = tmp_path / f"{name}.xml"
+        recording.write_text(
+            text.replace('"function":"Assistant"', f'"function":"{name}"'), encoding="utf-8"
+        )
+        result = CliRunner().invoke(
+            main,
+            ["--bus", str(tmp_path / "b.db"), "replay", str(recording), "--workspace", str(ROOT)],
+            catch_exceptions=False,
+        )
+        assert_user_error(result, f"{name!r} is not a BAML decision function")
+        assert "Assistant" in result.stderr  # the message lists the real ones
