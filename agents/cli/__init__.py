@@ -26,6 +26,10 @@ COMMANDS: dict[str, str] = {
     "agents": "agents.cli.run_cmds:agents_cmd",
     "agent": "agents.cli.chain_cmds:agent",
     "up": "agents.cli.chain_cmds:up",
+    "runs": "agents.cli.observe_cmds:runs",
+    "show": "agents.cli.observe_cmds:show",
+    "report": "agents.cli.observe_cmds:report",
+    "serve": "agents.cli.observe_cmds:serve",
 }
 
 
