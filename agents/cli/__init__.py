@@ -7,9 +7,10 @@ commands never pay for mlx, baml or wasmtime imports.
 from __future__ import annotations
 
 import importlib
-from typing import Any
 
 import click
+
+from agents.cli.common import exit_codes_epilog
 
 # command name -> "module:attribute"; each module owns its commands.
 COMMANDS: dict[str, str] = {
@@ -42,21 +43,8 @@ class LazyGroup(click.Group):
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         return self._load(cmd_name)
 
-    # A usage mistake (unknown option or command, bad value) is a user error like
-    # any other: click prints usage + `Error: ...`; exit 1 instead of click's 2.
-    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
-        try:
-            return super().make_context(*args, **kwargs)
-        except click.UsageError as exc:
-            exc.exit_code = 1  # type: ignore[misc]
-            raise
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except click.UsageError as exc:
-            exc.exit_code = 1  # type: ignore[misc]
-            raise
+    # A usage mistake (unknown option or command, bad value) keeps click's exit code 2: the
+    # same code as every other usage or setup error (agents/cli/common.py).
 
     @staticmethod
     def _load(name: str) -> click.Command | None:
@@ -71,7 +59,10 @@ class LazyGroup(click.Group):
             if exc.name == module_name:
                 return None
             raise
-        return getattr(module, attr)
+        command: click.Command = getattr(module, attr)
+        if command.epilog is None:  # every command documents the shared exit codes
+            command.epilog = exit_codes_epilog()
+        return command
 
 
 # Commands that generate in process: their process restarts once with OpenBLAS preloaded.
@@ -105,7 +96,11 @@ def entry() -> None:
     main(prog_name="loopbus")
 
 
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    cls=LazyGroup,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog=exit_codes_epilog("a run, replay, snippet or chain ran but did not succeed"),
+)
 @click.option(
     "--bus",
     "bus_path",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -11,9 +10,17 @@ from typing import Any, TypeVar
 
 import click
 
-from agents.cli.common import bus_path, fail, handle_errors
+from agents.cli.common import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    bus_path,
+    exit_codes_epilog,
+    fail,
+    handle_errors,
+)
 
 DEFAULT_CONFIG = "loopbus.toml"
+STATUS_EVERY = 15.0  # seconds between plain status lines when there is no live view
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -38,7 +45,15 @@ def _override_options(fn: F) -> F:
     )(fn)
 
 
-@click.command("agent")
+@click.command(
+    "agent",
+    epilog="\b\nExit status:\n"
+    "  0    stopped by SIGTERM (how `loopbus up` stops it) or idle (--exit-when-idle)\n"
+    "  2    usage or setup error (`Error: ...`)\n"
+    "  3    configuration error: `loopbus up` does not restart it\n"
+    "  130  interrupted (Ctrl-C)\n"
+    "  other  a crash: `loopbus up` restarts it with backoff",
+)
 @click.argument("name")
 @click.option(
     "--config",
@@ -118,10 +133,24 @@ def agent(
         click.echo(f"Error: {exc}", err=True)
         raise SystemExit(FATAL_EXIT) from None
     except KeyboardInterrupt:
-        raise SystemExit(0) from None
+        raise SystemExit(EXIT_INTERRUPTED) from None
 
 
-@click.command("up")
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM: a requested stop (a service manager, `kill`), so `up` exits 0, not 130."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise _Terminated
+
+
+@click.command(
+    "up",
+    epilog=exit_codes_epilog(
+        "an agent crashed too often, or --until-idle: the chain was not idle in time"
+    )
+    + "\n  0 also after SIGTERM: a requested stop.",
+)
 @click.argument("config_path", required=False, type=click.Path(dir_okay=False))
 @_override_options
 @click.option(
@@ -144,7 +173,17 @@ def agent(
     help="Give up when one agent process crashes this often within 60 s.",
 )
 @click.option(
-    "--live/--no-live", default=None, help="Live status table (default: when stdout is a terminal)."
+    "--live/--no-live",
+    default=None,
+    help="Live status table (default: when stdout is a terminal); else plain timestamped lines.",
+)
+@click.option(
+    "--status-every",
+    type=click.FloatRange(min=0, min_open=True),
+    default=STATUS_EVERY,
+    show_default=True,
+    metavar="SECONDS",
+    help="Without the live view: print every process's status this often.",
 )
 @click.pass_context
 @handle_errors
@@ -158,12 +197,15 @@ def up(
     timeout: float | None,
     max_crashes: int,
     live: bool | None,
+    status_every: float,
 ) -> None:
     """Start every agent of a chain as its own process and supervise them.
 
     Shows each process's state live, restarts a crashed agent with backoff, gives up after
     repeated crashes and stops everything on Ctrl-C / SIGTERM. Feed the chain with
-    `loopbus publish`; logs are in BUS.agents/.
+    `loopbus publish`; logs are in BUS.agents/. Outside a terminal (CI, a pipe) it prints
+    plain timestamped lines instead of the live table: one per run outcome and a status
+    line every --status-every seconds.
 
     \b
     Example:
@@ -172,8 +214,10 @@ def up(
     \b
       loopbus up agents/examples/review.toml --workspace ~/src/project --until-idle
     """
+    import signal
+
     from agents.config import check_registry, load_config
-    from agents.supervisor import install_sigterm
+    from agents.progress import is_terminal
 
     config = load_config(config_path or _config_default()).with_overrides(
         workspace=Path(workspace) if workspace else None,
@@ -181,9 +225,10 @@ def up(
         model=model,
     )
     check_registry(config)
-    install_sigterm()
+    # Like Ctrl-C, SIGTERM unwinds through the supervisor's cleanup; unlike it, it exits 0.
+    signal.signal(signal.SIGTERM, _on_sigterm)
     path = bus_path(ctx)
-    show_live = sys.stdout.isatty() if live is None else live
+    show_live = is_terminal() if live is None else live
     try:
         finished = supervise(
             config,
@@ -192,12 +237,19 @@ def up(
             timeout=timeout,
             max_crashes=max_crashes,
             live=show_live,
+            status_every=status_every,
         )
-    except KeyboardInterrupt:
+    except _Terminated:
         click.echo("stopped all agents")
         return
+    except KeyboardInterrupt:
+        click.echo("stopped all agents")
+        raise SystemExit(EXIT_INTERRUPTED) from None
     if until_idle and not finished:
-        fail(f"the chain was not idle after {timeout} s; see the logs in {path}.agents/")
+        fail(
+            f"the chain was not idle after {timeout} s; see the logs in {path}.agents/",
+            EXIT_FAILED,
+        )
     if until_idle:
         click.echo("chain idle: every event handled; stopped all agents")
 
@@ -211,26 +263,32 @@ def supervise(
     max_crashes: int = 5,
     live: bool = True,
     title: str = "",
+    status_every: float = STATUS_EVERY,
 ) -> bool:
-    """Run a Supervisor with a live rich view (or plain log lines); returns True when idle."""
+    """Run a Supervisor with a live rich view, or plain timestamped lines (`agents.progress`:
+    supervisor messages, one line per run outcome, a status line every ``status_every`` s);
+    returns True when idle."""
+    from agents.supervisor import Supervisor
+
+    if not live:
+        from agents.progress import ChainProgress
+
+        progress = ChainProgress(path, click.echo, every=status_every)
+        plain = Supervisor(config, path, max_crashes=max_crashes, log=progress.log)  # type: ignore[arg-type]
+        try:
+            return plain.run(until_idle=until_idle, timeout=timeout, tick=progress)
+        finally:
+            progress.finish(plain)
+
     from rich.console import Console
     from rich.live import Live
     from rich.text import Text
 
     from agents.chain_view import render
-    from agents.supervisor import Supervisor
     from agents.termsafe import printable
 
     console = Console()
     started = time.monotonic()
-    if not live:
-        sup = Supervisor(
-            config,
-            path,
-            max_crashes=max_crashes,  # type: ignore[arg-type]
-            log=lambda line: click.echo(f"[up] {line}"),
-        )
-        return sup.run(until_idle=until_idle, timeout=timeout)
     lines: list[str] = []
     sup = Supervisor(config, path, max_crashes=max_crashes, log=lines.append)  # type: ignore[arg-type]
     with Live(console=console, refresh_per_second=4, transient=False) as view:

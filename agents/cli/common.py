@@ -1,22 +1,58 @@
-"""Shared CLI plumbing: bus path resolution and mapping library errors to `Error: ...`."""
+"""Shared CLI plumbing: bus path resolution, exit codes and mapping library errors to `Error: ...`.
+
+Exit codes, the same for every command (the README has the table):
+
+* 0 (:data:`EXIT_OK`): success;
+* 1 (:data:`EXIT_FAILED`): the command ran but did not succeed (a run ended other than
+  `done`, a replay diverged, a sandbox snippet raised, a chain gave up or was not idle in time);
+* 2 (:data:`EXIT_USAGE`): a usage or setup error (bad option or input, unknown agent, missing
+  model or bus file, bad config), printed as `Error: ...`; nothing ran;
+* 130 (:data:`EXIT_INTERRUPTED`): stopped by Ctrl-C.
+"""
 
 from __future__ import annotations
 
 import functools
 import importlib
 import os
+import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def exit_codes_epilog(failed: str = "the command ran but did not succeed") -> str:
+    """The `--help` epilog documenting a command's exit codes; ``failed`` says what 1 means."""
+    # \b keeps click from re-wrapping the lines into one paragraph.
+    return (
+        "\b\nExit status:\n"
+        "  0    success\n"
+        f"  1    {failed}\n"
+        "  2    usage or setup error (bad option or input, missing file, model or config)\n"
+        "  130  interrupted (Ctrl-C)"
+    )
+
 
 # Lightweight modules defining each package's user-facing error base class.
 _ERROR_BASES = (
     ("bus.errors", "BusError"),
     ("models.errors", "ModelError"),
     ("agents.errors", "AgentError"),
+)
+
+# Library errors that mean "it ran and did not succeed" or "interrupted", not a user mistake.
+_ERROR_EXIT_CODES = (
+    ("bus.errors", "QueryInterrupted", EXIT_INTERRUPTED),
+    ("bus.errors", "QueryTimeout", EXIT_FAILED),
+    ("agents.supervisor", "ChainGaveUp", EXIT_FAILED),
 )
 
 
@@ -31,28 +67,39 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     return tuple(types)
 
 
+def exit_code_for(exc: BaseException) -> int:
+    """The exit code for a library error: :data:`EXIT_USAGE` unless it is listed otherwise."""
+    for module_name, attr, code in _ERROR_EXIT_CODES:
+        # Only a loaded module can have raised it: never import one just to compare.
+        cls = getattr(sys.modules.get(module_name), attr, None)
+        if isinstance(cls, type) and isinstance(exc, cls):
+            return code
+    return EXIT_USAGE
+
+
 def bus_path(ctx: click.Context) -> str:
     """The bus file chosen by --bus, else $LOOPBUS_BUS, else ./loopbus.db."""
     explicit = (ctx.find_root().obj or {}).get("bus_path")
     return explicit or os.environ.get("LOOPBUS_BUS") or "loopbus.db"
 
 
-def fail(message: str) -> None:
-    """Print `Error: message` to stderr and exit 1."""
+def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
+    """Print `Error: message` to stderr and exit with ``code`` (2, a usage/setup error)."""
     click.echo(f"Error: {message}", err=True)
-    raise SystemExit(1)
+    raise SystemExit(code)
 
 
 def handle_errors(fn: F) -> F:
-    """Turn library errors into `Error: ...` with exit code 1 instead of a traceback."""
+    """Turn library errors into `Error: ...` (exit 2, or the code listed for the error type)
+    instead of a traceback, and Ctrl-C into exit 130."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except user_error_types() as exc:
-            fail(str(exc))
+            fail(str(exc), exit_code_for(exc))
         except KeyboardInterrupt:
-            raise SystemExit(130) from None
+            raise SystemExit(EXIT_INTERRUPTED) from None
 
     return wrapper  # type: ignore[return-value]

@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from agents.cli.common import fail, handle_errors
+from agents.cli.common import EXIT_FAILED, fail, handle_errors
 
 _SIZE = re.compile(r"^\s*(\d+)\s*([kmg]?)(i?b)?\s*$", re.I)
 _UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
@@ -95,7 +95,8 @@ def sandbox(
             fail(
                 result.error.split(" The sandbox session was reset")[0].removeprefix(
                     "Sandbox stopped: "
-                )
+                ),
+                EXIT_FAILED,  # the snippet ran and failed: not a usage error
             )
-        fail(result.error.strip().splitlines()[-1])
+        fail(result.error.strip().splitlines()[-1], EXIT_FAILED)
     sys.stdout.flush()

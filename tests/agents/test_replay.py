@@ -105,7 +105,7 @@ def test_cli_replay_export_and_agents(tmp_path: Path, bus_file: Path) -> None:
     bad = runner.invoke(loopbus, ["replay", str(CRAFTED), "--workspace", str(tmp_path / "ws")])
     assert bad.exit_code == 1 and "replay diverged at event 5" in bad.output
     missing = runner.invoke(loopbus, ["--bus", str(bus_file), "export", "nope"])
-    assert missing.exit_code == 1 and "Error:" in missing.output
+    assert missing.exit_code == 2 and "Error:" in missing.output
     listing = runner.invoke(loopbus, ["agents", "--json"])
     names = {a["name"]: a for a in json.loads(listing.output)}
     assert names["assistant"]["tools"] == ["read_file", "list_dir", "done"]

@@ -108,7 +108,7 @@ def test_up_refuses_an_invalid_config(tmp_path: Path, bus_file: Path) -> None:
     proc = subprocess.run(
         loopbus("--bus", str(bus_file), "up", str(cfg)), capture_output=True, text=True, timeout=60
     )
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert proc.stderr.startswith("Error: agent 'nobody'")
     assert "unknown kind 'nobody'" in proc.stderr
     proc = subprocess.run(

@@ -1,4 +1,4 @@
-"""Bad input found by review: each ends in `Error: ...` and exit 1, never a traceback."""
+"""Bad input found by review: each ends in `Error: ...` and exit 2, never a traceback."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def loopbus(*args: str, cwd: Path, stdin: str | None = None) -> subprocess.Compl
 
 
 def assert_clean_error(result: subprocess.CompletedProcess[str], message: str) -> None:
-    assert result.returncode == 1, result
+    assert result.returncode == 2, result
     assert result.stderr.startswith("Error: "), result.stderr
     assert message in result.stderr
     assert "Traceback" not in result.stderr

@@ -25,8 +25,8 @@ def json_lines(text: str) -> list[dict]:
 
 
 def assert_user_error(result, fragment: str) -> None:
-    """`Error: ...` on stderr (containing `fragment`), exit 1, nothing on stdout."""
-    assert result.exit_code == 1, (result.exit_code, result.output)
+    """`Error: ...` on stderr (containing `fragment`), exit 2, nothing on stdout."""
+    assert result.exit_code == 2, (result.exit_code, result.output)
     assert result.stderr.startswith("Error: ") or "\nError: " in result.stderr, result.stderr
     assert fragment.lower() in result.stderr.lower(), result.stderr
     assert result.stdout == ""
@@ -266,7 +266,7 @@ def test_sql_refuses_writes(
 ) -> None:
     before = snapshot(populated_bus)
     result = invoke("sql", statement)
-    assert result.exit_code == 1, result.output
+    assert result.exit_code == 2, result.output
     assert result.stderr.startswith("Error: ") and "Traceback" not in result.output
     assert snapshot(populated_bus) == before
     assert not (tmp_path / "other.db").exists()
@@ -278,7 +278,7 @@ def test_sql_invalid_query_is_a_user_error(
     before = snapshot(populated_bus)
     for statement in ["SELEC 1", "SELECT * FROM nope"]:
         result = invoke("sql", statement)
-        assert result.exit_code == 1 and result.stderr.startswith("Error: "), result.output
+        assert result.exit_code == 2 and result.stderr.startswith("Error: "), result.output
     assert_user_error(invoke("sql", "SELECT 1", "--json", "--csv"), "one of --json and --csv")
     assert snapshot(populated_bus) == before
 
@@ -450,12 +450,12 @@ def test_a_file_that_is_not_a_bus_is_refused(
         (["frobnicate"], "No such command"),
     ],
 )
-def test_usage_errors_exit_1(
+def test_usage_errors_exit_2(
     invoke: Invoke, populated_bus: Path, args: list[str], fragment: str, snapshot: Snapshot
 ) -> None:
     before = snapshot(populated_bus)
     result = invoke(*args)
-    assert result.exit_code == 1, result.output
+    assert result.exit_code == 2, result.output
     assert "Error: " in result.stderr and fragment in result.stderr, result.stderr
     assert snapshot(populated_bus) == before
 
@@ -471,6 +471,6 @@ def test_every_command_help_has_an_example(invoke: Invoke, command: str) -> None
 def test_bus_path_that_is_a_directory(invoke: Invoke, tmp_path: Path) -> None:
     for args in (["tail"], ["publish", "x", "{}"]):
         result = invoke(*args, bus=tmp_path)
-        assert result.exit_code == 1 and "Error: " in result.stderr, result.output
+        assert result.exit_code == 2 and "Error: " in result.stderr, result.output
         assert "directory" in result.stderr
     assert list(tmp_path.iterdir()) == []

@@ -25,8 +25,8 @@ Run = Callable[..., subprocess.CompletedProcess[str]]
 FOREVER = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c"
 
 
-def assert_user_error(result: Result, fragment: str) -> None:
-    assert result.exit_code == 1, (result.exit_code, result.output)
+def assert_user_error(result: Result, fragment: str, code: int = 2) -> None:
+    assert result.exit_code == code, (result.exit_code, result.output)
     assert result.stderr.startswith("Error: "), result.stderr
     assert fragment in result.stderr, result.stderr
     assert "Traceback" not in result.output
@@ -74,10 +74,10 @@ def test_unregister_in_the_library(bus_file: Path) -> None:
 def test_sql_timeout_stops_a_runaway_query(invoke: Invoke, populated_bus: Path) -> None:
     started = time.monotonic()
     result = invoke("sql", FOREVER, "--timeout", "0.3")
-    assert_user_error(result, "Error: query timed out after 0.3 s")
+    assert_user_error(result, "Error: query timed out after 0.3 s", code=1)  # ran, did not finish
     assert time.monotonic() - started < 10
     assert invoke("sql", "SELECT 1 AS one", "--timeout", "30").exit_code == 0
-    assert invoke("sql", "SELECT 1", "--timeout", "0").exit_code == 1  # must be positive
+    assert invoke("sql", "SELECT 1", "--timeout", "0").exit_code == 2  # must be positive
 
 
 def _wait_until_open(proc: subprocess.Popen[str], path: Path, timeout: float = 30) -> None:
@@ -107,7 +107,7 @@ def test_sql_stops_at_ctrl_c(spawn_cli: Spawn, populated_bus: Path) -> None:
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=20)
     assert time.monotonic() - started < 10
-    assert (proc.returncode, stdout) == (1, ""), stderr
+    assert (proc.returncode, stdout) == (130, ""), stderr
     assert stderr == "Error: query interrupted\n"
 
 
@@ -175,6 +175,6 @@ def test_publish_never_creates_directories(invoke: Invoke, tmp_path: Path, run_c
     # The bus file itself is still created in an existing directory.
     assert invoke("publish", "x", "{}", bus=tmp_path / "new.db").stdout == "1\n"
     proc = run_cli("publish", "x", "{}", bus=missing / "x.db")
-    assert (proc.returncode, proc.stdout) == (1, "")
+    assert (proc.returncode, proc.stdout) == (2, "")
     assert proc.stderr.startswith(f"Error: directory {missing} does not exist")
     assert not (tmp_path / "missing").exists()

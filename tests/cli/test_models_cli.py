@@ -78,7 +78,7 @@ def tiny_gguf(path: Path, arch: str = "llama") -> Path:
 
 
 def assert_user_error(proc: subprocess.CompletedProcess[str], fragment: str) -> None:
-    assert proc.returncode == 1, (proc.returncode, proc.stdout, proc.stderr)
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
     assert proc.stderr.startswith("Error: "), proc.stderr
     assert fragment in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr and proc.stdout == ""

@@ -86,7 +86,7 @@ def test_user_errors_are_one_line_not_tracebacks(
         bus.publish("seed", {})
     before = snapshot(bus_file)
     result = run_cli(*args, input=stdin)
-    assert result.returncode == 1, result.stderr
+    assert result.returncode == 2, result.stderr
     assert result.stdout == ""
     assert "Error: " in result.stderr and fragment in result.stderr
     assert "Traceback" not in result.stderr
@@ -98,7 +98,7 @@ def test_user_errors_are_one_line_not_tracebacks(
 )
 def test_read_commands_on_a_missing_file(run_cli: Run, bus_file: Path, args: list[str]) -> None:
     result = run_cli(*args)
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert result.stderr.startswith("Error: ") and "Traceback" not in result.stderr
     assert not bus_file.exists()
 
@@ -166,7 +166,7 @@ def test_follow_prints_events_from_another_process_promptly(
             except subprocess.TimeoutExpired:
                 follower.kill()
                 raise
-    assert follower.returncode == 0, stderr
+    assert follower.returncode == 130, stderr  # Ctrl-C, like tail -f
     assert stderr == ""
     # Following registers no consumer cursor (it must never hold back prune)...
     assert run_cli("cursors", "--json").stdout == ""
@@ -185,4 +185,4 @@ def test_follow_stops_quietly_on_sigint_while_idle(bus_file: Path, spawn_cli: Sp
     time.sleep(0.3)
     follower.send_signal(signal.SIGINT)
     out, err = follower.communicate(timeout=10)
-    assert (follower.returncode, out, err) == (0, "", "")
+    assert (follower.returncode, out, err) == (130, "", "")

@@ -103,7 +103,7 @@ def test_cli_fuel_and_memory_options(runner: CliRunner) -> None:
     )
     assert mem.exit_code == 1 and "Error:" in mem.output
     bad = runner.invoke(main, ["sandbox", "-c", "1", "--memory", "lots"])
-    assert bad.exit_code != 0 and "not a size" in bad.output
+    assert bad.exit_code == 2 and "not a size" in bad.output
 
 
 def test_cli_mount_is_read_only(runner: CliRunner, workspace: Path) -> None:
@@ -120,9 +120,9 @@ def test_cli_mount_is_read_only(runner: CliRunner, workspace: Path) -> None:
 
 def test_cli_needs_code_and_has_help(runner: CliRunner) -> None:
     none = runner.invoke(main, ["sandbox"])
-    assert none.exit_code == 1 and "Error: give either -c CODE or a FILE" in none.output
+    assert none.exit_code == 2 and "Error: give either -c CODE or a FILE" in none.output
     both = runner.invoke(main, ["sandbox", "-c", "1", "-"], input="2")
-    assert both.exit_code == 1
+    assert both.exit_code == 2
     help_text = runner.invoke(main, ["sandbox", "--help"]).output
     assert "Examples:" in help_text and "loopbus sandbox -c" in help_text
 
@@ -132,6 +132,6 @@ def test_run_sandbox_limit_flags_are_validated_before_any_model_loads(
 ) -> None:
     args = ["--bus", str(tmp_path / "bus.db"), "run", "coder", "x"]
     bad = runner.invoke(main, [*args, "--sandbox-fuel", "10"])
-    assert bad.exit_code == 1 and "sandbox limit fuel=10 must be at least 1000000" in bad.output
+    assert bad.exit_code == 2 and "sandbox limit fuel=10 must be at least 1000000" in bad.output
     size = runner.invoke(main, [*args, "--sandbox-memory", "12Q"])
-    assert size.exit_code != 0 and "is not a size" in size.output
+    assert size.exit_code == 2 and "is not a size" in size.output
