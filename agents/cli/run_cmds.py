@@ -1,7 +1,8 @@
 """`loopbus run`, `loopbus agents`, `loopbus replay`, `loopbus export`: one agent run at a time.
 
-Exit status of `run` and `replay`: 0 when the run ended `done` / the replay matched, 1 otherwise
-(another outcome, a divergence, or an error printed as `Error: ...`).
+Exit status of `run` and `replay`: 0 when the run ended `done` / the replay matched, 1 when it
+ended otherwise / diverged, 2 for a usage or setup error printed as `Error: ...` (unknown agent,
+missing model, workspace or recording), 130 on Ctrl-C.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 
 import click
 
-from agents.cli.common import bus_path, fail, handle_errors
+from agents.cli.common import bus_path, exit_codes_epilog, fail, handle_errors
 from agents.cli.sandbox_cmds import _parse_bytes
 from agents.termsafe import printable, safe_json_text
 
@@ -83,7 +84,7 @@ def _printer(as_json: bool) -> Any:
     return show
 
 
-@click.command("run")
+@click.command("run", epilog=exit_codes_epilog("the run ended other than `done`"))
 @click.argument("agent")
 @click.argument("task")
 @click.option(
@@ -242,7 +243,9 @@ def agents_cmd(as_json: bool) -> None:
     Console().print(table)
 
 
-@click.command("replay")
+@click.command(
+    "replay", epilog=exit_codes_epilog("the replay diverged (the diff of the first divergence)")
+)
 @click.argument("source")
 @click.option(
     "--workspace",
