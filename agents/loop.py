@@ -45,7 +45,7 @@ from pydantic import ValidationError
 from agents import turn
 from agents.decide import Decider, get_decider
 from agents.errors import AgentError
-from agents.runstate import Outcome, RunSettings, RunState
+from agents.runstate import Outcome, RunSettings, RunState, RunUnrecordable
 
 __all__ = ["Outcome", "resume_run", "run", "run_agent", "step", "unfinished_runs"]
 
@@ -75,11 +75,19 @@ def step(state: RunState, runtime: Any, decider: Decider) -> Outcome | None:
 
 
 def run(state: RunState, runtime: Any, decider: Decider) -> Outcome:
-    """Step until the run has its outcome; per-run resources are closed at the end."""
+    """Step until the run has its outcome; per-run resources are closed at the end.
+
+    A run event the bus refused to store has already ended the run ``failed``
+    (:class:`~agents.runstate.RunUnrecordable`): that outcome is returned.
+    """
     try:
         while (outcome := step(state, runtime, decider)) is None:
             pass
         return outcome
+    except RunUnrecordable:
+        if state.outcome is None:
+            raise
+        return state.outcome
     finally:
         state.ctx.close()
 
@@ -98,8 +106,13 @@ def run_agent(
     caused_by: int | None = None,
     on_event: Callable[[Any], None] | None = None,
     output: Path | None = None,
+    refuse: str | None = None,
 ) -> Outcome:
-    """Run ``agent`` on ``task`` to its outcome (or resume ``run_id`` if it is already on the bus)."""
+    """Run ``agent`` on ``task`` to its outcome (or resume ``run_id`` if it is already on the bus).
+
+    ``refuse``: record the run with its task and end it ``failed`` with this reason, without
+    asking the model (a chain agent's trigger that it cannot handle).
+    """
     from agents.builtin import get_agent
 
     if run_id is not None and bus.events(run_id=run_id, limit=1):
@@ -136,6 +149,7 @@ def run_agent(
         caused_by=caused_by,
         on_event=on_event,
         output=output,
+        refuse=refuse,
     )
     return run(state, runtime, decider)
 
@@ -149,14 +163,26 @@ def resume_run(
     on_event: Callable[[Any], None] | None = None,
     output: Path | None = None,
 ) -> Outcome:
-    """Continue a run from the bus (see the module docstring); never re-asks recorded decisions."""
+    """Continue a run from the bus (see the module docstring); never re-asks recorded decisions.
+
+    A run with a malformed event (forged or corrupt) ends ``failed`` with a reason that says
+    what is malformed, instead of raising.
+    """
     from agents.builtin import get_agent
 
     state, decider = turn.rebuild(
         bus, run_id, runtime=runtime, workspace=workspace, on_event=on_event, output=output
     )
     if state.outcome is not None:
+        state.ctx.close()
         return state.outcome
+    if state.malformed is not None or decider is None:
+        try:
+            return turn.finish(state, "failed", reason=state.malformed)
+        except RunUnrecordable:
+            return state.outcome  # type: ignore[return-value]
+        finally:
+            state.ctx.close()
     get_agent(state.settings.agent)  # its module registered the agent's tools
     return run(state, runtime, decider)
 

@@ -33,6 +33,14 @@ same transaction the decision's id is not known yet, and it is the event right b
 Every ``run.*`` payload also has ``ts``: the loop's clock, which the event log renders (so the
 context rebuilt from the bus is byte-identical, and replay can stamp the recorded times).
 Only task, decision, tool_result and error events are part of the model's context.
+
+A run event the bus refuses to store (over its payload limit, or text that is not valid
+UTF-8 such as a lone surrogate in a model answer) would crash the agent on every retry: instead
+:meth:`RunState.emit` ends the run ``failed`` with a small ``run.outcome`` saying what could not
+be recorded (with a stand-in ``run.task`` when the task itself was refused) and raises
+:class:`RunUnrecordable`, which :func:`agents.loop.run` turns into that outcome.
+:func:`malformed` checks the shape of a recorded run event, so reading a run back never
+crashes on a forged or corrupt one.
 """
 
 from __future__ import annotations
@@ -45,11 +53,20 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from agents.errors import AgentError
 from agents.eventlog import EventLog, LogEvent
 from agents.policy import Policy, RunFacts
 
 OutcomeKind = Literal["done", "budget_exceeded", "max_turns", "failed"]
 CONTEXT_TYPES = frozenset({"run.task", "run.decision", "run.tool_result", "run.error"})
+OUTCOME_KINDS = ("done", "budget_exceeded", "max_turns", "failed")
+#: Longest reason of an outcome written because something could not be recorded.
+MAX_REASON_CHARS = 1000
+
+
+class RunUnrecordable(AgentError):
+    """A run event could not be stored on the bus; the run has ended ``failed`` (its
+    ``state.outcome``) with the reason recorded in a small ``run.outcome``."""
 
 
 class Outcome(BaseModel):
@@ -113,6 +130,59 @@ def context_view(event_type: str, payload: Any) -> Any:
     return view
 
 
+# Required keys of the run events a run is read back from, and their JSON types.
+_SHAPES: dict[str, dict[str, tuple[type, ...]]] = {
+    "run.task": {"task": (str,), "settings": (dict,)},
+    "run.model_call": {"turn": (int,)},
+    "run.decision": {"turn": (int,), "decision": (dict,)},
+    "run.tool_call": {"turn": (int,), "tool": (str,), "args": (dict,), "idempotent": (bool,)},
+    "run.tool_result": {"tool": (str,), "result": (str, int, float, bool, list, dict, type(None))},
+    "run.error": {"error": (str,)},
+    "run.outcome": {"kind": (str,)},
+}
+_OPTIONAL: dict[str, dict[str, tuple[type, ...]]] = {
+    "run.error": {"tool": (str, type(None)), "kind": (str, type(None))},
+    "run.outcome": {"summary": (str, type(None)), "reason": (str, type(None))},
+}
+
+
+def _json_type(value: Any) -> str:
+    return {dict: "object", list: "array", str: "string", bool: "boolean"}.get(
+        type(value), "null" if value is None else "number"
+    )
+
+
+def malformed(event_type: str, payload: Any) -> str | None:
+    """What is wrong with a recorded run event's payload (missing keys, wrong types, an unknown
+    outcome kind), or None when the loop can read it back. Other event types are never
+    malformed. ``bool`` is no ``int`` here (JSON has both)."""
+    shape = _SHAPES.get(event_type)
+    if shape is None:
+        return None
+    if not isinstance(payload, dict):
+        return f"its payload is a JSON {_json_type(payload)}, not an object"
+    for fields, required in ((shape, True), (_OPTIONAL.get(event_type, {}), False)):
+        for key, types in fields.items():
+            if key not in payload:
+                if required:
+                    return f"it has no {key!r}"
+                continue
+            value = payload[key]
+            if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+                return f"its {key!r} is a JSON {_json_type(value)}"
+    if event_type == "run.outcome" and payload["kind"] not in OUTCOME_KINDS:
+        return f"its kind {clip(repr(payload['kind']), 80)} is none of {', '.join(OUTCOME_KINDS)}"
+    if "turn" in shape and payload["turn"] < 0:
+        return f"its turn {payload['turn']} is negative"
+    return None
+
+
+def clip(text: str, limit: int = MAX_REASON_CHARS) -> str:
+    """``text`` cut to ``limit`` characters and safe to store (lone surrogates escaped)."""
+    text = text if len(text) <= limit else text[: limit - 1] + "…"
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 @dataclass
 class PendingCall:
     """A ``run.tool_call`` whose result is not recorded yet."""
@@ -150,6 +220,7 @@ class RunState:
     staged: list[tuple[str, Any, int | None]] = field(default_factory=list)  # see stage()
     interrupted: BaseException | None = None  # what on_event raised (ends the run's process)
     facts: RunFacts = field(default_factory=RunFacts)  # what the decoding policy needs
+    malformed: str | None = None  # set by agents.turn.rebuild: why the run cannot continue
 
     @property
     def origin(self) -> int | None:
@@ -168,16 +239,33 @@ class RunState:
         recorded one. The returned :class:`bus.Event` objects are built here (no read-back);
         their ``created_at`` is that ts, within a millisecond or so of the stored column.
         """
-        from bus import Event, NewEvent
+        from bus.errors import InvalidPayload, PayloadTooLarge
 
         if self.staged:
             items, self.staged = (*self.staged, *items), []
-        agent, run_id, stamped = self.settings.agent, self.run_id, []
+        stamped = self._stamp(items)
+        try:
+            events = self._publish(stamped)
+        except (PayloadTooLarge, InvalidPayload) as exc:
+            if not any(kind.startswith("run.") for kind, *_ in stamped):
+                raise  # a tool's own output: the tool gets the error, the run goes on
+            raise self._unrecordable([kind for kind, *_ in stamped], exc) from None
+        self._deliver(events)
+        return events
+
+    def _stamp(self, items: tuple[tuple[str, Any, int | None], ...]) -> list[tuple[Any, ...]]:
+        stamped = []
         for i, (kind, payload, caused_by) in enumerate(items):
             ts = self.stamp(self.emitted + i, kind) if self.stamp else utc_now()
             if kind.startswith("run."):
                 payload = {**payload, "ts": ts}
             stamped.append((kind, payload, caused_by, ts))
+        return stamped
+
+    def _publish(self, stamped: list[tuple[Any, ...]]) -> list[Any]:
+        from bus import Event, NewEvent
+
+        agent, run_id = self.settings.agent, self.run_id
         if len(stamped) == 1:
             kind, payload, caused_by, _ = stamped[0]
             ids = [self.bus.publish(kind, payload, agent=agent, run_id=run_id, caused_by=caused_by)]
@@ -190,7 +278,7 @@ class RunState:
             )
         else:
             return []
-        events = [
+        return [
             Event(
                 id=i,
                 agent=agent,
@@ -202,7 +290,11 @@ class RunState:
             )
             for i, (k, p, c, ts) in zip(ids, stamped, strict=True)
         ]
+
+    def _deliver(self, events: list[Any]) -> None:
         for event in events:
+            if event.event_type == "run.task" and self.task_event_id is None:
+                self.task_event_id = event.id
             self.observe(event)
             if self.on_event is not None:
                 try:
@@ -210,7 +302,24 @@ class RunState:
                 except BaseException as exc:
                     self.interrupted = exc  # not a tool failure, even inside a tool's publish
                     raise
-        return events
+
+    def _unrecordable(self, kinds: list[str], exc: Exception) -> RunUnrecordable:
+        """End the run failed because the bus refused ``kinds`` (one commit: a stand-in
+        ``run.task`` if the task was among them, then the outcome); the error to raise."""
+        reason = clip(f"could not record {', '.join(kinds)} on the bus: {exc}")
+        items: list[tuple[str, Any, int | None]] = []
+        if "run.task" in kinds:  # a run always starts with its task: resume reads it first
+            stand_in = f"[a task of {len(self.task)} characters that could not be recorded]"
+            task = {"task": stand_in, "settings": self.settings.model_dump(mode="json")}
+            items.append(("run.task", {**task, "unrecorded": True}, self.trigger))
+        payload = {"kind": "failed", "summary": None, "reason": reason, "turns": self.turn}
+        items.append(("run.outcome", {**payload, "unrecorded": kinds}, self.origin))
+        events = self._publish(self._stamp(tuple(items)))
+        self.outcome = Outcome(kind="failed", run_id=self.run_id, reason=reason)
+        error = RunUnrecordable(reason)
+        self.interrupted = error  # raised again after a tool that caught it (see agents.turn)
+        self._deliver(events)
+        return error
 
     def observe(self, event: Any, *, pinned: bool = False) -> None:
         """Add a bus event of this run to the context (if it belongs there)."""

@@ -134,6 +134,14 @@ class ToolContext:
     publish_many: Callable[[list[tuple[str, Any]]], list[int]] | None = None
     llm: Callable[[str], str] | None = None
 
+    def __post_init__(self) -> None:
+        # Every tool publishes through these two (Publish, chain tools, the sandbox's
+        # publish()): a run.* event from a tool would be read back as the loop's own.
+        if self.publish is not None:
+            self.publish = _guarded_publish(self.publish)
+        if self.publish_many is not None:
+            self.publish_many = _guarded_publish_many(self.publish_many)
+
     def trigger(self) -> Any:
         """The bus event that started this run; ToolError when there is none."""
         if self.caused_by is None:
@@ -176,6 +184,45 @@ class ToolContext:
                 except Exception:  # noqa: BLE001 - closing is best effort
                     pass
         self.resources.clear()
+
+
+def check_tool_event_type(event_type: Any) -> str:
+    """``event_type`` if a tool may publish it; ToolError for the loop's ``run`` namespace."""
+    if not isinstance(event_type, str):
+        raise ToolError(f"an event type must be a string, not {type(event_type).__name__}")
+    if event_type.strip().lower().split(".", 1)[0] == "run":
+        raise ToolError(
+            f"cannot publish {event_type[:80]!r}: event types in the 'run.' namespace are "
+            "reserved for the loop"
+        )
+    return event_type
+
+
+def _guarded_publish(publish: Callable[[str, Any], int]) -> Callable[[str, Any], int]:
+    if getattr(publish, "_guarded", False):
+        return publish
+
+    def guarded(event_type: str, payload: Any) -> int:
+        return publish(check_tool_event_type(event_type), payload)
+
+    guarded._guarded = True  # type: ignore[attr-defined]
+    return guarded
+
+
+def _guarded_publish_many(
+    publish_many: Callable[[list[tuple[str, Any]]], list[int]],
+) -> Callable[[list[tuple[str, Any]]], list[int]]:
+    if getattr(publish_many, "_guarded", False):
+        return publish_many
+
+    def guarded(items: list[tuple[str, Any]]) -> list[int]:
+        items = list(items)
+        for item in items:  # all checked first: the batch is published whole or not at all
+            check_tool_event_type(item[0])
+        return publish_many(items)
+
+    guarded._guarded = True  # type: ignore[attr-defined]
+    return guarded
 
 
 _BY_NAME: dict[str, Tool] = {}
@@ -296,9 +343,7 @@ def publish(call: Any, ctx: ToolContext) -> str:
     """Publish a typed event on the bus for other agents."""
     if ctx.publish is None:
         raise ToolError("this run has no bus to publish on")
-    if call.event_type == "run" or call.event_type.startswith("run."):
-        raise ToolError("event types in the 'run.' namespace are reserved for the loop")
-    ctx.publish(call.event_type, dict(call.payload))
+    ctx.publish(call.event_type, dict(call.payload))  # refuses the loop's run.* types
     return f"published {call.event_type}"
 
 

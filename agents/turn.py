@@ -11,13 +11,21 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from agents.decide import Decider, DecisionParseError, PolicyViolation, get_decider, prompt_hash
 from agents.errors import AgentError
 from agents.policy import schema_sha, turn_schema, violation
 from agents.runs import prompt_record
-from agents.runstate import Outcome, PendingCall, RunSettings, RunState
+from agents.runstate import (
+    Outcome,
+    PendingCall,
+    RunSettings,
+    RunState,
+    RunUnrecordable,
+    clip,
+    malformed,
+)
 from agents.tools import BusReads, ToolContext, get_tool, shape_result, tool_for
 
 log = logging.getLogger("loopbus.agents")
@@ -296,16 +304,26 @@ def new_run(
     stamp: Callable[[int, str], str] | None = None,
     output: Path | None = None,
     reads: Any = None,
+    refuse: str | None = None,
 ) -> RunState:
     """Create a run and publish its ``run.task`` event (the pinned start of its context).
 
     ``output`` is the tools' output folder; ``reads`` what they read the bus through (a replay
-    passes its recorded view; default the run's bus).
+    passes its recorded view; default the run's bus). With ``refuse`` the run ends ``failed``
+    with that reason in the same commit as its task (a trigger it cannot handle). A task the
+    bus refuses to store ends the run failed too (see :class:`~agents.runstate.RunState`).
     """
     run_id = run_id or f"{settings.agent}-{uuid.uuid4().hex[:12]}"
     state = RunState(run_id, task, settings, bus, trigger=caused_by, on_event=on_event, stamp=stamp)
     payload = {"task": task, "settings": settings.model_dump(mode="json")}
-    state.task_event_id = state.emit(("run.task", payload, caused_by))[0].id
+    try:
+        if refuse is None:
+            state.emit(("run.task", payload, caused_by))
+        else:
+            state.stage(("run.task", payload, caused_by))
+            finish(state, "failed", reason=refuse)
+    except RunUnrecordable:
+        pass  # state.outcome is the failed outcome, after a stand-in run.task
     _attach_context(state, runtime, output=output, reads=reads)
     return state
 
@@ -318,52 +336,109 @@ def rebuild(
     workspace: Path | None = None,
     on_event: Callable[[Any], None] | None = None,
     output: Path | None = None,
-) -> tuple[RunState, Decider]:
-    """The state of ``run_id`` rebuilt from its events on the bus (durable resume)."""
+) -> tuple[RunState, Decider | None]:
+    """The state of ``run_id`` rebuilt from its events on the bus (durable resume).
+
+    A malformed run event (missing keys, wrong types, an unknown decision or outcome kind: a
+    forged or corrupt recording) never raises: ``state.malformed`` says what is wrong and the
+    events after it are not applied, except a well-formed ``run.outcome`` (the failed outcome
+    :func:`agents.loop.resume_run` records for such a run). The decider is None only when
+    the ``run.task`` itself is malformed.
+    """
     events = bus.events(run_id=run_id)
     if not events or events[0].event_type != "run.task":
         raise RunNotFound(f"no run {run_id!r} on this bus; `loopbus sql` can list run ids")
     first = events[0]
-    settings = RunSettings.model_validate(first.payload["settings"])
-    if workspace is not None:
+    settings, decider, problem = _read_task(first)
+    if settings is None:
+        agent = first.agent if isinstance(first.agent, str) and first.agent else "unknown"
+        settings = RunSettings(agent=agent, function="")
+    elif workspace is not None:
         settings = settings.model_copy(update={"workspace": str(workspace)})
+    task = first.payload.get("task") if isinstance(first.payload, dict) else None
     state = RunState(
         run_id,
-        first.payload["task"],
+        task if isinstance(task, str) else "",
         settings,
         bus,
         trigger=first.caused_by,
         task_event_id=first.id,
         on_event=on_event,
     )
-    decider = get_decider(settings.function)
-    for event in events:
-        state.observe(event)
+    for event in events if problem is None else events[1:]:
         kind, payload = event.event_type, event.payload
-        if kind == "run.model_call":
-            state.turn = payload["turn"]
-        elif kind == "run.decision":
-            state.pending = decider.load(payload["decision"])
-            state.pending_id, state.parse_failures = event.id, 0
-        elif kind == "run.error" and payload.get("kind") == "parse":
-            state.parse_failures += 1
-        elif kind == "run.tool_call":
-            state.pending = state.pending_id = None
-            state.pending_call = PendingCall(
-                event.id, payload["tool"], payload["args"], payload["idempotent"]
-            )
-        elif (
-            kind in ("run.tool_result", "run.error")
-            and state.pending_call is not None
-            and event.caused_by == state.pending_call.event_id
-        ):
-            state.pending_call = None
-        elif kind == "run.outcome":
-            state.outcome = Outcome(
-                kind=payload["kind"],
-                run_id=run_id,
-                summary=payload.get("summary"),
-                reason=payload.get("reason"),
-            )
+        if problem is not None:
+            if kind == "run.outcome" and malformed(kind, payload) is None:
+                state.outcome = _outcome(run_id, payload)
+                break
+            continue
+        problem = _apply(state, decider, event)  # type: ignore[arg-type]
+    if state.outcome is None and problem is not None:
+        state.malformed = clip(f"cannot resume run {run_id}: {problem}")
     _attach_context(state, runtime, output=output)
     return state, decider
+
+
+def _outcome(run_id: str, payload: dict[str, Any]) -> Outcome:
+    return Outcome(
+        kind=payload["kind"],
+        run_id=run_id,
+        summary=payload.get("summary"),
+        reason=payload.get("reason"),
+    )
+
+
+def _read_task(first: Any) -> tuple[RunSettings | None, Decider | None, str | None]:
+    """(settings, decider, problem) of a run's ``run.task`` event."""
+    where = f"its run.task (event {first.id})"
+    if (problem := malformed("run.task", first.payload)) is not None:
+        return None, None, f"{where} is malformed: {problem}"
+    try:
+        settings = RunSettings.model_validate(first.payload["settings"])
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"]) or "settings"
+        return None, None, f"{where} is malformed: settings.{loc}: {err['msg']}"
+    try:
+        decider = get_decider(settings.function)
+    except Exception as exc:  # noqa: BLE001 - any lookup failure means the run cannot go on
+        return settings, None, f"{where} names no known BAML function: {clip(str(exc), 200)}"
+    return settings, decider, None
+
+
+def _apply(state: RunState, decider: Decider, event: Any) -> str | None:
+    """Apply one recorded event to ``state``; what is malformed about it, or None."""
+    kind, payload = event.event_type, event.payload
+    where = f"its {kind} (event {event.id})"
+    if kind == "run.task" and event.id != state.task_event_id:
+        return f"{where} is a second run.task"
+    if (problem := malformed(kind, payload)) is not None:
+        return f"{where} is malformed: {problem}"
+    try:
+        if kind == "run.decision":
+            decision = decider.load(payload["decision"])
+        elif kind == "run.tool_call":
+            decider.load(payload["args"])  # what recover_call will run
+    except (DecisionParseError, ValidationError) as exc:
+        return f"{where} holds an unknown decision: {clip(str(exc).splitlines()[0], 200)}"
+    state.observe(event)
+    if kind == "run.model_call":
+        state.turn = payload["turn"]
+    elif kind == "run.decision":
+        state.pending, state.pending_id, state.parse_failures = decision, event.id, 0
+    elif kind == "run.error" and payload.get("kind") == "parse":
+        state.parse_failures += 1
+    elif kind == "run.tool_call":
+        state.pending = state.pending_id = None
+        state.pending_call = PendingCall(
+            event.id, payload["tool"], payload["args"], payload["idempotent"]
+        )
+    elif (
+        kind in ("run.tool_result", "run.error")
+        and state.pending_call is not None
+        and event.caused_by == state.pending_call.event_id
+    ):
+        state.pending_call = None
+    elif kind == "run.outcome" and state.outcome is None:
+        state.outcome = _outcome(state.run_id, payload)
+    return None

@@ -13,6 +13,11 @@ Protocol (at-least-once delivery, exactly-once outcomes):
 * The cursor moves past an event only after its run reached a terminal outcome. When the
   agent has ``emit`` configured, that event is published in the same transaction as the ack
   (and skipped if this run already published it), so it exists exactly once per trigger.
+* A poison event never crash-loops the agent: a trigger whose ``emit`` could not be stored
+  (its payload leaves no room under the bus's payload limit) gets a run that ends ``failed``
+  at once, and run events the bus refuses (a task, model answer or result over the limit or
+  not valid UTF-8) end the run ``failed`` (:mod:`agents.runstate`); the emit then carries
+  only the small fields, and the cursor moves on.
 
 Agents never import each other: the bus is the only coupling. Tools read the bus and the
 run's trigger through their ``ToolContext``; writing tools write into the chain's ``output``
@@ -53,6 +58,11 @@ def parse_instance(text: str) -> tuple[int, int]:
     if count < 1 or not 0 <= index < count:
         raise ValueError(f"instance {text!r}: need 0 <= I < N")
     return index, count
+
+
+#: Room kept in an ``emit`` payload for the run's summary (a Done summary is a few hundred
+#: tokens at most); a trigger whose payload leaves less is refused before its run starts.
+EMIT_SUMMARY_ROOM = 16 * 1024
 
 
 def _short(value: Any, width: int = 70) -> str:
@@ -210,12 +220,37 @@ class AgentWorker:
             event_type=event.event_type,
             activity="",
         )
-        outcome = self._drive(run_id, event)
+        outcome = self._drive(run_id, event, refuse=self._refusal(event, run_id))
         self._complete(event, run_id, outcome)
         self.handled += 1
         self.set_status(state="idle", run_id=None, event_id=None, activity=f"last: {outcome.kind}")
 
-    def _drive(self, run_id: str, event: Any | None) -> Any:
+    def _refusal(self, event: Any, run_id: str) -> str | None:
+        """Why ``event`` cannot be handled (its run ends failed at once), or None."""
+        if self.agent.emit is None:
+            return None
+        from bus.errors import PayloadTooLarge
+        from bus.events import encode_payload
+
+        limit = self._payload_limit() - EMIT_SUMMARY_ROOM
+        try:
+            encode_payload(self._emit_payload(event, run_id, "failed", None), max(limit, 1))
+        except PayloadTooLarge:
+            return (
+                f"the {event.event_type} event {event.id} is too large to handle: its payload "
+                f"leaves less than {EMIT_SUMMARY_ROOM} bytes of the bus's payload limit "
+                f"({self._payload_limit()} bytes) for the {self.agent.emit!r} event this agent "
+                "emits with its fields"
+            )
+        return None
+
+    def _payload_limit(self) -> int:
+        from bus.events import DEFAULT_MAX_PAYLOAD_BYTES
+
+        inner = getattr(self.bus, "bus", self.bus)
+        return int(getattr(inner, "max_payload_bytes", DEFAULT_MAX_PAYLOAD_BYTES))
+
+    def _drive(self, run_id: str, event: Any | None, refuse: str | None = None) -> Any:
         """Start (``event`` given) or continue ``run_id`` until its terminal outcome.
 
         A run already on the bus is resumed by the loop (an ended one just returns its
@@ -251,9 +286,27 @@ class AgentWorker:
             caused_by=event.id,
             on_event=self._on_event,
             output=self.output,
+            refuse=refuse,
         )
 
+    def _emit_payload(
+        self, event: Any, run_id: str, kind: str, summary: str | None, *, fields: bool = True
+    ) -> dict[str, Any]:
+        """The ``emit`` event's payload: the trigger's fields (unless ``fields`` is False) plus
+        the trigger, run and outcome."""
+        base = event.payload if isinstance(event.payload, dict) else {"value": event.payload}
+        return {
+            **(base if fields else {}),
+            "trigger_id": event.id,
+            "trigger_type": event.event_type,
+            "run_id": run_id,
+            "outcome": kind,
+            "summary": summary,
+        }
+
     def _complete(self, event: Any, run_id: str, outcome: Any) -> None:
+        from bus.errors import InvalidPayload, PayloadTooLarge
+
         emit = self.agent.emit
         if emit is None or any(
             isinstance(e.payload, dict) and e.payload.get("trigger_id") == event.id
@@ -261,15 +314,22 @@ class AgentWorker:
         ):
             self.bus.ack(self.consumer, event.id)
             return
-        base = event.payload if isinstance(event.payload, dict) else {"value": event.payload}
-        payload = {
-            **base,
-            "trigger_id": event.id,
-            "trigger_type": event.event_type,
-            "run_id": run_id,
-            "outcome": outcome.kind,
-            "summary": outcome.summary if outcome.summary is not None else outcome.reason,
-        }
+        summary = outcome.summary if outcome.summary is not None else outcome.reason
+        payload = self._emit_payload(event, run_id, outcome.kind, summary)
+        try:
+            self._publish_emit(emit, payload, event, run_id)
+        except (PayloadTooLarge, InvalidPayload) as exc:
+            # Fan-in still needs exactly one emit per trigger: without the trigger's fields
+            # (and with a bounded summary), saying why.
+            from agents.runstate import clip
+
+            small = self._emit_payload(
+                event, run_id, outcome.kind, clip(summary or "", 4000), fields=False
+            )
+            small["fields_dropped"] = clip(f"the trigger's fields were left out: {exc}")
+            self._publish_emit(emit, small, event, run_id)
+
+    def _publish_emit(self, emit: str, payload: dict[str, Any], event: Any, run_id: str) -> None:
         with self.bus.transaction() as tx:
             tx.publish(emit, payload, agent=self.agent.name, run_id=run_id, caused_by=event.id)
             tx.ack(self.consumer, event.id)
