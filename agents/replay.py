@@ -480,6 +480,45 @@ class ReplayReport(BaseModel):
     outcome: Outcome | None = None
 
 
+def decision_functions() -> list[str]:
+    """The BAML decision functions of ``baml_client``: the functions a recording may name."""
+    from baml_client.sync_client import BamlSyncClient
+
+    return sorted(name for name in dir(BamlSyncClient) if _is_decision_function(name))
+
+
+def _is_decision_function(name: str) -> bool:
+    # A recording is input: only a public client method that is also in b.request / b.parse
+    # and returns BAML classes (not `__init__`, `with_options` or the `parse` property).
+    import typing
+
+    from baml_client import b
+    from baml_client.sync_client import BamlSyncClient
+
+    if not name.isidentifier() or name.startswith("_"):
+        return False
+    method = BamlSyncClient.__dict__.get(name)
+    if not callable(method) or not hasattr(b.request, name) or not hasattr(b.parse, name):
+        return False
+    try:
+        returned = typing.get_type_hints(method).get("return")
+    except Exception:  # an unresolvable annotation: not one of the generated functions
+        return False
+    members = typing.get_args(returned) or (returned,)
+    return all(isinstance(m, type) and issubclass(m, BaseModel) for m in members)
+
+
+def check_function(recording: Recording) -> None:
+    """AgentError unless the recording's BAML function is a decision function of baml_client."""
+    name = recording.settings.function
+    if not _is_decision_function(name):
+        known = ", ".join(decision_functions())
+        raise AgentError(
+            f"malformed recording of run {recording.run_id!r}: {name!r} is not a BAML decision "
+            f"function (baml_client has: {known})"
+        )
+
+
 def prepare(
     recording: Recording,
     bus: Any,
@@ -496,6 +535,7 @@ def prepare(
     from agents.builtin import UnknownAgent, get_agent, list_agents
     from agents.decide import get_decider
 
+    check_function(recording)
     settings = recording.settings
     try:
         get_agent(settings.agent)  # registers the agent's tools
