@@ -31,6 +31,7 @@ Usage::
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -213,10 +214,30 @@ class Sandbox:
         self.close()
 
 
-_FENCE = re.compile(
-    r"^[ \t]*(`{3,}|~{3,})[ \t]*([\w+.-]*)[^\n]*\n(.*?)^[ \t]*\1[ \t]*$", re.M | re.S
-)
+_FENCE_CHARS = "`~"
+_INFO = re.compile(r"[ \t]*([\w+.-]*)")
 _CODE_LANGS = {"", "python", "py", "python3", "micropython", "pycon"}
+
+
+def _fences(
+    lines: list[str],
+) -> tuple[list[tuple[str, int, str] | None], dict[tuple[str, int], list[int]]]:
+    """Each line's fence (char, run length, rest of the line) or None, and the closing
+    lines (a fence run and nothing but spaces/tabs after it) by (char, run length)."""
+    fences: list[tuple[str, int, str] | None] = []
+    closers: dict[tuple[str, int], list[int]] = {}
+    for index, line in enumerate(lines):
+        body = line.lstrip(" \t")
+        char = body[:1]
+        run = len(body) - len(body.lstrip(char)) if char and char in _FENCE_CHARS else 0
+        if run < 3:
+            fences.append(None)
+            continue
+        rest = body[run:]
+        fences.append((char, run, rest))
+        if not rest.strip(" \t"):
+            closers.setdefault((char, run), []).append(index)
+    return fences, closers
 
 
 def extract_code(text: str) -> str:
@@ -225,12 +246,48 @@ def extract_code(text: str) -> str:
     Small models wrap code in Markdown and add prose around it; blocks tagged with
     another language (```json, ```text) are skipped unless nothing else is fenced.
     An unterminated opening fence (output cut at max_tokens) keeps what follows it.
+
+    A single pass over the lines (linear in the reply's size, whatever it holds: a
+    backtracking regex took quadratic time on many unterminated fences). A block opens
+    on a line of 3+ backticks or tildes (after optional spaces/tabs) that ends with a
+    newline, and closes at the next line that is exactly the same fence; an opening
+    fence with no such line is retried as a shorter fence (its tail then belongs to the
+    info string) before it is given up, as the earlier regex's backtracking did.
     """
-    blocks = [(m.group(2).lower(), m.group(3)) for m in _FENCE.finditer(text)]
+    lines = text.split("\n")
+    starts = [0] * (len(lines) + 1)
+    for index, line in enumerate(lines):
+        starts[index + 1] = starts[index] + len(line) + 1
+    fences, closers = _fences(lines)
+    blocks: list[tuple[str, str]] = []
+    first_open: tuple[int, str] | None = None
+    index, last = 0, len(lines) - 1  # the last line has no newline: it cannot open a block
+    while index < last:
+        fence = fences[index]
+        if fence is None:
+            index += 1
+            continue
+        char, run, rest = fence
+        lang = _INFO.match(rest).group(1).lower()  # type: ignore[union-attr]
+        if first_open is None:
+            first_open = (index, lang)
+        close = None
+        for length in range(run, 2, -1):
+            candidates = closers.get((char, length))
+            if candidates:
+                at = bisect.bisect_right(candidates, index)
+                if at < len(candidates):
+                    close = (length, candidates[at])
+                    break
+        if close is None:
+            index += 1
+            continue
+        length, end = close
+        blocks.append((lang if length == run else "", text[starts[index + 1] : starts[end]]))
+        index = end + 1
     code = [body for lang, body in blocks if lang in _CODE_LANGS] or [body for _, body in blocks]
     if code:
         return "\n".join(block.rstrip("\n") for block in code) + "\n"
-    opening = re.search(r"^[ \t]*(`{3,}|~{3,})[ \t]*([\w+.-]*)[^\n]*\n", text, re.M)
-    if opening and opening.group(2).lower() in _CODE_LANGS:
-        return text[opening.end() :]
+    if first_open is not None and first_open[1] in _CODE_LANGS:
+        return text[starts[first_open[0] + 1] :]
     return text
