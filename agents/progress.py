@@ -62,10 +62,12 @@ def model_call_rates(payload: dict[str, Any]) -> tuple[float | None, float | Non
 
 
 def _short(value: Any, width: int = 120) -> str:
+    from agents.termsafe import printable
+
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-    # One line per event in a log: newlines and other control characters are shown, not run.
-    text = " ".join(text.split())
-    text = "".join(ch if ch.isprintable() else f"\\x{ord(ch):02x}" for ch in text)
+    # One line per event in a log; terminal escapes are shown, not run (before the cut, so a
+    # cut never leaves half an escape).
+    text = printable(text.replace("\n", " "))
     return text if len(text) <= width else text[: width - 1] + "…"
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -43,10 +44,19 @@ def describe(event: Any) -> str:
         case "run.task":
             return f"task: {p.get('task')}"
         case "run.model_call":
+            from agents.progress import model_call_rates
+
+            prefill, decode = model_call_rates(p)
+            rates = ", ".join(
+                f"{name} {rate:.0f} tok/s"
+                for name, rate in (("prefill", prefill), ("decode", decode))
+                if rate is not None
+            )
             return (
                 f"model: {p.get('prompt_tokens')} prompt tokens "
                 f"({p.get('cached_tokens') or 0} cached) -> {p.get('completion_tokens')} "
                 f"tokens, {(p.get('prefill_s') or 0) + (p.get('decode_s') or 0):.2f}s"
+                + (f" ({rates})" if rates else "")
             )
         case "run.decision":
             return f"decision: {_short(p.get('decision'))}"
@@ -65,11 +75,16 @@ def describe(event: Any) -> str:
     return f"published: {_short(event.payload)}"
 
 
-def _printer(as_json: bool) -> Any:
+def _printer(as_json: bool, timestamps: bool | None = None) -> Any:
+    """Prints each event as it lands: a JSON line, or a human line (timestamped when stdout is
+    not a terminal, e.g. in CI, unless ``timestamps`` says otherwise)."""
     from rich.console import Console
     from rich.text import Text
 
+    from agents.progress import is_terminal, timestamp
+
     console = Console(highlight=False, soft_wrap=True)
+    stamp = not is_terminal() if timestamps is None else timestamps
 
     def show(event: Any) -> None:
         if as_json:
@@ -79,7 +94,8 @@ def _printer(as_json: bool) -> Any:
         # file contents and model output may carry terminal escapes (OSC 52, clear screen).
         style = _STYLE.get(event.event_type, "yellow")
         line = printable(describe(event))
-        console.print(Text.assemble((f"#{event.id} ", "dim"), (line, style)))
+        head = f"{timestamp()} #{event.id} " if stamp else f"#{event.id} "
+        console.print(Text.assemble((head, "dim"), (line, style)))
 
     return show
 
@@ -168,7 +184,6 @@ def run(
     from agents.builtin import get_agent
     from agents.loop import run_agent
     from bus import SyncBus
-    from models import load_runtime
 
     get_agent(agent)  # fail fast, before loading a model
     limits = {"fuel": sandbox_fuel, "memory_bytes": sandbox_memory, "wall_clock_s": sandbox_timeout}
@@ -180,7 +195,7 @@ def run(
             agent, SandboxLimits(**{k: v for k, v in limits.items() if v is not None})
         )
     with SyncBus(bus_path(ctx)) as bus:  # a bad bus path fails before the model loads
-        runtime = load_runtime(model_spec, context_window=context_window)
+        runtime = _load_with_progress(model_spec, context_window, quiet=as_json)
         outcome = run_agent(
             agent,
             task,
@@ -203,6 +218,26 @@ def run(
             fg="green" if outcome.ok else "red",
         )
     sys.exit(0 if outcome.ok else 1)
+
+
+def _load_with_progress(spec: str | None, context_window: int | None, *, quiet: bool) -> Any:
+    """Load the model, saying so on stderr ("loading model default ..." then "loaded in 1.2s")
+    unless ``quiet`` (--json: machine output only); timestamped when stderr is no terminal."""
+    from agents.progress import is_terminal, stamped
+    from models import load_runtime
+
+    def note(text: str) -> None:
+        if not quiet:
+            plain = not is_terminal(sys.stderr)
+            click.secho(stamped(text) if plain else text, err=True, dim=True)
+
+    note(f"loading model {printable(spec or 'default')} ...")
+    started = time.monotonic()
+    runtime = load_runtime(spec, context_window=context_window)
+    note(
+        f"loaded in {time.monotonic() - started:.1f}s ({runtime.context_window} tokens of context)"
+    )
+    return runtime
 
 
 @click.command("agents")

@@ -69,3 +69,31 @@ def test_chain_progress_prints_each_outcome_once_and_a_periodic_status(tmp_path:
     assert "[status] 13s:" in lines[-1] and "outcomes: done 20, max_turns 10" in lines[-1]
     progress.finish(sup)
     assert "[status]" in lines[-1] and len(lines) == 34
+
+
+def test_run_says_it_loads_the_model_and_prints_timestamped_lines_with_rates(
+    tmp_path: Path, tiny_model_path: Path
+) -> None:
+    from click.testing import CliRunner
+
+    from agents.cli import main
+
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    (workspace / "notes.txt").write_text("alpha\n", encoding="utf-8")
+    args = ["--bus", str(tmp_path / "bus.db"), "run", "assistant", "What is in notes.txt?"]
+    args += ["--model", str(tiny_model_path), "--workspace", str(workspace), "--max-turns", "2"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code in (0, 1), result.output  # the tiny model's answer is random
+    err = result.stderr.splitlines()
+    assert re.fullmatch(STAMP + rf" loading model {re.escape(str(tiny_model_path))} \.\.\.", err[0])
+    assert re.fullmatch(STAMP + r" loaded in \d+\.\ds \(\d+ tokens of context\)", err[1])
+    events = result.stdout.splitlines()[:-1]  # the last line is the outcome
+    assert events and all(re.match(STAMP + r" #\d+ ", line) for line in events), events
+    model_lines = [line for line in events if " model: " in line]
+    assert model_lines and all(
+        re.search(r"\(prefill \d+ tok/s, decode \d+ tok/s\)$", line) for line in model_lines
+    ), model_lines
+    # --json is for machines: JSON lines only, no progress chatter on either stream
+    quiet = CliRunner().invoke(main, [*args, "--json"])
+    assert "loading model" not in quiet.output
