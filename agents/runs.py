@@ -152,6 +152,7 @@ class Turn:
     elided: int = 0
     decision: Any = None
     parse_error: str | None = None
+    raw: str | None = None  # the model's text, kept for an answer that did not parse
     tool: str | None = None
     args: Any = None
     result: Any = None
@@ -250,6 +251,7 @@ def build_timeline(run_id: str, events: list[Any]) -> Timeline:
                 fill=(tokens / window) if isinstance(tokens, int) and window else None,
                 elided=p.get("elided") or 0,
                 parse_error=p.get("parse_error"),
+                raw=p.get("raw") if p.get("parse_error") else None,
                 model_call_id=event.id,
             )
             timeline.turns.append(turn)

@@ -145,7 +145,8 @@ def _print_timeline(timeline: Any) -> None:
             )
         )
         if turn.parse_error:
-            console.print(Text(f"  unparseable answer: {_short(turn.parse_error)}", style="red"))
+            console.print(Text(f"  answer refused: {_short(turn.raw)}", style="red"))
+            console.print(Text(f"    {_short(turn.parse_error, 300)}", style="red"))
         if turn.decision is not None:
             console.print(Text(f"  decision: {_short(turn.decision, 300)}", style="green"))
         if turn.tool is not None:
