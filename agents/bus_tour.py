@@ -27,7 +27,7 @@ def run(*args: str) -> None:
     click.secho(f"\n$ loopbus {shlex.join(args)}", bold=True)
     try:
         loopbus.main(args=list(args), prog_name="loopbus", standalone_mode=False)
-    except SystemExit as exc:  # `Error: ...` exits 1; the tour goes on
+    except SystemExit as exc:  # `Error: ...` exits 2 (a refused query); the tour goes on
         click.secho(f"(exit status {exc.code})", dim=True)
 
 

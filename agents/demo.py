@@ -20,6 +20,8 @@ from pathlib import Path
 
 import click
 
+from agents.cli.common import handle_errors
+
 EXAMPLES = Path(__file__).resolve().parent / "examples"
 CONFIG = EXAMPLES / "review.toml"
 FIXTURE = EXAMPLES / "fixture_project"
@@ -87,8 +89,14 @@ def _fresh_bus(path: Path) -> None:
 @click.option(
     "--live/--no-live", default=None, help="Live status table (default: when stdout is a terminal)."
 )
+@handle_errors  # `Error: ...`: 2 for a setup error, 1 when the chain gave up (agents/cli/common)
 def main(folder: Path, out: Path, model: str | None, timeout: float, live: bool | None) -> None:
     """Run the review chain over FOLDER offline and print the report.
+
+    In a terminal the chain is shown live; otherwise (CI, a pipe) as plain timestamped lines:
+    one per run outcome and a status line of every agent process every 15 s. Exit status:
+    0 the chain finished, 1 it gave up or did not finish in --timeout, 2 a setup error,
+    130 Ctrl-C.
 
     \b
     Example:
@@ -96,8 +104,9 @@ def main(folder: Path, out: Path, model: str | None, timeout: float, live: bool 
       python -m agents.demo --folder ~/src/project --out /tmp/review
     """
     from agents.cli.chain_cmds import supervise
+    from agents.cli.common import EXIT_FAILED, EXIT_INTERRUPTED
     from agents.config import check_registry, load_config
-    from agents.errors import AgentError
+    from agents.progress import is_terminal
     from bus import SyncBus
 
     out = out.resolve()
@@ -119,7 +128,7 @@ def main(folder: Path, out: Path, model: str | None, timeout: float, live: bool 
     with SyncBus(bus_path) as bus:
         bus.publish("scan.request", {"root": str(folder.resolve())}, agent="demo")
     started = time.monotonic()
-    show_live = sys.stdout.isatty() if live is None else live
+    show_live = is_terminal() if live is None else live
     try:
         idle = supervise(
             config,
@@ -129,19 +138,16 @@ def main(folder: Path, out: Path, model: str | None, timeout: float, live: bool 
             live=show_live,
             title="loopbus demo: review chain",
         )
-    except AgentError as exc:
-        click.echo(f"Error: {exc}", err=True)
-        raise SystemExit(1) from None
     except KeyboardInterrupt:
         click.echo("stopped")
-        raise SystemExit(130) from None
+        raise SystemExit(EXIT_INTERRUPTED) from None
     elapsed = time.monotonic() - started
     if not idle:
         click.echo(
             f"Error: the chain did not finish in {timeout:.0f} s; logs in {bus_path}.agents/",
             err=True,
         )
-        raise SystemExit(1)
+        raise SystemExit(EXIT_FAILED)
     report = out / "report.md"
     click.secho(f"\nchain finished in {elapsed:.0f} s; every event handled.", bold=True)
     if report.is_file():

@@ -6,9 +6,12 @@ with the embedded SmolLM2 model, printing its event log live; everything lands o
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import click
+
+from agents.cli.common import handle_errors
 
 DEFAULT_WORKSPACE = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "workspace"
 DEFAULT_QUESTION = "Read README.md and tell me the version of Pebble."
@@ -23,13 +26,16 @@ def run_demo(
 ) -> int:
     """Run the assistant once; returns the exit status (0 when it answered)."""
     from agents.cli.run_cmds import describe
+    from agents.demo import _loopbus_command
     from agents.loop import run_agent
     from bus import SyncBus
     from models import load_runtime
 
     bus_file.parent.mkdir(parents=True, exist_ok=True)
     click.secho(f"loading the model ({model or 'embedded SmolLM2-135M'}) ...", dim=True)
+    started = time.monotonic()
     runtime = load_runtime(model)
+    click.secho(f"loaded in {time.monotonic() - started:.1f}s", dim=True)
     click.secho(f"assistant on {workspace}: {question}", bold=True)
     with SyncBus(bus_file) as bus:
         outcome = run_agent(
@@ -46,12 +52,13 @@ def run_demo(
         bold=True,
         fg="green" if outcome.ok else "yellow",
     )
+    exe = _loopbus_command()  # .venv/bin/loopbus when the venv is not on PATH
     click.echo(
         f"\nThe run is on the bus ({bus_file}); try:\n"
-        f'  loopbus --bus {bus_file} sql "SELECT id, event_type, '
+        f'  {exe} --bus {bus_file} sql "SELECT id, event_type, '
         f"substr(payload, 1, 80) FROM outbox WHERE run_id = '{outcome.run_id}'\"\n"
-        f"  loopbus --bus {bus_file} export {outcome.run_id} > run.xml\n"
-        f"  loopbus replay run.xml"
+        f"  {exe} --bus {bus_file} export {outcome.run_id} > run.xml\n"
+        f"  {exe} replay run.xml"
     )
     return 0 if outcome.ok else 1
 
@@ -72,6 +79,7 @@ def run_demo(
     show_default=True,
 )
 @click.option("--model", default=None, help="Model spec (default: the embedded SmolLM2).")
+@handle_errors  # a missing model or bad bus file: `Error: ...` and exit 2
 def main(workspace: Path, question: str, bus_file: Path, model: str | None) -> None:
     """Ask the built-in assistant a question about a folder, offline."""
     raise SystemExit(run_demo(workspace, question, bus_file, model=model))
