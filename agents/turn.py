@@ -137,8 +137,10 @@ def ask_model(state: RunState, runtime: Any, decider: Decider) -> Outcome | None
         call["schema_sha256"] = schema_sha(schema)
     try:
         decision = decider.parse(gen.text)
-        if settings.policy.active and (problem := violation(decision.model_dump(), schema)):
-            raise PolicyViolation(problem)  # only without constrained decoding
+        # Decoding under the schema cannot produce a violation: check only without it.
+        if settings.policy.active and not runtime.supports_schema:
+            if problem := violation(decision.model_dump(), schema):
+                raise PolicyViolation(problem)
     except DecisionParseError as exc:
         state.parse_failures += 1
         error = (
