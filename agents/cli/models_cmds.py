@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from agents.cli.common import handle_errors
+from agents.cli.common import exit_codes_epilog, handle_errors
 
 
 @click.group()
@@ -19,7 +19,7 @@ def models() -> None:
     """
 
 
-@models.command("import")
+@models.command("import", epilog=exit_codes_epilog())
 @click.argument("src", type=click.Path(dir_okay=False, path_type=str))
 @click.argument("dest", required=False, type=click.Path(file_okay=False, path_type=str))
 @click.option(
@@ -50,7 +50,7 @@ def import_cmd(src: str, dest: str | None, dtype: str | None, overwrite: bool, q
     click.echo(str(path))
 
 
-@models.command("default")
+@models.command("default", epilog=exit_codes_epilog())
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar on the first import.")
 @handle_errors
 def default_cmd(quiet: bool) -> None:
@@ -68,7 +68,7 @@ def default_cmd(quiet: bool) -> None:
     click.echo(str(ensure_default_model(progress=not quiet)))
 
 
-@models.command("info")
+@models.command("info", epilog=exit_codes_epilog())
 @click.argument("spec", required=False, default="default")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 @handle_errors

@@ -23,11 +23,15 @@ def test_every_command_documents_its_exit_codes(name: str) -> None:
     command = LazyGroup._load(name)
     if command is None:  # a command whose module is not written yet
         pytest.skip(f"{name} is not available")
-    result = CliRunner().invoke(main, [name, "--help"])
-    assert result.exit_code == 0, result.output
-    epilog = result.output.split("Exit status:", 1)[1]
-    for code in ("0 ", "2 ", "130 "):
-        assert f"\n    {code}" in epilog or f"\n  {code}" in epilog, (name, epilog)
+    paths = [[name]]
+    if isinstance(command, click.Group):  # `loopbus models import`, ...
+        paths += [[name, sub] for sub in command.list_commands(click.Context(command))]
+    for path in paths:
+        result = CliRunner().invoke(main, [*path, "--help"])
+        assert result.exit_code == 0, result.output
+        epilog = result.output.split("Exit status:", 1)[1]
+        for code in ("0 ", "2 ", "130 "):
+            assert f"\n    {code}" in epilog or f"\n  {code}" in epilog, (path, epilog)
 
 
 def test_the_top_level_help_documents_them_too() -> None:
