@@ -39,7 +39,14 @@ import aiosqlite
 
 from bus import sqlops
 from bus.commit import CommitQueue
-from bus.errors import BusClosed, BusError, BusNotFound, PayloadTooLarge, PruneWarning
+from bus.errors import (
+    BusClosed,
+    BusError,
+    BusNotFound,
+    PayloadTooLarge,
+    PruneWarning,
+    check_bus_path,
+)
 from bus.events import (
     DEFAULT_MAX_PAYLOAD_BYTES,
     NewEvent,
@@ -166,8 +173,7 @@ class Bus(CommitQueue, ReadAPI):
         if not 0 < safety_poll_s:
             raise BusError(f"safety_poll_s must be positive, not {safety_poll_s!r}")
         busy_timeout_s = max(float(busy_timeout_s), MIN_BUSY_TIMEOUT_S)
-        if bus_path.is_dir():
-            raise BusError(f"{bus_path} is a directory; pass the path of a bus file")
+        check_bus_path(bus_path)  # a FIFO, a device or a directory never reaches SQLite
         if not bus_path.exists():
             if not create:
                 raise BusNotFound(

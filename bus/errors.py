@@ -10,6 +10,9 @@ the typed error itself (``NewEvent(event_type="Bad")`` raises :class:`InvalidEve
 
 from __future__ import annotations
 
+import os
+import stat
+
 
 class BusError(Exception):
     """Base class of every error raised by the ``bus`` package."""
@@ -48,6 +51,16 @@ class InvalidQuery(BusError):
     """A read-only query is not valid SQL (syntax error, unknown table, several statements)."""
 
 
+class RefusedFunction(InvalidQuery):
+    """A read-only query calls an SQL function that ``loopbus sql`` refuses (one that leaks a
+    memory address or loads native code, such as ``fts3_tokenizer`` or ``load_extension``)."""
+
+
+class BusReadOnly(BusError):
+    """A write to a bus that can only be read (read-only media, a file or directory without
+    write permission); reading commands still work on it."""
+
+
 class QueryInterrupted(BusError):
     """A read-only query was stopped by its interrupt flag (Ctrl-C in ``loopbus sql``)."""
 
@@ -68,6 +81,7 @@ __all__ = [
     "BusClosed",
     "BusError",
     "BusNotFound",
+    "BusReadOnly",
     "InvalidEvent",
     "InvalidEventType",
     "InvalidPayload",
@@ -78,8 +92,37 @@ __all__ = [
     "QueryInterrupted",
     "QueryTimeout",
     "ReadOnlyViolation",
+    "RefusedFunction",
     "SchemaTooNew",
+    "check_bus_path",
 ]
+
+
+def check_bus_path(path: str | os.PathLike[str]) -> None:
+    """BusError unless ``path`` is a regular file (or a symlink to one) or does not exist.
+
+    SQLite must never open anything else: a named pipe blocks a read-only open until some
+    writer appears, and a device or socket is no database.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise BusError(f"cannot access the bus {path}: {exc.strerror or exc}") from None
+    if stat.S_ISREG(mode):
+        return
+    if stat.S_ISDIR(mode):
+        kind = "a directory"
+    elif stat.S_ISFIFO(mode):
+        kind = "a named pipe (FIFO), not a file"
+    elif stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        kind = "a device, not a file"
+    elif stat.S_ISSOCK(mode):
+        kind = "a socket, not a file"
+    else:
+        kind = "not a regular file"
+    raise BusError(f"{path} is {kind}; pass the path of a bus file")
 
 
 class PruneWarning(UserWarning):

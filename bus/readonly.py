@@ -33,6 +33,8 @@ from bus.errors import (
     QueryInterrupted,
     QueryTimeout,
     ReadOnlyViolation,
+    RefusedFunction,
+    check_bus_path,
 )
 
 # SQLite VM instructions between two checks of the interrupt flag and deadline: a check is a
@@ -111,6 +113,14 @@ _ACTION_NAMES = {
 }
 
 
+# Functions refused even in a read-only query: fts3_tokenizer('simple') returns the address
+# of a C structure (an ASLR leak) and with two arguments installs one; load_extension runs
+# native code. SQLite reports the name in lower case.
+_REFUSED_FUNCTIONS = {
+    "fts3_tokenizer": "it returns a memory address and can install a native tokenizer",
+    "load_extension": "it loads native code",
+}
+
 # Writes to sqlite_master & co. are how SQLite authorizes DDL.
 _SCHEMA_WRITES = {sqlite3.SQLITE_INSERT, sqlite3.SQLITE_UPDATE, sqlite3.SQLITE_DELETE}
 
@@ -173,7 +183,8 @@ def query(
 
         path = default_bus_path()
     file = Path(path).expanduser()
-    if not file.is_file():
+    check_bus_path(file)  # a FIFO would block the read-only open below forever
+    if not file.exists():
         raise BusNotFound(f"no bus file at {file}; pass an existing bus with --bus / $LOOPBUS_BUS")
     try:
         conn = sqlite3.connect(file.resolve().as_uri() + "?mode=ro", uri=True, isolation_level=None)
@@ -184,10 +195,14 @@ def query(
         migrations.read_version(conn, str(file))
         conn.execute("PRAGMA query_only = 1")
         denied: list[str] = []
+        refused: list[str] = []
 
         def authorize(
             action: int, arg1: str | None, arg2: str | None, _db: str | None, _src: str | None
         ) -> int:
+            if action == sqlite3.SQLITE_FUNCTION and (arg2 or "").lower() in _REFUSED_FUNCTIONS:
+                refused.append((arg2 or "").lower())
+                return sqlite3.SQLITE_DENY
             if action in _ALLOWED:
                 return sqlite3.SQLITE_OK
             if action == sqlite3.SQLITE_PRAGMA and arg1 is not None:
@@ -229,6 +244,11 @@ def query(
                 # Only a signal handler raises there, i.e. Ctrl-C: give the caller its
                 # interrupt.
                 raise KeyboardInterrupt from None
+            if refused:
+                name = refused[0]
+                raise RefusedFunction(
+                    f"refused: {name}() is not allowed in loopbus sql ({_REFUSED_FUNCTIONS[name]})"
+                ) from None
             if denied or "readonly" in message or "read-only" in message:
                 what = denied[0] if denied else "writing"
                 raise ReadOnlyViolation(

@@ -32,6 +32,8 @@ _DEFAULT_TAIL = 20
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*$", re.IGNORECASE)
 _DURATION_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+# The longest duration accepted: 1000 years, older than any event (SQLite dates end at 0000).
+_MAX_DURATION_S = 1000 * 365 * 86400
 
 
 # --------------------------------------------------------------------------- helpers
@@ -67,7 +69,13 @@ class Duration(click.ParamType):
                 param,
                 ctx,
             )
-        return float(match.group(1)) * _DURATION_UNITS[match.group(2).lower()]
+        seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2).lower()]
+        if seconds > _MAX_DURATION_S:
+            # SQLite's date arithmetic overflows long before float does.
+            self.fail(
+                f"{value!r} is too long; use at most {_MAX_DURATION_S // 86400:.0f}d", param, ctx
+            )
+        return seconds
 
 
 def _compact(value: Any) -> str:

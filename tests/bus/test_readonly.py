@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
 from bus import SyncBus, query
-from bus.errors import BusNotFound, InvalidQuery, ReadOnlyViolation
+from bus.errors import BusError, BusNotFound, InvalidQuery, ReadOnlyViolation, RefusedFunction
 
 
 @pytest.fixture
@@ -66,3 +67,34 @@ def test_bad_queries(filled: Path, tmp_path: Path) -> None:
     with pytest.raises(BusNotFound):
         query(tmp_path / "missing.db", "SELECT 1")
     assert not (tmp_path / "missing.db").exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "sql"),
+    [
+        ("fts3_tokenizer", "SELECT fts3_tokenizer('simple')"),
+        ("fts3_tokenizer", "SELECT FTS3_Tokenizer('porter')"),
+        ("fts3_tokenizer", "WITH t(x) AS (SELECT fts3_tokenizer('simple')) SELECT hex(x) FROM t"),
+        ("fts3_tokenizer", "SELECT fts3_tokenizer('simple', x'0000000000000000')"),
+        ("load_extension", "SELECT load_extension('/tmp/evil.so')"),
+    ],
+)
+def test_dangerous_functions_are_refused_by_name(filled: Path, name: str, sql: str) -> None:
+    # fts3_tokenizer('simple') returns a pointer to a C structure: an address leak.
+    with pytest.raises(RefusedFunction, match=rf"refused: {name}\(\) is not allowed"):
+        query(filled, sql)
+    assert query(filled, "SELECT upper('ok')").rows == [("OK",)]  # other functions still work
+
+
+def test_a_fifo_or_device_is_refused_without_blocking(tmp_path: Path) -> None:
+    # A read-only open of a FIFO blocks until a writer appears: it must never get that far.
+    fifo = tmp_path / "bus.fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(BusError, match="is a named pipe"):
+        query(fifo, "SELECT 1")
+    with pytest.raises(BusError, match="is a device"):
+        query("/dev/null", "SELECT 1")
+    with pytest.raises(BusError, match="is a named pipe"):
+        SyncBus(fifo)
+    with pytest.raises(BusError, match="is a directory"):
+        SyncBus(tmp_path)

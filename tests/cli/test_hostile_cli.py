@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -155,6 +156,21 @@ def test_tail_of_a_payload_nested_too_deeply_to_decode(invoke: Invoke, bus_file:
     conn.close()
     for args in (("tail",), ("tail", "--json")):
         assert_user_error(invoke(*args), "nested too deeply")
+
+
+def test_a_fifo_as_bus_is_an_error_not_a_hang(invoke: Invoke, tmp_path: Path) -> None:
+    fifo = tmp_path / "bus.fifo"
+    os.mkfifo(fifo)
+    for args in (("publish", "x.y", "{}"), ("tail",), ("sql", "SELECT 1"), ("cursors",)):
+        assert_user_error(invoke(*args, bus=fifo), "is a named pipe (FIFO)")
+    assert_user_error(invoke("tail", bus=Path("/dev/null")), "is a device")
+
+
+def test_prune_with_an_absurd_max_age_is_a_clear_error(invoke: Invoke, bus_file: Path) -> None:
+    invoke("publish", "x.y", "{}")
+    result = invoke("prune", "--max-age", "99999999999999999999999w")
+    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert "too long" in result.output, result.output
 
 
 # ----------------------------------------------------------------------------- run's printer
