@@ -21,7 +21,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from agents.runs import Timeline, list_runs, load_timeline, seconds_between
+from agents.runs import Timeline, list_runs, load_timeline, load_timelines, seconds_between
 
 # Colours (also what the browser tests look for in the screenshots).
 OUTCOME_COLOURS = {
@@ -123,7 +123,8 @@ class _Axis:
             x = self.left + (self.right - self.left) * i / 5
             parts.append(
                 f'<line x1="{x:.1f}" y1="{y}" x2="{x:.1f}" y2="{y + height}" stroke="#eee"/>'
-                f'<text x="{x:.1f}" y="{y + height + 14}" text-anchor="middle">'
+                f'<text x="{x:.1f}" y="{y + height + 14}" '
+                f'text-anchor="{"end" if i == 5 else "middle"}">'
                 f"+{seconds:.3g}s</text>"
             )
         return "".join(parts)
@@ -237,47 +238,72 @@ def run_timeline_svg(t: Timeline, width: int = 1100) -> str:
 
 
 def fill_plot_svg(timelines: Sequence[Timeline], width: int = 1100, height: int = 260) -> str:
-    """Context fill (prompt tokens / context window) per turn, one line per run, and the
-    budget line (the largest budget of the runs shown; each run's own is in its table)."""
-    series = [
-        (t, [(turn.number, turn.fill) for turn in t.turns if turn.fill is not None])
-        for t in timelines
-    ]
-    series = [(t, pts) for t, pts in series if pts]
+    """Context fill (prompt tokens / context window) per turn, one line per run (coloured by
+    agent), and the budget line (the largest budget of the runs shown; each run's own is in
+    its table). A run that ended budget_exceeded gets a hollow red point one turn on: the
+    prompt that did not fit."""
+    series = []
+    for t in timelines:
+        pts = [(turn.number, turn.fill) for turn in t.turns if turn.fill is not None]
+        over = None
+        if t.over_budget_tokens is not None and t.context_window:
+            over = (len(t.turns) + 1, t.over_budget_tokens / t.context_window)
+        if pts or over:
+            series.append((t, pts, over))
     if not series:
         return "<p>No model calls with a known context window.</p>"
-    budget = max(t.budget for t, _ in series)
-    top = min(1.0, max(budget * 1.25, max(f for _, pts in series for _, f in pts) * 1.1))
-    turns = max(n for _, pts in series for n, _ in pts)
+    budget = max(t.budget for t, _, _ in series)
+    every = [p for _, pts, over in series for p in (*pts, *([over] if over else []))]
+    top = min(1.0, max(budget * 1.25, max(f for _, f in every) * 1.1))
+    turns = max(n for n, _ in every)
     left, right, up, down = 50, width - 20, 10, height - 30
 
     def x(n: float) -> float:
         return left + (right - left) * ((n - 1) / max(turns - 1, 1))
 
     def y(f: float) -> float:
-        return down - (down - up) * (f / top)
+        return down - (down - up) * (min(f, top) / top)
 
     grid = []
     for i in range(5):
         f = top * i / 4
         grid.append(
             f'<line x1="{left}" y1="{y(f):.1f}" x2="{right}" y2="{y(f):.1f}" stroke="#eee"/>'
-            f'<text x="{left - 6}" y="{y(f) + 4:.1f}" text-anchor="end">{f:.0%}</text>'
+            f'<text x="{left - 6}" y="{y(f) + 4:.1f}" text-anchor="end">{f * 100:.3g}%</text>'
         )
     for n in range(1, turns + 1, max(1, turns // 12)):
         grid.append(f'<text x="{x(n):.1f}" y="{down + 16}" text-anchor="middle">{n}</text>')
+    agents = sorted({t.agent for t, _, _ in series})
+    colours = {a: AGENT_COLOURS[i % len(AGENT_COLOURS)] for i, a in enumerate(agents)}
+    if len(agents) == 1:
+        colours[agents[0]] = FILL_COLOUR
     lines = []
-    for i, (t, pts) in enumerate(series):
-        colour = FILL_COLOUR if len(series) == 1 else AGENT_COLOURS[i % len(AGENT_COLOURS)]
-        coords = " ".join(f"{x(n):.1f},{y(f):.1f}" for n, f in pts)
-        lines.append(
-            f'<polyline class="fill" points="{coords}" fill="none" stroke="{colour}" '
-            f'stroke-width="2.5"><title>{_e(t.run_id)}</title></polyline>'
-        )
+    for t, pts, over in series:
+        colour = colours[t.agent]
+        if len(pts) > 1:
+            coords = " ".join(f"{x(n):.1f},{y(f):.1f}" for n, f in pts)
+            lines.append(
+                f'<polyline class="fill" points="{coords}" fill="none" stroke="{colour}" '
+                f'stroke-width="2.5"><title>{_e(t.run_id)}</title></polyline>'
+            )
         for n, f in pts:
             lines.append(
                 f'<circle cx="{x(n):.1f}" cy="{y(f):.1f}" r="4" fill="{colour}">'
                 f"<title>{_e(t.run_id)} turn {n}: {f:.1%}</title></circle>"
+            )
+        if over is not None:
+            n, f = over
+            if pts:
+                lines.append(
+                    f'<line x1="{x(pts[-1][0]):.1f}" y1="{y(pts[-1][1]):.1f}" x2="{x(n):.1f}" '
+                    f'y2="{y(f):.1f}" stroke="{colour}" stroke-width="1.5" '
+                    f'stroke-dasharray="3 3"/>'
+                )
+            lines.append(
+                f'<circle class="over" cx="{x(n):.1f}" cy="{y(f):.1f}" r="5" fill="#fff" '
+                f'stroke="{BUDGET_COLOUR}" stroke-width="2.5"><title>{_e(t.run_id)}: a '
+                f"{t.over_budget_tokens}-token prompt, {f:.1%} of the window, did not fit"
+                f"</title></circle>"
             )
     budget_line = (
         f'<line class="budget" x1="{left}" y1="{y(budget):.1f}" x2="{right}" '
@@ -285,11 +311,13 @@ def fill_plot_svg(timelines: Sequence[Timeline], width: int = 1100, height: int 
         f'stroke-dasharray="8 4"/><text x="{right}" y="{y(budget) - 5:.1f}" '
         f'text-anchor="end">budget {budget:.0%}</text>'
     )
+    legend = [(a, colours[a]) for a in agents] + [("budget", BUDGET_COLOUR)]
     return (
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
         f'role="img" aria-label="context fill per turn against the budget">'
         f"{''.join(grid)}{budget_line}{''.join(lines)}"
         f'<text x="{(left + right) / 2}" y="{height - 2}" text-anchor="middle">turn</text></svg>'
+        + _legend(legend)
     )
 
 
@@ -394,5 +422,5 @@ def build_report(
     if run_id is not None:
         return run_report(load_timeline(bus_path, run_id))
     runs = list_runs(bus_path, agent=agent, limit=limit)
-    timelines = [load_timeline(bus_path, r.run_id) for r in runs]
+    timelines = load_timelines(bus_path, [r.run_id for r in runs])
     return chain_report(timelines, title=f"loopbus chain: {bus_path}")

@@ -178,6 +178,8 @@ class Timeline:
     ended_at: str | None = None
     outcome: dict[str, Any] | None = None
     turns: list[Turn] = field(default_factory=list)
+    # A run that ended budget_exceeded: the size of the prompt that did not fit.
+    over_budget_tokens: int | None = None
     events: list[Any] = field(default_factory=list, repr=False)  # bus.Event, id order
 
     @property
@@ -275,8 +277,22 @@ def build_timeline(run_id: str, events: list[Any]) -> Timeline:
             turn.llm_calls += 1
         elif kind == "run.outcome":
             timeline.outcome = p
+            counts = p.get("counts")
+            if p.get("kind") == "budget_exceeded" and isinstance(counts, dict) and counts:
+                sizes = [n for n in counts.values() if isinstance(n, int)]
+                timeline.over_budget_tokens = max(sizes) if sizes else None
             timeline.ended_at = _ts(event)
     return timeline
+
+
+def load_timelines(bus_path: Any, run_ids: list[str]) -> list[Timeline]:
+    """The timelines of many runs (in the order given), read in one query per 500 runs."""
+    from bus.runs_queries import events_of_runs
+
+    by_run: dict[str, list[Any]] = {run_id: [] for run_id in run_ids}
+    for event in events_of_runs(bus_path, run_ids):
+        by_run[event.run_id].append(event)
+    return [build_timeline(run_id, by_run[run_id]) for run_id in run_ids]
 
 
 def load_timeline(bus_path: Any, run_id: str) -> Timeline:
