@@ -4,8 +4,10 @@ Each agent instance (``parallelism`` processes per agent) is a child process run
 ``loopbus agent NAME --config FILE --instance I/N``. The supervisor
 
 * restarts a child that exits unexpectedly, with exponential backoff (0.5 s, 1 s, 2 s, ... 8 s),
-  and gives up loudly (stops everything, raises :class:`ChainGaveUp`) when one instance crashes
-  ``max_crashes`` times within ``crash_window`` seconds;
+  and gives up on an instance loudly when it crashes ``max_crashes`` times within
+  ``crash_window`` seconds (or cannot start at all): that instance is not restarted, every
+  other agent keeps running, and :meth:`Supervisor.run` raises :class:`ChainGaveUp` when it
+  ends (after stopping the others as usual), so the exit status reports the failure;
 * shows their status (from small JSON status files the workers keep up to date) and the
   events flowing on the bus;
 * stops everything cleanly: SIGTERM, wait ``grace`` seconds, then SIGKILL;
@@ -44,7 +46,8 @@ FATAL_EXIT = 3
 
 
 class ChainGaveUp(AgentError):
-    """An agent process crashed too often (or cannot start at all); the chain was stopped."""
+    """An agent process crashed too often (or could not start at all) and was not restarted;
+    raised when the supervisor ends, after every other process was stopped."""
 
 
 def state_dir_for(bus_path: str | Path) -> Path:
@@ -177,6 +180,7 @@ class Supervisor:
         self._bus: Any = None
         self.env = child_env()
         self.stopping = False
+        self.failures: list[str] = []  # one message per instance given up on
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -244,24 +248,33 @@ class Supervisor:
         slot.crashes.append(now)
         while slot.crashes and now - slot.crashes[0] > self.crash_window:
             slot.crashes.popleft()
-        tail = _tail(slot.log_file)
         if code == FATAL_EXIT or len(slot.crashes) >= self.max_crashes:
-            slot.state = "gave up"
-            why = (
-                "cannot start (configuration error)"
-                if code == FATAL_EXIT
-                else f"crashed {len(slot.crashes)} times in {self.crash_window:.0f} s"
-            )
-            self.log(f"{slot.consumer}: {why}; giving up")
-            self.stop()
-            raise ChainGaveUp(
-                f"agent {slot.consumer} {why} (last exit code {code}); stopped the chain.\n"
-                f"Log: {slot.log_file}\n{tail}"
-            )
+            self._give_up(slot, code)
+            return
         delay = min(self.backoff * 2 ** (len(slot.crashes) - 1), self.max_backoff)
         slot.state = "backoff"
         slot.next_start = now + delay
         self.log(f"{slot.consumer}: exited with code {code}; restarting in {delay:.1f} s")
+
+    def _give_up(self, slot: Slot, code: int | None) -> None:
+        """Stop restarting ``slot`` (only it: a crashing agent must not take the healthy
+        ones down); the failure is reported loudly now and raised when the run ends."""
+        slot.state = "gave up"
+        why = (
+            "cannot start (configuration error)"
+            if code == FATAL_EXIT
+            else f"crashed {len(slot.crashes)} times in {self.crash_window:.0f} s"
+        )
+        others = sum(1 for s in self.slots if s.state != "gave up")
+        self.log(
+            f"{slot.consumer}: {why}; giving up on it (last exit code {code}); "
+            f"{others} other process{'es' if others != 1 else ''} keep running. "
+            f"Log: {slot.log_file}"
+        )
+        self.failures.append(
+            f"agent {slot.consumer} {why} (last exit code {code}); gave up on it.\n"
+            f"Log: {slot.log_file}\n{_tail(slot.log_file)}"
+        )
 
     def _read_status(self, slot: Slot) -> None:
         try:
@@ -314,7 +327,7 @@ class Supervisor:
             return 0
         cursors = {c.consumer: c.last_seen_id for c in self._bus.cursors()}
         total = 0
-        for slot in self.slots:
+        for slot in self.live_slots():
             since = cursors.get(slot.consumer, 0)
             for event in self._bus.events(since_id=since, types=list(slot.agent.subscribe)):
                 if slot.owns(event.id) and any(
@@ -323,9 +336,14 @@ class Supervisor:
                     total += 1
         return total
 
+    def live_slots(self) -> list[Slot]:
+        """The instances still supervised (not given up on)."""
+        return [s for s in self.slots if s.state != "gave up"]
+
     def idle(self) -> bool:
-        """True when every process waits for events and nothing is left to handle."""
-        if any(s.proc is None or s.state != "idle" for s in self.slots):
+        """True when every process still supervised waits for events and none of them has
+        anything left to handle (the events of an agent given up on stay unhandled)."""
+        if any(s.proc is None or s.state != "idle" for s in self.live_slots()):
             return False
         return self.pending() == 0
 
@@ -340,6 +358,8 @@ class Supervisor:
         """Supervise until stopped (Ctrl-C / SIGTERM), or until idle when ``until_idle``.
 
         Returns True when the chain went idle, False on timeout. Always stops the children.
+        Raises :class:`ChainGaveUp` at the end (whatever ended the run, Ctrl-C included) when
+        some instance was given up on; it also ends the run once every instance was.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         idle_since: float | None = None
@@ -350,6 +370,8 @@ class Supervisor:
                 self.poll()
                 if tick is not None:
                     tick(self)
+                if not self.live_slots():
+                    return False  # nothing left to supervise: ChainGaveUp below
                 if until_idle:
                     # Idle twice in a row, a second apart: an agent may be between
                     # acking one event and seeing the next.
@@ -365,6 +387,9 @@ class Supervisor:
         finally:
             if not self.stopping:
                 self.stop()
+            if self.failures:
+                # Raised even over Ctrl-C/SIGTERM: the exit status must report the failure.
+                raise ChainGaveUp("\n".join(self.failures))
 
 
 def _tail(path: Path, lines: int = 15) -> str:
