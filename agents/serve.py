@@ -40,6 +40,7 @@ h1 { font-size: 19px; margin: 0 0 4px; } h2 { font-size: 15px; margin: 18px 0 6p
 table { border-collapse: collapse; width: 100%; font-size: 12.5px; }
 th, td { text-align: left; padding: 2px 8px; border-bottom: 1px solid #eee; vertical-align: top; }
 th { background: #f5f5f5; }
+td.nowrap { white-space: nowrap; }
 td.payload { font: 12px ui-monospace, monospace; max-width: 640px; overflow-wrap: anywhere; }
 .kind { display: inline-block; padding: 0 6px; border-radius: 3px; color: #fff; }
 .done { background: #2ca02c; } .failed { background: #d62728; }
@@ -88,10 +89,12 @@ function showEvents(events) {
     const row = document.createElement("tr");
     row.className = "new event";
     row.dataset.id = e.id;
-    cell(row, e.id); cell(row, e.created_at); cell(row, e.agent); cell(row, e.event_type);
+    cell(row, e.id); cell(row, e.created_at.replace("T", " "), "nowrap"); cell(row, e.agent);
+    cell(row, e.event_type, "nowrap");
     const run = cell(row, e.run_id);
     if (e.run_id) link(run, "/report?run=" + encodeURIComponent(e.run_id), e.run_id);
-    cell(row, JSON.stringify(e.payload).slice(0, 400), "payload");
+    const text = JSON.stringify(e.payload);
+    cell(row, text.length > 200 ? text.slice(0, 199) + "…" : text, "payload").title = text;
     body.insertBefore(row, body.firstChild);
   }
   while (body.rows.length > MAX_ROWS) body.deleteRow(body.rows.length - 1);
