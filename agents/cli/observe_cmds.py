@@ -32,12 +32,34 @@ def _short(value: Any, limit: int = 120) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _console() -> Any:
-    from rich.console import Console
+class _Output:
+    """Prints rich renderables: styled on a terminal; plain, 200 columns wide and without
+    trailing blanks into a pipe or a file."""
 
-    if sys.stdout.isatty():
-        return Console(highlight=False)
-    return Console(highlight=False, width=200, color_system=None, soft_wrap=True)
+    def __init__(self) -> None:
+        import io
+
+        from rich.console import Console
+
+        self.tty = sys.stdout.isatty()
+        self.buffer = io.StringIO()
+        self.console = (
+            Console(highlight=False)
+            if self.tty
+            else Console(file=self.buffer, width=200, color_system=None, highlight=False)
+        )
+
+    def print(self, item: Any) -> None:
+        self.console.print(item)
+        if not self.tty:
+            for line in self.buffer.getvalue().splitlines():
+                click.echo(line.rstrip())
+            self.buffer.seek(0)
+            self.buffer.truncate()
+
+
+def _console() -> _Output:
+    return _Output()
 
 
 @click.command("runs")
