@@ -37,12 +37,13 @@ from typing import Any
 
 import aiosqlite
 
-from bus import sqlops
+from bus import migrations, sqlops
 from bus.commit import CommitQueue
 from bus.errors import (
     BusClosed,
     BusError,
     BusNotFound,
+    BusReadOnly,
     PayloadTooLarge,
     PruneWarning,
     check_bus_path,
@@ -57,6 +58,7 @@ from bus.events import (
 )
 from bus.inline import InlineWriter
 from bus.reading import ReadAPI
+from bus.readonly import is_read_only, read_only_uri
 from bus.subscription import Subscription
 from bus.transaction import CURRENT_TX, Transaction
 from bus.wakeup import Doorbell, Listener, wake_dir_for
@@ -101,8 +103,10 @@ class Bus(CommitQueue, ReadAPI):
         max_payload_bytes: int,
         safety_poll_s: float,
         busy_timeout_s: float,
+        read_only: bool = False,
     ) -> None:
         self.path = path
+        self.read_only = read_only
         self.synchronous = synchronous
         self.max_payload_bytes = max_payload_bytes
         self.safety_poll_s = safety_poll_s
@@ -160,6 +164,9 @@ class Bus(CommitQueue, ReadAPI):
         a waiting subscriber re-checks without a wake-up (only tests raise it above 1 s).
         ``busy_timeout_s``: how long a write waits for another process's lock (>= 5 s).
 
+        A bus this process cannot write (read-only media, no write permission on the file or
+        its directory) opens read-only: reads and ``follow`` work, writes raise BusReadOnly.
+
         Raises SchemaTooNew for a file from a newer loopbus, NotABus for a foreign file.
         """
         bus_path = Path(path if path is not None else default_bus_path()).expanduser()
@@ -187,13 +194,31 @@ class Bus(CommitQueue, ReadAPI):
                     f"directory {bus_path.parent} does not exist; create it first or pass "
                     "another bus path"
                 )
+            if not os.access(bus_path.parent, os.W_OK | os.X_OK):
+                raise BusReadOnly(
+                    f"cannot create the bus {bus_path}: the directory {bus_path.parent} is "
+                    "read-only; pass a bus path in a writable directory"
+                )
+            read_only = False
+        else:
+            read_only = is_read_only(bus_path)
         busy_ms = int(busy_timeout_s * 1000)
         writer = reader = None
         try:
-            writer = await aiosqlite.connect(str(bus_path), isolation_level=None)
-            await writer._execute(sqlops.prepare_writer, writer._conn, str(bus_path), mode, busy_ms)
-            reader = await aiosqlite.connect(str(bus_path), isolation_level=None)
-            await reader._execute(sqlops.prepare_reader, reader._conn, busy_ms)
+            if read_only:
+                # Two read-only connections; nothing (no WAL switch, no migration) is written.
+                uri = read_only_uri(bus_path)
+                writer = await aiosqlite.connect(uri, uri=True, isolation_level=None)
+                await writer._execute(_prepare_read_only, writer._conn, bus_path, busy_ms)
+                reader = await aiosqlite.connect(uri, uri=True, isolation_level=None)
+                await reader._execute(sqlops.prepare_reader, reader._conn, busy_ms)
+            else:
+                writer = await aiosqlite.connect(str(bus_path), isolation_level=None)
+                await writer._execute(
+                    sqlops.prepare_writer, writer._conn, str(bus_path), mode, busy_ms
+                )
+                reader = await aiosqlite.connect(str(bus_path), isolation_level=None)
+                await reader._execute(sqlops.prepare_reader, reader._conn, busy_ms)
         except BaseException as exc:
             for conn in (reader, writer):
                 if conn is not None:
@@ -209,6 +234,7 @@ class Bus(CommitQueue, ReadAPI):
             max_payload_bytes=max_payload_bytes,
             safety_poll_s=float(safety_poll_s),
             busy_timeout_s=busy_timeout_s,
+            read_only=read_only,
         )
 
     @classmethod
@@ -253,11 +279,29 @@ class Bus(CommitQueue, ReadAPI):
                 "tx.ack() there (bus.publish() would wait for the transaction to end)"
             )
 
+    def _check_writable(self) -> None:
+        self._check_usable()
+        if self.read_only:
+            raise self._read_only_error()
+
+    def _read_only_error(self) -> BusReadOnly:
+        return BusReadOnly(
+            f"the bus {self.path} is read-only (read-only media, or no write permission on "
+            "the file or its directory): it can be read (tail, sql, cursors) but not written; "
+            "copy it to writable storage to publish"
+        )
+
     def _wrap(self, exc: BaseException) -> BaseException:
+        if isinstance(exc, sqlite3.Error) and "readonly" in str(exc):
+            # "attempt to write a readonly database": what any write meets on a read-only
+            # file (a subscription registering its consumer, too).
+            err: BaseException = self._read_only_error()
+            err.__cause__ = exc
+            return err
         if isinstance(exc, sqlite3.OperationalError) and (
             "locked" in str(exc) or "busy" in str(exc)
         ):
-            err: BaseException = BusError(
+            err = BusError(
                 f"the bus {self.path} stayed locked by another writer for more than "
                 f"{self.busy_timeout_s:g} s; try again"
             )
@@ -319,7 +363,7 @@ class Bus(CommitQueue, ReadAPI):
         InvalidPayload, PayloadTooLarge or InvalidEvent before anything is written.
         Cancelling the call does not withdraw an event already queued.
         """
-        self._check_usable()
+        self._check_writable()
         row = prepare_row(event_type, payload, agent, run_id, caused_by, self.max_payload_bytes)
         return await self._write(sqlops.PUBLISH, row)
 
@@ -346,7 +390,7 @@ class Bus(CommitQueue, ReadAPI):
 
         Items may be NewEvent or dicts with NewEvent's fields. Every event is validated first.
         """
-        self._check_usable()
+        self._check_writable()
         rows = self._rows(events)
         if not rows:
             return []
@@ -358,7 +402,7 @@ class Bus(CommitQueue, ReadAPI):
         Acknowledge after handling events: a consumer that crashes before its ack gets those
         events again (at-least-once). Raises BusError for an id that was never published.
         """
-        self._check_usable()
+        self._check_writable()
         check_name("consumer", consumer)
         check_id("event id", event_id)
         error = await self._write(sqlops.ACK, (consumer, event_id))
@@ -374,14 +418,14 @@ class Bus(CommitQueue, ReadAPI):
         first: a running subscription registers again when it next starts, and its next ack
         recreates the cursor.
         """
-        self._check_usable()
+        self._check_writable()
         check_name("consumer", consumer)
         return await self._write(sqlops.UNREGISTER, consumer)
 
     def transaction(self) -> Transaction:
         """``async with bus.transaction() as tx:`` — publish and ack in one BEGIN IMMEDIATE
         transaction (exactly-once for effects that live in the bus). Rolled back on error."""
-        self._check_usable()
+        self._check_writable()
         return Transaction(self)
 
     async def prune(self, *, dry_run: bool = False, max_age_s: float | None = None) -> PruneReport:
@@ -391,7 +435,7 @@ class Bus(CommitQueue, ReadAPI):
         consumer overtaken that way is named in the report's ``warnings`` and warned about
         loudly (``PruneWarning`` and the ``loopbus.bus`` logger). ``dry_run`` deletes nothing.
         """
-        self._check_usable()
+        self._check_writable()
         if max_age_s is not None and not max_age_s >= 0:
             raise BusError(f"max_age_s must be >= 0 seconds, not {max_age_s!r}")
         await self._acquire_exclusive()
@@ -408,6 +452,15 @@ class Bus(CommitQueue, ReadAPI):
             log.warning(message)
             warnings.warn(message, PruneWarning, stacklevel=2)
         return report
+
+
+def _prepare_read_only(conn: sqlite3.Connection, path: Path, busy_ms: int) -> None:
+    """Configure a read-only "writer" connection: check the file is a bus this loopbus
+    reads, and write nothing (no WAL switch, no migration)."""
+    conn.execute(f"PRAGMA busy_timeout = {busy_ms}")
+    if migrations.read_version(conn, str(path)) == 0:
+        raise BusReadOnly(f"{path} is read-only and holds no bus yet; it cannot be created there")
+    conn.execute("PRAGMA query_only = 1")
 
 
 class _Connector:

@@ -2,7 +2,8 @@
 
 Three independent guards, so that no statement can change the file:
 
-1. the file is opened with the SQLite URI ``mode=ro`` (the pager refuses writes);
+1. the file is opened with the SQLite URI ``mode=ro`` (the pager refuses writes), or
+   ``immutable=1`` on read-only media where ``mode=ro`` cannot open it (:func:`read_only_uri`);
 2. ``PRAGMA query_only = 1``;
 3. an authorizer that allows only reading actions (SELECT, reads, functions, CTEs and a list
    of read-only pragmas without a value) and reports the first denied action in the
@@ -125,6 +126,52 @@ _REFUSED_FUNCTIONS = {
 _SCHEMA_WRITES = {sqlite3.SQLITE_INSERT, sqlite3.SQLITE_UPDATE, sqlite3.SQLITE_DELETE}
 
 
+def is_read_only(path: Path) -> bool:
+    """Whether this process cannot write the existing bus file ``path``: the file is not
+    writable, or its ``-wal`` / ``-shm`` are missing and cannot be created in its directory.
+
+    ``os.access`` reports a read-only file system (EROFS) and an immutable file even for root,
+    and for other users the permission bits, i.e. what SQLite's writes would meet.
+    """
+    if not os.access(path, os.W_OK):
+        return True
+    side_files = [Path(f"{path}-wal"), Path(f"{path}-shm")]
+    if all(p.exists() for p in side_files):
+        return not all(os.access(p, os.W_OK) for p in side_files)
+    return not os.access(path.parent, os.W_OK | os.X_OK)
+
+
+def read_only_uri(path: Path) -> str:
+    """The SQLite URI that reads ``path`` and never writes it: ``mode=ro``, or, where that
+    cannot open it, ``immutable=1``.
+
+    A WAL file opened ``mode=ro`` needs its ``-shm``; on read-only media without one
+    (a bus closed cleanly leaves none) SQLite cannot open it. With no ``-wal`` either, every
+    committed event is in the main file and nothing on that medium can change it, so SQLite
+    may read it as immutable. A non-empty ``-wal`` holds commits that immutable mode would
+    skip: then the ``mode=ro`` error stands (BusError).
+    """
+    base = path.resolve().as_uri()
+    uri = base + "?mode=ro"
+    probe = sqlite3.connect(uri, uri=True)
+    try:
+        probe.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        return uri
+    except sqlite3.DatabaseError as exc:
+        if getattr(exc, "sqlite_errorcode", 0) & 0xFF != sqlite3.SQLITE_CANTOPEN:
+            return uri  # not a database, or a foreign one: read_version says which
+        wal = Path(f"{path}-wal")
+        if wal.exists() and wal.stat().st_size > 0:
+            raise BusError(
+                f"cannot read the bus {path}: it is on read-only media with a write-ahead log "
+                f"({wal.name}) but no {path.name}-shm, which SQLite needs and cannot create "
+                "there; copy the bus and its -wal file to writable storage"
+            ) from None
+    finally:
+        probe.close()
+    return base + "?immutable=1"
+
+
 @dataclass(frozen=True)
 class QueryResult:
     """Column names and rows (tuples) of a read-only query."""
@@ -187,7 +234,7 @@ def query(
     if not file.exists():
         raise BusNotFound(f"no bus file at {file}; pass an existing bus with --bus / $LOOPBUS_BUS")
     try:
-        conn = sqlite3.connect(file.resolve().as_uri() + "?mode=ro", uri=True, isolation_level=None)
+        conn = sqlite3.connect(read_only_uri(file), uri=True, isolation_level=None)
     except sqlite3.Error as exc:
         raise BusError(f"cannot open {file} read-only: {exc}") from exc
     try:
@@ -263,4 +310,4 @@ def query(
         conn.close()
 
 
-__all__ = ["QueryResult", "query"]
+__all__ = ["QueryResult", "is_read_only", "query", "read_only_uri"]

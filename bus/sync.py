@@ -83,7 +83,7 @@ class SyncBus:
         self._check_not_in_tx()
         bus = self._bus
         with self._wlock:
-            bus._check_usable()  # under the lock, so close() cannot slip in before the write
+            bus._check_writable()  # under the lock, so close() cannot slip in before the write
             if bus._exclusive or bus._exclusive_waiters:
                 return self._call(queued())
             try:
