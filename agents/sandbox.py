@@ -204,8 +204,9 @@ class Sandbox:
             self._session = None
 
     def close(self) -> None:
-        self.reset()
+        """Stop the interpreter for good, even mid-snippet in another thread; idempotent."""
         self._closed = True
+        self.reset()
 
     def __enter__(self) -> Sandbox:
         return self

@@ -78,10 +78,13 @@ def _wasmtime_identity(wasmtime: Any) -> str:
 
 
 class EpochTicker:
-    """Increments the engine epoch every ``EPOCH_INTERVAL_S`` while any snippet runs.
+    """Increments the engine epoch every ``EPOCH_INTERVAL_S`` while any guest runs wasm.
 
-    Stores set their deadline in ticks, so one ticker serves every session of the
-    engine, and it sleeps on a condition when nothing runs.
+    A tick only makes each running store call its deadline callback
+    (:func:`set_deadline_callback`), which compares the real clock with the real
+    deadline: a starved ticker delays the check by its lateness, never stretches the
+    deadline by it (counting ticks did). One ticker serves every session of the engine,
+    and it sleeps on a condition when no guest runs.
     """
 
     def __init__(self, increment: Callable[[], None]) -> None:
@@ -114,6 +117,46 @@ class EpochTicker:
 
 
 HostCall = Callable[..., int]
+
+
+def set_deadline_callback(store: Any, check: Callable[[], str | None]) -> Any:
+    """Call ``check()`` on the guest's thread at each epoch tick while ``store`` runs wasm.
+
+    ``check`` returns None to let the guest go on (the next check is one tick later) or a
+    message, which stops the guest (the call into wasm raises ``WasmtimeError``). The
+    Python bindings have no wrapper for ``wasmtime_store_epoch_deadline_callback``, so
+    this uses their ctypes declarations. Returns the ctypes callback, which the caller
+    must keep alive as long as the store.
+    """
+    import ctypes
+
+    from wasmtime import _ffi as ffi
+
+    proto = ctypes.CFUNCTYPE(
+        ctypes.c_size_t,
+        ctypes.POINTER(ffi.wasmtime_context_t),
+        ctypes.c_void_p,
+        ctypes.POINTER(ctypes.c_uint64),
+        ctypes.POINTER(ffi.wasmtime_update_deadline_kind_t),
+    )
+
+    def callback(_context: Any, _data: Any, delta: Any, kind: Any) -> int:
+        try:
+            message = check()
+        except BaseException as exc:  # an exception cannot cross into wasmtime: stop instead
+            message = f"sandbox host error in the deadline check: {exc!r}"
+        if message is not None:
+            error = ffi.wasmtime_error_new(message.encode("utf-8", "replace"))
+            return ctypes.cast(error, ctypes.c_void_p).value or 0
+        delta[0] = 1
+        kind[0] = 0  # WASMTIME_UPDATE_DEADLINE_CONTINUE
+        return 0
+
+    function = proto(callback)
+    no_finalizer = ctypes.cast(0, ctypes.CFUNCTYPE(None, ctypes.c_void_p))
+    ffi.wasmtime_store_epoch_deadline_callback(store.ptr(), function, None, no_finalizer)
+    store.set_epoch_deadline(1)
+    return function
 
 
 @dataclass

