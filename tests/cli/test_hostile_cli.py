@@ -150,12 +150,12 @@ def test_tail_of_a_payload_nested_too_deeply_to_decode(invoke: Invoke, bus_file:
     invoke("publish", "x.y", "{}")
     with sqlite3.connect(bus_file) as conn:
         conn.execute(
-            "INSERT INTO outbox (agent, event_type, payload) VALUES ('x', 'deep', ?)",
+            "INSERT INTO outbox (agent, event_type, payload, run_id) VALUES ('x', 'deep', ?, 'r')",
             ("[" * 1500 + "]" * 1500,),
         )
     conn.close()
-    for args in (("tail",), ("tail", "--json")):
-        assert_user_error(invoke(*args), "nested too deeply")
+    for args in (("tail",), ("tail", "--json"), ("tail", "--since", "1", "-f"), ("export", "r")):
+        assert_user_error(invoke(*args), "event 2 on the bus has a payload nested too deeply")
 
 
 def test_a_fifo_as_bus_is_an_error_not_a_hang(invoke: Invoke, tmp_path: Path) -> None:
