@@ -224,6 +224,8 @@ def load_recording(source: str | Path, *, bus_path: str | Path | None = None) ->
         except UnicodeDecodeError:
             raise AgentError(f"{path} is not a loopbus recording (not UTF-8 text)") from None
         return Recording.from_xml(text)
+    if path.exists():  # a FIFO would block the read forever, a device never ends
+        raise AgentError(f"{path} is not a regular file; pass an exported recording or a run id")
     from bus import SyncBus
 
     with SyncBus(bus_path, create=False) as bus:

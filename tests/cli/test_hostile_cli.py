@@ -255,3 +255,10 @@ def test_replay_refuses_a_function_that_is_not_a_decision_function(tmp_path: Pat
         )
         assert_user_error(result, f"{name!r} is not a BAML decision function")
         assert "Assistant" in result.stderr  # the message lists the real ones
+
+
+def test_replay_of_a_fifo_or_device_is_an_error(invoke: Invoke, tmp_path: Path) -> None:
+    fifo = tmp_path / "run.xml"
+    os.mkfifo(fifo)
+    for source in (str(fifo), "/dev/zero"):
+        assert_user_error(invoke("replay", source), "is not a regular file")
