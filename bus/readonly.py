@@ -149,7 +149,9 @@ def read_only_uri(path: Path) -> str:
     (a bus closed cleanly leaves none) SQLite cannot open it. With no ``-wal`` either, every
     committed event is in the main file and nothing on that medium can change it, so SQLite
     may read it as immutable. A non-empty ``-wal`` holds commits that immutable mode would
-    skip: then the ``mode=ro`` error stands (BusError).
+    skip: then the ``mode=ro`` error stands (BusError). Immutable means SQLite never looks for
+    changes: a writer that starts later (through another, writable path to the same file) is
+    not seen by a connection opened this way, e.g. by a ``tail --follow`` already running.
     """
     base = path.resolve().as_uri()
     uri = base + "?mode=ro"
