@@ -132,3 +132,42 @@ def test_reading_never_writes(observed: ObservedBus, tmp_path: Path) -> None:
     for run in runs:
         load_timeline(copy, run.run_id)
     assert copy.read_bytes() == before
+
+
+def test_a_run_without_outcome_is_running(observed: ObservedBus, tmp_path: Path) -> None:
+    from agents.report import build_report
+    from bus import SyncBus
+
+    bus_file = tmp_path / "bus.db"
+    shutil.copy(observed.path, bus_file)
+    task = {"task": "interrupted", "settings": {"agent": "watcher", "function": "Watcher"}}
+    with SyncBus(bus_file) as bus:  # what a run killed after its first event leaves
+        bus.publish("run.task", task, agent="watcher", run_id="watcher-crashed")
+    code, out, _ = _cli(ObservedBus(bus_file, observed.workspace), "runs", "--outcome", "running")
+    assert code == 0 and "watcher-crashed" in out and "running" in out
+    timeline = load_timeline(bus_file, "watcher-crashed")
+    assert timeline.outcome is None and timeline.turns == []
+    page = build_report(bus_file)
+    assert page.count('class="run"') == len(observed.outcomes) + 1
+    assert "running" in build_report(bus_file, "watcher-crashed")
+
+
+def test_observing_imports_no_model_runtime(observed: ObservedBus) -> None:
+    import subprocess
+    import sys
+
+    run = observed.run_of("done")
+    code = (
+        "import sys\n"
+        "from agents.cli import main\n"
+        f"for args in (['runs'], ['show', {run!r}], ['show', {run!r}, '--prompt', '1'],"
+        f" ['report', {run!r}, '-o', '/dev/null']):\n"
+        f"    main(['--bus', {str(observed.path)!r}, *args], standalone_mode=False)\n"
+        "heavy = [m for m in ('mlx', 'baml_py', 'baml_client', 'wasmtime') if m in sys.modules]\n"
+        "print('HEAVY', heavy)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert "HEAVY []" in done.stdout
