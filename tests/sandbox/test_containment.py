@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import resource
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -93,3 +95,59 @@ def test_wall_clock_holds_when_the_ticker_is_starved(make_sandbox) -> None:
     # is late only by a few GIL hand-overs (~0.2-0.8 s on a loaded 2-core machine).
     assert result.trapped and result.error_type == "Timeout", result.error
     assert result.duration_s < 2.4, result.duration_s
+
+
+@pytest.fixture
+def special_workspace(workspace: Path) -> Path:
+    """The workspace with a FIFO nobody writes to, and links to it."""
+    os.mkfifo(workspace / "pipe")
+    (workspace / "docs" / "pipe-link").symlink_to(workspace / "pipe")
+    return workspace
+
+
+@pytest.mark.parametrize("path", ["pipe", "/input/pipe", "docs/pipe-link", "docs/../pipe"])
+def test_host_read_refuses_special_files_without_blocking(
+    make_sandbox, special_workspace: Path, path: str
+) -> None:
+    box = make_sandbox(SandboxLimits(wall_clock_s=2), workspace=special_workspace)
+    result = box.run(f"read({path!r})")
+    assert result.error_type == "HostError", result.error
+    assert "not a regular file" in result.error
+    assert result.duration_s < 1.5 and not result.trapped
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "open('/input/pipe').read()",
+        "open('/input/pipe', 'rb').read(10)",
+        "open('/input/docs/pipe-link').read()",
+        "open('/input/docs/../pipe').read()",
+    ],
+)
+def test_guest_open_of_a_fifo_fails_instead_of_blocking(
+    make_sandbox, special_workspace: Path, code: str
+) -> None:
+    box = make_sandbox(SandboxLimits(wall_clock_s=2), workspace=special_workspace)
+    result = box.run(code)
+    assert result.error_type == "OSError" and not result.trapped, result.error
+    assert result.duration_s < 1.5
+    # The mount still works: regular files, directories, listing (the FIFO is listed).
+    assert box.run("open('/input/notes.txt').read()").result == repr("alpha\nbeta\n")
+    assert box.run("import os\nsorted(os.listdir('/input'))").result == repr(
+        ["docs", "notes.txt", "pipe"]
+    )
+    assert "pipe-link" in box.run("os.listdir('/input/docs')").result
+
+
+def test_host_read_checks_the_file_it_opened(workspace: Path) -> None:
+    from agents.sandbox import workspace_reader
+
+    read = workspace_reader(workspace, 1024)
+    assert read("notes.txt") == "alpha\nbeta\n"
+    (workspace / "big.txt").write_text("x" * 2000)
+    with pytest.raises(ValueError, match="over the 1,024-byte host-call limit"):
+        read("big.txt")
+    os.mkfifo(workspace / "late")
+    with pytest.raises(OSError, match="not a regular file"):
+        read("late")
