@@ -42,8 +42,7 @@ def assert_harmless(text: str) -> None:
 
 
 def assert_user_error(result: Result, fragment: str) -> None:
-    # The exit code is another change's business (usage errors become 2): only non-zero here.
-    assert result.exit_code != 0, result.output
+    assert result.exit_code == 2, result.output  # a usage or setup error
     assert result.stderr.startswith("Error: "), result.stderr
     assert fragment in result.stderr, result.stderr
     assert "Traceback" not in result.output
@@ -169,7 +168,7 @@ def test_a_fifo_as_bus_is_an_error_not_a_hang(invoke: Invoke, tmp_path: Path) ->
 def test_prune_with_an_absurd_max_age_is_a_clear_error(invoke: Invoke, bus_file: Path) -> None:
     invoke("publish", "x.y", "{}")
     result = invoke("prune", "--max-age", "99999999999999999999999w")
-    assert result.exit_code != 0 and "Traceback" not in result.output
+    assert result.exit_code == 2 and "Traceback" not in result.output
     assert "too long" in result.output, result.output
 
 
