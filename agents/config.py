@@ -53,6 +53,9 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
     ValidationError,
     field_validator,
     model_validator,
@@ -215,10 +218,12 @@ class AgentConfig(BaseModel):
     tools: list[str] | None = None
     model: str | None = None
     workspace: Path | None = None
-    max_turns: int = Field(default=6, ge=1, le=200)
-    budget: float = Field(default=0.4, gt=0.0, le=1.0)
-    elide: bool = False
-    parallelism: int = Field(default=1, ge=1, le=16)
+    # Strict: TOML's `true` is no count (bool is an int in Python), 2.0 no whole number, and
+    # nan/inf no budget.
+    max_turns: StrictInt = Field(default=6, ge=1, le=200)
+    budget: StrictFloat = Field(default=0.4, gt=0.0, le=1.0, allow_inf_nan=False)
+    elide: StrictBool = False
+    parallelism: StrictInt = Field(default=1, ge=1, le=16)
     emit: str | None = None
     first_tool: str | None = None
     sandbox: SandboxConfig | None = None
@@ -234,6 +239,19 @@ class AgentConfig(BaseModel):
                 "e.g. 'review.done'"
             )
         return value
+
+    @model_validator(mode="after")
+    def _no_self_trigger(self) -> AgentConfig:
+        # Each run publishes `emit`: an agent triggered by it would start a run per run, forever.
+        if self.emit is not None:
+            hit = [p for p in self.subscribe if fnmatch.fnmatchcase(self.emit, p)]
+            if hit:
+                raise ValueError(
+                    f"emit {self.emit!r} matches the agent's own subscription {hit[0]!r}, so "
+                    "each run would trigger another run forever; emit a type the agent does "
+                    "not subscribe to (e.g. 'review.done' for 'file.found')"
+                )
+        return self
 
     @field_validator("name")
     @classmethod
@@ -316,6 +334,13 @@ def _format_validation(path: Path | str, exc: ValidationError) -> str:
     for err in exc.errors():
         where = ".".join(str(p) for p in err["loc"]) or "(top level)"
         msg = err["msg"].removeprefix("Value error, ")
+        value = err.get("input")
+        if err["type"].endswith(("_type", "finite_number")) and isinstance(
+            value, bool | int | float | str
+        ):
+            # `parallelism = true` reads "should be a valid integer, not true".
+            shown = str(value).lower() if isinstance(value, bool) else repr(value)[:60]
+            msg = f"{msg}, not {shown}"
         lines.append(f"  {where}: {msg}")
     return "\n".join(lines)
 
@@ -388,18 +413,69 @@ def _check_model_spec(spec: str | None, agent: str, source: str) -> None:
         raise ModelMissing(f"agent {agent!r} in {source}: model {spec!r}: {exc}") from None
 
 
+#: Limits checked before the TOML parser runs: tomllib recurses per nesting level and is
+#: quadratic in the parts of a dotted key, so a hostile file could exhaust stack or memory.
+MAX_CONFIG_BYTES = 1 << 20
+MAX_NESTING = 32
+MAX_KEY_PARTS = 32
+# Strings and comments (their brackets and dots are text), and numbers/dates (one dot each).
+_TOML_TEXT_RE = re.compile(
+    r'"""(?:[^\\]|\\.)*?"""|\'\'\'.*?\'\'\'|"(?:[^"\\\n]|\\.)*"|\'[^\'\n]*\'|#[^\n]*',
+    re.S,
+)
+_TOML_NUMBER_RE = re.compile(r"[0-9][0-9_:T+-]*\.[0-9][0-9_eE+-]*")
+
+
+def _check_shape(text: str, file: Path) -> None:
+    """Refuse a config nested too deeply or with absurdly long dotted keys (ConfigError)."""
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(
+            f"chain config {file} is {len(text)} characters; a chain config is a small file "
+            f"(at most {MAX_CONFIG_BYTES} characters)"
+        )
+    bare = _TOML_TEXT_RE.sub('""', text)
+    depth = deepest = 0
+    for char in bare:
+        if char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char in "]}":
+            depth -= 1
+    if deepest > MAX_NESTING:
+        raise ConfigError(
+            f"chain config {file} is nested too deeply ({deepest} levels of arrays or tables "
+            f"inside each other; at most {MAX_NESTING})"
+        )
+    for number, line in enumerate(bare.splitlines(), 1):
+        if line.count(".") > MAX_KEY_PARTS and (
+            _TOML_NUMBER_RE.sub("0", line).count(".") > MAX_KEY_PARTS
+        ):
+            raise ConfigError(
+                f"chain config {file} line {number}: a dotted key or table name with more "
+                f"than {MAX_KEY_PARTS} parts"
+            )
+
+
 def load_config(path: str | Path) -> ChainConfig:
     """Read and validate a chain TOML file (paths inside resolve relative to the file)."""
     file = Path(path)
     if not file.is_file():
         raise ConfigError(f"chain config {file} not found; pass an existing TOML file")
     try:
-        data = tomllib.loads(file.read_text(encoding="utf-8"))
+        text = file.read_text(encoding="utf-8")
+        _check_shape(text, file)
+        data = tomllib.loads(text)
+        config = parse_config(data, base=file.resolve().parent, source=str(file))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"chain config {file} is not valid TOML: {exc}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"chain config {file} is not UTF-8 text") from None
-    config = parse_config(data, base=file.resolve().parent, source=str(file))
+    except RecursionError:
+        # tomllib (and printing a value) recurse per nesting level.
+        raise ConfigError(
+            f"chain config {file} is nested too deeply (arrays or tables inside each other); "
+            "a chain config needs only a few levels"
+        ) from None
     return config.model_copy(update={"path": file.resolve()})
 
 

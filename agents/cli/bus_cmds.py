@@ -22,7 +22,7 @@ from typing import Any
 
 import click
 
-from agents.cli.common import bus_path, fail, handle_errors
+from agents.cli.common import SECONDS, bus_path, fail, handle_errors
 from agents.termsafe import printable, safe_json
 
 # Readable `tail` lines cut long payloads; --json always prints them whole.
@@ -347,7 +347,7 @@ def tail(
 @click.option("--csv", "as_csv", is_flag=True, help="CSV with a header row.")
 @click.option(
     "--timeout",
-    type=click.FloatRange(min=0, min_open=True),
+    type=SECONDS,
     default=None,
     metavar="SECONDS",
     help="Stop the query after SECONDS (default: no limit; Ctrl-C always stops it).",

@@ -13,6 +13,7 @@ import click
 from agents.cli.common import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
+    SECONDS,
     bus_path,
     exit_codes_epilog,
     fail,
@@ -71,7 +72,7 @@ def _override_options(fn: F) -> F:
 @_override_options
 @click.option(
     "--exit-when-idle",
-    type=float,
+    type=SECONDS,
     default=None,
     metavar="SECONDS",
     help="Exit after this many seconds without events.",
@@ -160,7 +161,7 @@ def _on_sigterm(signum: int, frame: object) -> None:
 )
 @click.option(
     "--timeout",
-    type=float,
+    type=SECONDS,
     default=None,
     metavar="SECONDS",
     help="Stop and exit 1 if still running after this many seconds.",
@@ -179,7 +180,7 @@ def _on_sigterm(signum: int, frame: object) -> None:
 )
 @click.option(
     "--status-every",
-    type=click.FloatRange(min=0, min_open=True),
+    type=SECONDS,
     default=STATUS_EVERY,
     show_default=True,
     metavar="SECONDS",

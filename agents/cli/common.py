@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -81,6 +82,23 @@ def bus_path(ctx: click.Context) -> str:
     """The bus file chosen by --bus, else $LOOPBUS_BUS, else ./loopbus.db."""
     explicit = (ctx.find_root().obj or {}).get("bus_path")
     return explicit or os.environ.get("LOOPBUS_BUS") or "loopbus.db"
+
+
+class FiniteFloat(click.FloatRange):
+    """``click.FloatRange`` that also refuses ``nan`` and ``inf`` (which slip through its
+    comparisons: ``--timeout nan`` would otherwise mean "never")."""
+
+    name = "number"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
+
+
+#: A finite duration in seconds, above 0 (for --timeout and similar options).
+SECONDS = FiniteFloat(min=0, min_open=True)
 
 
 def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:

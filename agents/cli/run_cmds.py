@@ -15,7 +15,14 @@ from typing import Any
 
 import click
 
-from agents.cli.common import bus_path, exit_codes_epilog, fail, handle_errors
+from agents.cli.common import (
+    SECONDS,
+    FiniteFloat,
+    bus_path,
+    exit_codes_epilog,
+    fail,
+    handle_errors,
+)
 from agents.cli.sandbox_cmds import _parse_bytes
 from agents.termsafe import printable, safe_json_text
 
@@ -119,7 +126,7 @@ def _printer(as_json: bool, timestamps: bool | None = None) -> Any:
 @click.option("--max-turns", type=click.IntRange(1), default=12, show_default=True)
 @click.option(
     "--budget",
-    type=click.FloatRange(0.01, 1.0),
+    type=FiniteFloat(0.01, 1.0),
     default=0.4,
     show_default=True,
     help="Largest prompt as a fraction of the model's context window.",
@@ -148,7 +155,7 @@ def _printer(as_json: bool, timestamps: bool | None = None) -> Any:
 )
 @click.option(
     "--sandbox-timeout",
-    type=click.FloatRange(min=0, min_open=True),
+    type=SECONDS,
     default=None,
     help="RunPython sandbox: wall-clock seconds per snippet.",
 )

@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from agents.cli.common import EXIT_FAILED, fail, handle_errors
+from agents.cli.common import EXIT_FAILED, SECONDS, fail, handle_errors
 
 _SIZE = re.compile(r"^\s*(\d+)\s*([kmg]?)(i?b)?\s*$", re.I)
 _UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
@@ -39,9 +39,7 @@ def _parse_bytes(ctx: click.Context, param: click.Parameter, value: str | None) 
 @click.option(
     "--memory", callback=_parse_bytes, metavar="BYTES", help="Linear memory limit, e.g. 64M."
 )
-@click.option(
-    "--timeout", type=click.FloatRange(min=0, min_open=True), help="Wall-clock limit in seconds."
-)
+@click.option("--timeout", type=SECONDS, help="Wall-clock limit in seconds.")
 @click.option("--json", "as_json", is_flag=True, help="Print the full result as JSON.")
 @handle_errors
 def sandbox(
