@@ -365,7 +365,8 @@ def sql(
     """Run a read-only SQL query against the bus and print the rows.
 
     The file is opened read-only: INSERT, UPDATE, DELETE, DROP, ATTACH, VACUUM
-    and writing PRAGMAs are refused. Tables: outbox, cursors; view: consumer_lag.
+    and writing PRAGMAs are refused. Tables: outbox, cursors; views: consumer_lag,
+    runs, model_calls, decisions, tool_calls, errors (see the README).
     A query stops at Ctrl-C or after --timeout. In the table, control
     characters in values are shown escaped (\\n, \\x1b).
 
