@@ -148,9 +148,9 @@ def _on_sigterm(signum: int, frame: object) -> None:
 @click.command(
     "up",
     epilog=exit_codes_epilog(
-        "an agent crashed too often, or --until-idle: the chain was not idle in time"
-    )
-    + "\n  0 also after SIGTERM: a requested stop.",
+        "an agent crashed too often, or --until-idle: the chain was not idle in time",
+        ok="stopped by SIGTERM, or --until-idle: the chain went idle",
+    ),
 )
 @click.argument("config_path", required=False, type=click.Path(dir_okay=False))
 @_override_options

@@ -30,12 +30,14 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 
-def exit_codes_epilog(failed: str = "the command ran but did not succeed") -> str:
+def exit_codes_epilog(
+    failed: str = "the command ran but did not succeed", ok: str = "success"
+) -> str:
     """The `--help` epilog documenting a command's exit codes; ``failed`` says what 1 means."""
     # \b keeps click from re-wrapping the lines into one paragraph.
     return (
         "\b\nExit status:\n"
-        "  0    success\n"
+        f"  0    {ok}\n"
         f"  1    {failed}\n"
         "  2    usage or setup error (bad option or input, missing file, model or config)\n"
         "  130  interrupted (Ctrl-C)"
