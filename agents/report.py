@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import html
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from agents.runs import Timeline, list_runs, load_timeline, load_timelines, seconds_between
@@ -209,8 +209,6 @@ def run_timeline_svg(t: Timeline, width: int = 1100) -> str:
         if called is None:
             continue
         model_s = turn.model_s or 0.0
-        from datetime import timedelta
-
         m0 = axis.x(called - timedelta(seconds=model_s))
         m1 = max(axis.x(called), m0 + 2)
         parts.append(
