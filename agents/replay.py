@@ -46,7 +46,7 @@ from agents.decide import prompt_hash
 from agents.errors import AgentError
 from agents.eventlog import EventLogError, LogEvent, iter_log
 from agents.replay_context import RecordedReads, context_events
-from agents.runstate import Outcome, RunSettings
+from agents.runstate import Outcome, RunSettings, malformed
 
 FORMAT = "loopbus-run/1"
 FORMAT_WITH_CONTEXT = "loopbus-run/2"
@@ -137,6 +137,16 @@ class Recording(BaseModel):
                 f"malformed recording of run {self.run_id!r}: run.task settings: {where}: "
                 f"{first['msg']}"
             ) from None
+        for event in self.events[1:]:  # a forged or corrupt event: an error, not a traceback
+            problem = malformed(event.type, event.payload)
+            if problem is None and event.type == "run.model_call":
+                if not isinstance(event.payload.get("raw"), str):
+                    problem = "it has no 'raw' text (the model's answer)"
+            if problem is not None:
+                raise AgentError(
+                    f"malformed recording of run {self.run_id!r}: its {event.type} "
+                    f"(event {event.id}) is malformed: {problem}"
+                )
         return self
 
     @classmethod

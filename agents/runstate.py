@@ -137,6 +137,7 @@ _SHAPES: dict[str, dict[str, tuple[type, ...]]] = {
     "run.decision": {"turn": (int,), "decision": (dict,)},
     "run.tool_call": {"turn": (int,), "tool": (str,), "args": (dict,), "idempotent": (bool,)},
     "run.tool_result": {"tool": (str,), "result": (str, int, float, bool, list, dict, type(None))},
+    "run.llm_call": {"turn": (int,)},
     "run.error": {"error": (str,)},
     "run.outcome": {"kind": (str,)},
 }

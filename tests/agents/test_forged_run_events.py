@@ -132,5 +132,28 @@ def test_guest_code_cannot_forge_a_run_event(tiny_runtime: Any, bus: Any) -> Non
     assert outcome.kind == "max_turns"  # the real outcome; nothing forged was stored
     events = bus.events(run_id="r-guest")
     [result] = [e for e in events if e.event_type in ("run.tool_result", "run.error")]
-    assert "reserved for the loop" in str(result.payload)
+    assert "reserved for the" in str(result.payload)  # refused by the sandbox or ToolContext
     assert [e.payload["kind"] for e in events if e.event_type == "run.outcome"] == ["max_turns"]
+
+
+@pytest.mark.parametrize(
+    ("kind", "payload", "expected"),
+    [
+        ("run.model_call", [1], "its run.model_call (event 2) is malformed: its payload is a JSON"),
+        ("run.model_call", {"turn": 1}, "it has no 'raw' text"),
+        ("run.llm_call", {"turn": "x"}, "its run.llm_call (event 2) is malformed"),
+        ("run.outcome", {}, "its run.outcome (event 2) is malformed: it has no 'kind'"),
+    ],
+)
+def test_replay_refuses_a_malformed_recording_with_a_clear_error(
+    tiny_runtime: Any, bus: Any, kind: str, payload: Any, expected: str
+) -> None:
+    from agents.errors import AgentError
+    from agents.replay import Recording, replay
+
+    _start(tiny_runtime, bus, "r-rec")
+    bus.publish(kind, payload, agent="assistant", run_id="r-rec")
+    resume_run("r-rec", runtime=tiny_runtime, bus=bus)
+    with pytest.raises(AgentError, match="malformed recording of run 'r-rec'") as info:
+        replay(Recording.from_bus(bus, "r-rec"))
+    assert expected in str(info.value)
