@@ -47,6 +47,7 @@ from bus.errors import (
     PayloadTooLarge,
     PruneWarning,
     check_bus_path,
+    not_utf8_message,
 )
 from bus.events import (
     DEFAULT_MAX_PAYLOAD_BYTES,
@@ -307,6 +308,10 @@ class Bus(CommitQueue, ReadAPI):
             )
         elif isinstance(exc, sqlite3.Error | OverflowError):
             err = BusError(f"bus {self.path}: {exc}")
+        elif isinstance(exc, UnicodeEncodeError):
+            # A command-line argument with bytes that are not UTF-8 (Python keeps them as
+            # lone surrogates), which SQLite cannot take as text.
+            err = BusError(not_utf8_message(exc))
         elif isinstance(exc, ValueError) and self._closed:
             err = BusClosed(f"the bus {self.path} is closed")
         else:

@@ -95,6 +95,7 @@ __all__ = [
     "RefusedFunction",
     "SchemaTooNew",
     "check_bus_path",
+    "not_utf8_message",
 ]
 
 
@@ -123,6 +124,14 @@ def check_bus_path(path: str | os.PathLike[str]) -> None:
     else:
         kind = "not a regular file"
     raise BusError(f"{path} is {kind}; pass the path of a bus file")
+
+
+def not_utf8_message(exc: UnicodeEncodeError) -> str:
+    """The message for text SQLite cannot take: undecodable bytes from the command line,
+    which Python keeps as lone surrogates (``'\\udcff'``)."""
+    text = str(exc.object)
+    shown = text if len(text) <= 80 else text[:77] + "..."
+    return f"{shown!r} is not valid UTF-8 text (it holds {text[exc.start : exc.end]!r})"
 
 
 class PruneWarning(UserWarning):

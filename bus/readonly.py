@@ -36,6 +36,7 @@ from bus.errors import (
     ReadOnlyViolation,
     RefusedFunction,
     check_bus_path,
+    not_utf8_message,
 )
 
 # SQLite VM instructions between two checks of the interrupt flag and deadline: a check is a
@@ -280,6 +281,8 @@ def query(
         try:
             cursor = conn.execute(sql, params)
             rows = cursor.fetchall()
+        except UnicodeEncodeError as exc:  # undecodable bytes from the command line
+            raise InvalidQuery(not_utf8_message(exc)) from None
         except sqlite3.Warning as exc:  # "You can only execute one statement at a time."
             raise InvalidQuery(f"{exc} Run one SQL statement per query.") from None
         except sqlite3.ProgrammingError as exc:

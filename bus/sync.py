@@ -94,7 +94,7 @@ class SyncBus:
                     sqlops.prepare_writer(conn, self._abs_path, bus.synchronous, bus._busy_ms)
                     self._wconn = conn
                 result = sqlops.run_in_transaction(self._wconn, [(kind, arg)], bus._busy_ms)[0]
-            except (sqlite3.Error, OverflowError) as exc:
+            except (sqlite3.Error, OverflowError, UnicodeEncodeError) as exc:
                 raise bus._wrap(exc) from exc
             bus.stats.transactions += 1
             bus.stats.events += len(result) if kind == sqlops.PUBLISH_MANY else 1

@@ -261,3 +261,19 @@ def test_replay_of_a_fifo_or_device_is_an_error(invoke: Invoke, tmp_path: Path) 
     os.mkfifo(fifo)
     for source in (str(fifo), "/dev/zero"):
         assert_user_error(invoke("replay", source), "is not a regular file")
+
+
+def test_arguments_that_are_not_utf8_are_an_error(invoke: Invoke, bus_file: Path) -> None:
+    # Undecodable bytes in argv reach Python as lone surrogates, which SQLite cannot store.
+    invoke("publish", "x.y", "{}")
+    bad = "ab\udcff"
+    for args in (
+        ("publish", "x.y", "{}", "--agent", bad),
+        ("sql", f"SELECT 1 -- {bad}"),
+        ("sql", "SELECT ?", "-p", bad),
+        ("tail", "--type", bad),
+        ("export", bad),
+        ("replay", bad),
+    ):
+        assert_user_error(invoke(*args), "is not valid UTF-8 text")
+    assert invoke("tail", "--json").stdout.count("\n") == 1  # nothing was published
