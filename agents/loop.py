@@ -115,7 +115,7 @@ def run_agent(
     """
     from agents.builtin import get_agent
 
-    if run_id is not None and bus.events(run_id=run_id, limit=1):
+    if run_id is not None and bus.events(run_id=run_id, types=["run.task"], limit=1):
         return resume_run(
             run_id, runtime=runtime, bus=bus, workspace=workspace, on_event=on_event, output=output
         )

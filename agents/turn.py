@@ -348,10 +348,12 @@ def rebuild(
     the ``run.task`` itself is malformed.
     """
     events = bus.events(run_id=run_id)
-    if not events or events[0].event_type != "run.task":
+    first = next((e for e in events if e.event_type == "run.task"), None)
+    if first is None:
         raise RunNotFound(f"no run {run_id!r} on this bus; `loopbus sql` can list run ids")
-    first = events[0]
     settings, decider, problem = _read_task(first)
+    if problem is None and first is not events[0]:  # published with this run id by other means
+        problem = f"its {events[0].event_type} (event {events[0].id}) comes before its run.task"
     if settings is None:
         agent = first.agent if isinstance(first.agent, str) and first.agent else "unknown"
         settings = RunSettings(agent=agent, function="")
@@ -367,7 +369,7 @@ def rebuild(
         task_event_id=first.id,
         on_event=on_event,
     )
-    for event in events if problem is None else events[1:]:
+    for event in events if problem is None else events[events.index(first) + 1 :]:
         kind, payload = event.event_type, event.payload
         if problem is not None:
             if kind == "run.outcome" and malformed(kind, payload) is None:

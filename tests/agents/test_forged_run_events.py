@@ -157,3 +157,32 @@ def test_replay_refuses_a_malformed_recording_with_a_clear_error(
     with pytest.raises(AgentError, match="malformed recording of run 'r-rec'") as info:
         replay(Recording.from_bus(bus, "r-rec"))
     assert expected in str(info.value)
+
+
+def test_a_stray_event_before_the_task_does_not_crash_start_or_resume(
+    tiny_runtime: Any, bus: Any
+) -> None:
+    # Published with the run's id by other means before the run started.
+    bus.publish("note", {"x": 1}, agent="cli", run_id="r-stray")
+    outcome = run_agent(
+        "assistant", "hi", runtime=tiny_runtime, bus=bus, run_id="r-stray", max_turns=1, budget=1.0
+    )
+    assert outcome.kind in ("done", "max_turns")
+    events = bus.events(run_id="r-stray")
+    assert [e.event_type for e in events][:2] == ["note", "run.task"]
+    # Read back (a restarted agent): a recorded outcome is returned as it is.
+    assert resume_run("r-stray", runtime=tiny_runtime, bus=bus) == outcome
+    # An unfinished one ends failed, saying why.
+    bus.publish("note", {"x": 1}, agent="cli", run_id="r-stray2")
+    bus.publish("run.task", {"task": "t", "settings": {}}, agent="assistant", run_id="r-stray2")
+    failed = resume_run("r-stray2", runtime=tiny_runtime, bus=bus)
+    assert failed.kind == "failed" and "settings.agent: Field required" in (failed.reason or "")
+    _start(tiny_runtime, bus, "r-stray3")
+    first = bus.events(run_id="r-stray3")[0]
+    bus.publish("note", {}, agent="cli", run_id="r-stray4")
+    bus.publish("run.task", first.payload, agent="assistant", run_id="r-stray4")
+    failed = resume_run("r-stray4", runtime=tiny_runtime, bus=bus)
+    assert failed.kind == "failed"
+    assert (
+        "its note (event" in (failed.reason or "") and "comes before its run.task" in failed.reason
+    )
