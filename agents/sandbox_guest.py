@@ -6,6 +6,16 @@ one blocking host call (``__done__``), so globals survive between snippets like 
 notebook. Everything the user code may clobber (json, exec, print, ...) is bound to
 private names first, so a snippet can break only its own namespace.
 
+Protocol privacy (issue 14). Snippets can reach this program's globals (``import
+__main__``, ``print.__globals__``) and call ``host.call`` themselves, so the reserved host
+names (``__done__``, ``__take__``, ``__o1__``, ``__o2__``) carry a per-session key that the
+host hands out once, as the answer to the session's first host call (``__hello__``, made
+here before any snippet runs). The key and everything that reports a snippet live only in
+closures and in the runner generator's locals, which MicroPython gives no access to
+(no ``__closure__``, no frames); ``uctypes``, ``machine`` (raw memory) and ``builtins`` (to
+undo the guard) cannot be imported. Patching the globals breaks only the snippet's own
+printing and host calls, never the report or the protocol.
+
 GC safety (why the code below is shaped this way). In this MicroPython build a
 function call whose frame state (locals + value stack + 3 words per try block) exceeds
 11 words gets that state from the GC heap, and the only pointer to it lives in wasm
@@ -58,14 +68,18 @@ _np = print
 _CFG = _loads(__CFG__)
 
 
-def _xcall(n, p):
+def _mkx(take):
     # Results larger than the small default buffer are fetched in a second call sized
     # for them, so the guest never allocates a max-size buffer per call.
-    try:
-        return _call(n, p)
-    except ValueError:
-        pass
-    return _call('__take__', '')
+    call = _call
+
+    def xcall(n, p):
+        try:
+            return call(n, p)
+        except ValueError:
+            pass
+        return call(take, '')
+    return xcall
 
 
 def _seed():
@@ -119,28 +133,33 @@ _f1 = _f2 = False
 _d1 = _d2 = 0
 
 
-def _fl1():
-    global _so, _sot, _f1, _d1
-    if _f1:
-        _d1 += _sot()
-        _so.seek(0)
-        return
-    v = _so.getvalue()
-    _so = _SIO()
-    _sot = _so.tell
-    _f1 = bool(_call('__o1__', v))
+def _mkout(k):
+    call = _call
+    n1 = '__o1__' + k
+    n2 = '__o2__' + k
 
+    def fl1():
+        global _so, _sot, _f1, _d1
+        if _f1:
+            _d1 += _sot()
+            _so.seek(0)
+            return
+        v = _so.getvalue()
+        _so = _SIO()
+        _sot = _so.tell
+        _f1 = bool(call(n1, v))
 
-def _fl2():
-    global _se, _set, _f2, _d2
-    if _f2:
-        _d2 += _set()
-        _se.seek(0)
-        return
-    v = _se.getvalue()
-    _se = _SIO()
-    _set = _se.tell
-    _f2 = bool(_call('__o2__', v))
+    def fl2():
+        global _se, _set, _f2, _d2
+        if _f2:
+            _d2 += _set()
+            _se.seek(0)
+            return
+        v = _se.getvalue()
+        _se = _SIO()
+        _set = _se.tell
+        _f2 = bool(call(n2, v))
+    return fl1, fl2
 
 
 def _reset_out():
@@ -215,62 +234,104 @@ _OOM = {'e': 'MemoryError: out of memory while reporting an error; free some mem
 _OOM_JSON = _dumps(_OOM)
 
 
-def _runner():
+def _runner(k, xcall, fl1, fl2):
     # A generator: its (large) frame state lives in the generator object, rooted from
     # the global _RUN, so a collection while the snippet runs cannot free it.
+    # The protocol is private to it: the session key (which makes the host accept the
+    # reserved names) and every function that reports a snippet are locals bound before
+    # any snippet runs. Snippets reach this module's globals (print.__globals__, import
+    # __main__) but no generator's locals, and a running generator refuses send().
+    loads = _loads
+    dumps = _dumps
+    exec_ = _exec
+    compile_ = _compile
+    repr_ = _repr
+    len_ = _len
+    type_ = _type
+    sio = _SIO
+    pexc = _pexc
+    reset = _reset_out
+    g = _G
+    limit = _CFG['repr_limit']
+    oom = _OOM
+    oom_json = _OOM_JSON
+    bexc = _BaseExc
+    done = '__done__' + k
+    k = None
     rep = '{"ready":1}'
     while True:
-        code = yield rep
-        _reset_out()
+        m = loads(xcall(done, rep))
+        if m.get('op') == 'close':
+            yield  # back to _main, which ends the program
+        code = m['code']
+        m = None
+        reset()
         r = {}
         try:
-            _exec(_compile(code, '<snippet>', 'exec'), _G)
-            if '_loopbus_result_' in _G:
-                v = _G.pop('_loopbus_result_')
+            exec_(compile_(code, '<snippet>', 'exec'), g)
+            if '_loopbus_result_' in g:
+                v = g.pop('_loopbus_result_')
                 if v is not None:
-                    t = _repr(v)
-                    if _len(t) > _CFG['repr_limit']:
-                        t = t[:_CFG['repr_limit']] + '...'
+                    t = repr_(v)
+                    if len_(t) > limit:
+                        t = t[:limit] + '...'
                     r['r'] = t
-        except _BaseExc as e:
-            _G.pop('_loopbus_result_', None)
+        except bexc as e:
+            g.pop('_loopbus_result_', None)
             try:
-                buf = _SIO()
-                _pexc(e, buf)
-                r = {'e': buf.getvalue(), 't': _type(e).__name__}
+                buf = sio()
+                pexc(e, buf)
+                r = {'e': buf.getvalue(), 't': type_(e).__name__}
                 buf = None
-            except _BaseExc:
-                r = _OOM
+            except bexc:
+                r = oom
             e = None
         v = t = code = None
         try:
-            _fl1()
-            _fl2()
-        except _BaseExc:
+            fl1()
+            fl2()
+        except bexc:
             pass
         if _d1:
             r['d1'] = _d1
         if _d2:
             r['d2'] = _d2
         try:
-            rep = _dumps(r)
-        except _BaseExc:
-            rep = _OOM_JSON
+            rep = dumps(r)
+        except bexc:
+            rep = oom_json
         r = None
 
 
-_RUN = _runner()
+def _mkimp(imp):
+    # Raw memory access (uctypes, machine.mem*) would read the protocol's private state
+    # out of linear memory; builtins would let a snippet drop this guard.
+    deny = ('uctypes', 'machine', 'builtins')
+
+    def __import__(name, *a):
+        if name in deny:
+            raise ImportError("no module named '" + name + "'")
+        return imp(name, *a)
+    return __import__
+
+
+def _setup(k):
+    # k: the session key, the host's answer to the first host call of the session (it
+    # answers __hello__ only then, before any snippet runs); kept only in closures.
+    global _xcall, _fl1, _fl2, _RUN
+    _xcall = _mkx('__take__' + k)
+    _fl1, _fl2 = _mkout(k)
+    _RUN = _runner(k, _xcall, _fl1, _fl2)
+
+
+_setup(_call('__hello__', ''))
+_b.__import__ = _mkimp(__import__)
+del _b
 
 
 def _main():
-    # Small frame on purpose (see the module docstring): two locals, no try.
-    r = _RUN.send(None)
-    while True:
-        m = _loads(_xcall('__done__', r))
-        if m.get('op') == 'close':
-            return
-        r = _RUN.send(m['code'])
-        m = None
+    # Small frame on purpose (see the module docstring): one call, no locals, no try.
+    _RUN.send(None)
 
 
 _main()

@@ -106,6 +106,14 @@ class _Worker:
         self.workspace = workspace
         self.names = set(names)
         self.pending: bytes | None = None  # a response too large for the guest's small buffer
+        # The bootstrap's protocol names carry a per-session key, which the host gives only
+        # as the answer to the session's first host call (the bootstrap's, before any
+        # snippet runs): guest code cannot make the reserved calls (fake a snippet's end
+        # and result, take another call's result).
+        key = secrets.token_hex(16)
+        self.key = key
+        self.protocol = {f"__{op}__{key}": op for op in ("o1", "o2", "take", "done")}
+        self.greeted = False
         self.inbox: queue.Queue[tuple[Any, ...]] = queue.Queue()
         self.outbox: queue.Queue[tuple[Any, ...]] = queue.Queue()
         self.snippet = _Snippet(
@@ -273,16 +281,27 @@ class _Worker:
         memory = caller.get("memory")
         try:
             name = bytes(memory.read(caller, np, np + min(nl, 256))).decode("utf-8", "replace")
-            if name in ("__o1__", "__o2__"):
+            first, self.greeted = not self.greeted, True
+            op = self.protocol.get(name) if name.startswith("__") else None
+            if op in ("o1", "o2"):
                 # The answer "1" tells the guest to stop sending this stream (cap reached).
-                if self._on_output(name, memory, caller, pp, pl) and rc >= 1:
+                if self._on_output(op, memory, caller, pp, pl) and rc >= 1:
                     memory.write(caller, b"1", rp)
                     return 1
                 return 0
-            if name == "__take__":
+            if op == "take":
                 response, self.pending = self.pending or b'{"e":"nothing to take"}', None
-            elif name == "__done__":
+            elif op == "done":
                 response = self._on_done(memory, caller, pp, pl)
+            elif name == "__hello__" and first:
+                response = self.key.encode()
+            elif name.startswith("__"):
+                response = json.dumps(
+                    {
+                        "e": f"{name[:40]!r}: host names starting with '__' are reserved for "
+                        "the sandbox itself; guest code cannot call them"
+                    }
+                ).encode()
             else:
                 response = self._on_call(name, memory, caller, pp, pl)
         except Exception as exc:  # a bug here must surface as a guest-visible error, not a hang
@@ -369,9 +388,9 @@ class _Worker:
         memory.write(caller, total.to_bytes(4, "little"), nwritten)
         return 0
 
-    def _on_output(self, name: str, memory: Any, caller: Any, pp: int, pl: int) -> bool:
+    def _on_output(self, op: str, memory: Any, caller: Any, pp: int, pl: int) -> bool:
         """A flushed chunk of guest output; returns whether the stream's cap is reached."""
-        sink = self.snippet.stdout if name == "__o1__" else self.snippet.stderr
+        sink = self.snippet.stdout if op == "o1" else self.snippet.stderr
         # Read only what still fits: a flood costs the host nothing past the cap.
         take = max(min(pl, sink.room()), 0)
         sink.add(bytes(memory.read(caller, pp, pp + take)) if take else b"", max(pl, 0))

@@ -151,3 +151,50 @@ def test_host_read_checks_the_file_it_opened(workspace: Path) -> None:
     os.mkfifo(workspace / "late")
     with pytest.raises(OSError, match="not a regular file"):
         read("late")
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        "host.call('__done__', FAKE)",
+        "print.__globals__['_xcall']('__done__', FAKE)",
+        "host.call('__hello__', '')",
+        "host.call('__take__', '')",
+        "host.call('__o1__', 'injected output')",
+        "host.call('__anything__', '[[], {}]')",
+    ],
+)
+def test_guest_code_cannot_make_the_protocols_reserved_calls(make_sandbox, call: str) -> None:
+    box = make_sandbox()
+    result = box.run(f'import host\nFAKE = \'{{"r": "42"}}\'\nanswer = {call}\nprint(answer)\n7')
+    assert result.ok and result.result == "7", result
+    assert "reserved for the sandbox itself" in result.stdout
+    assert "injected" not in result.stdout.split("reserved")[0]
+    after = box.run("8")  # the protocol is still in step: same session, the right snippet
+    assert after.result == "8" and not after.fresh_session
+
+
+def test_patching_the_bootstrap_cannot_fake_a_report(make_sandbox) -> None:
+    box = make_sandbox()
+    result = box.run(
+        "import __main__\n"
+        '__main__._dumps = lambda r: \'{"r": "42"}\'\n'
+        "__main__._exec = __main__._loads = __main__._xcall = None\n"
+        "5"
+    )
+    assert result.ok and result.result == "5", result
+    assert box.run("print(6 * 7)\n6").stdout == "42\n"
+    for method in ("send('print(1)')", "close()", "throw(ValueError)"):
+        attempt = box.run(f"print.__globals__['_RUN'].{method}")
+        assert attempt.error_type == "ValueError" and "already executing" in attempt.error
+    assert box.run("9").result == "9"
+
+
+@pytest.mark.parametrize(
+    "code", ["import uctypes", "import machine", "import builtins", "__import__('uctypes')"]
+)
+def test_raw_memory_modules_cannot_be_imported(make_sandbox, code: str) -> None:
+    # uctypes / machine.mem8 read linear memory, where the protocol's key lives;
+    # builtins would let a snippet remove the import guard.
+    result = make_sandbox().run(code)
+    assert result.error_type == "ImportError", result.error
