@@ -42,8 +42,20 @@ class AgentDef:
     tools: tuple[str, ...]
     max_tokens: int = 256
     policy: Policy = Policy()
+    #: Prompt variants: ``(function, min_tokens)``, the first whose ``min_tokens`` the run's
+    #: budget (``context_window * budget``) holds replaces ``function`` (recorded per run).
+    variants: tuple[tuple[str, int], ...] = ()
+
+    def function_for(self, context_window: int, budget: float) -> str:
+        """The BAML function a run with this much room uses (see ``variants``)."""
+        for function, min_tokens in self.variants:
+            if context_window * budget >= min_tokens:
+                return function
+        return self.function
 
 
+#: The budget (in tokens) from which `assistant` uses its worked-examples prompt.
+ASSISTANT_TURNS_MIN_TOKENS = 2048
 _AGENTS: dict[str, AgentDef] = {}
 #: ``module:function`` hooks that register more agents, loaded with the built-ins when present
 #: (so `loopbus agents`, `loopbus run NAME` and resume in a fresh process know them).
@@ -59,11 +71,13 @@ def register_agent(
     max_tokens: int = 256,
     replace: bool = True,
     policy: Policy | None = None,
+    variants: tuple[tuple[str, int], ...] = (),
 ) -> AgentDef:
     """Register agent ``name`` driven by BAML function ``function``; returns its AgentDef.
 
     ``policy``: how its decisions are constrained each turn (default: its entry in
-    :data:`agents.policy.AGENT_POLICIES`, else none).
+    :data:`agents.policy.AGENT_POLICIES`, else none). ``variants``: prompt variants for models
+    with more room (see :attr:`AgentDef.variants`); each must return the same decision types.
     """
     from agents.decide import get_decider
 
@@ -73,6 +87,9 @@ def register_agent(
 
     for cls in decider.classes:
         tool_for(cls)  # raises UnknownTool with a clear message
+    for variant, _ in variants:
+        if set(get_decider(variant).classes) != set(decider.classes):
+            raise AgentError(f"prompt variant {variant} of {function} returns other types")
     agent = AgentDef(
         name,
         description,
@@ -80,6 +97,7 @@ def register_agent(
         tuple(action_name(c) for c in decider.classes),
         max_tokens,
         policy if policy is not None else AGENT_POLICIES.get(name, Policy()),
+        variants,
     )
     if name in _AGENTS and not replace:
         raise AgentError(f"agent {name!r} is already registered")
@@ -121,6 +139,9 @@ def _ensure_builtin_agents() -> None:
         "answers a question about the files of a workspace (lists and reads files)",
         max_tokens=160,
         replace=False,
+        # Worked runs as chat turns (~1,000 tokens) when the budget has room for them and a
+        # few turns; the tiny test models (2,048-token windows) keep the compact prompt.
+        variants=(("AssistantTurns", ASSISTANT_TURNS_MIN_TOKENS),),
     )
     register_agent(
         "coder",

@@ -8,7 +8,10 @@ For one BAML decision function (``Assistant(events: string) -> ListDir | ReadFil
   passed to the runtime for constrained decoding when it supports schemas;
 * :meth:`Decider.parse` turns the model's text into the typed object with ``b.parse.<Fn>``.
 
-Every decision function takes exactly one argument, ``events``: the rendered event log.
+Every decision function takes exactly one argument: ``events``, the rendered event log as one
+string, or ``turns``, the same log split into alternating chat turns (:func:`log_turns`: the
+task, tool results and errors as ``user`` turns holding their rendered events, each decision as
+an ``assistant`` turn holding its JSON), so the history reads like the prompt's worked examples.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from __future__ import annotations
 import copy
 import functools
 import hashlib
+import inspect
+import json
 import os
 import typing
 from typing import Any
@@ -23,6 +28,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from agents.errors import AgentError
+from agents.eventlog import LogEvent, parse_log
 
 # BAML logs every failed parse with a backtrace on stderr; we record and feed back our own.
 os.environ.setdefault("BAML_LOG", "off")
@@ -127,6 +133,34 @@ def _union_schema(classes: tuple[type[BaseModel], ...]) -> dict[str, Any]:
     return union
 
 
+def log_turns(events: str) -> list[dict[str, str]]:
+    """A rendered event log as alternating chat turns (``role``, ``content``).
+
+    A ``run.decision`` becomes an ``assistant`` turn with the decision's compact JSON (what the
+    model answered); every other item (the task, tool results, errors, an elision marker) a
+    ``user`` turn with its rendered event. Consecutive items of one role share a turn.
+    """
+    turns: list[dict[str, str]] = []
+    for item in parse_log(events):
+        if isinstance(item, LogEvent) and item.type == "run.decision":
+            role = "assistant"
+            content = json.dumps(item.data, ensure_ascii=False, separators=(",", ":"))
+        else:
+            role, content = "user", item.render()
+        if turns and turns[-1]["role"] == role:
+            turns[-1]["content"] += "\n" + content
+        else:
+            turns.append({"role": role, "content": content})
+    return turns
+
+
+_PROBE_TURNS = [
+    {"role": "user", "content": _PROBE},
+    {"role": "assistant", "content": '{"action":"x","path":"{{ a }}"}'},
+    {"role": "user", "content": '<event type="b" ts="t">{}</event>\n<elided count="2"/>'},
+]
+
+
 class Decider:
     """Render / schema / parse for one BAML decision function."""
 
@@ -146,6 +180,8 @@ class Decider:
         returned = typing.get_type_hints(method)["return"]
         members = typing.get_args(returned) or (returned,)
         self.classes: tuple[type[BaseModel], ...] = tuple(members)
+        #: Whether the function takes the history as chat turns (else the log as one string).
+        self.takes_turns = "turns" in inspect.signature(method).parameters
 
     @functools.cached_property
     def schema(self) -> dict[str, Any]:
@@ -153,9 +189,31 @@ class Decider:
         return _union_schema(self.classes)
 
     def render(self, events: str) -> list[dict[str, Any]]:
-        """The chat messages ``b.request.<Fn>(events=...)`` renders (one BAML call)."""
+        """The chat messages ``b.request.<Fn>(events=...)`` renders (one BAML call); a
+        function that takes ``turns`` gets the log split by :func:`log_turns`."""
+        if self.takes_turns:
+            return self._render_turns(log_turns(events))
         body = self._request(events=events).body.json()
         return [{"role": m["role"], "content": _text(m["content"])} for m in body["messages"]]
+
+    def _render_turns(self, turns: list[dict[str, str]]) -> list[dict[str, Any]]:
+        from baml_client.types import Turn
+
+        body = self._request(turns=[Turn(**t) for t in turns]).body.json()
+        return [{"role": m["role"], "content": _text(m["content"])} for m in body["messages"]]
+
+    @functools.cached_property
+    def _turns_prefix(self) -> list[dict[str, Any]] | None:
+        # The messages before the history (system prompt and worked examples), rendered once;
+        # the history's turns are appended as they are. Verified on a hostile probe; None
+        # (always call BAML) if BAML renders it differently.
+        rendered = self._render_turns([{"role": "user", "content": _PLACEHOLDER}])
+        if not rendered or rendered[-1] != {"role": "user", "content": _PLACEHOLDER}:
+            return None
+        prefix = rendered[:-1]
+        if prefix + [dict(t) for t in _PROBE_TURNS] != self._render_turns(_PROBE_TURNS):
+            return None
+        return prefix
 
     @functools.cached_property
     def _template(self) -> list[dict[str, Any]] | None:
@@ -180,7 +238,16 @@ class Decider:
         """The chat messages BAML renders for this event log (identical to :meth:`render`)."""
         # BAML trims each message, and drops an empty one: only substitute trimmed, non-empty
         # logs (a rendered event log always is: it starts with "<" and ends with ">").
-        if self._template is None or not events or events.strip() != events:
+        if not events or events.strip() != events:
+            return self.render(events)
+        if self.takes_turns:
+            if self._turns_prefix is None:
+                return self.render(events)
+            turns = log_turns(events)
+            if any(t["content"].strip() != t["content"] or not t["content"] for t in turns):
+                return self._render_turns(turns)
+            return self._turns_prefix + turns
+        if self._template is None:
             return self.render(events)
         return self._substitute(self._template, events)
 

@@ -123,7 +123,7 @@ def run_agent(
     try:
         settings = RunSettings(
             agent=spec.name,
-            function=spec.function,
+            function=spec.function_for(runtime.context_window, budget),
             max_turns=max_turns,
             budget=budget,
             elide=elide,
@@ -139,7 +139,7 @@ def run_agent(
             f"invalid run settings: {exc.errors()[0]['loc'][0]}: "
             f"{exc.errors()[0]['msg']} (budget is in (0, 1], max_turns >= 0)"
         ) from None
-    decider = get_decider(spec.function)
+    decider = get_decider(settings.function)
     state = turn.new_run(
         settings,
         task,

@@ -8,9 +8,11 @@ union each turn from what the run has seen (:class:`RunFacts`, fed every event o
 * ``paths``: ``read_file.path`` is one of the workspace's files and ``list_dir.path`` one of its
   folders (an ``enum``): the workspace's bounded tree (breadth first, hidden names skipped, at
   most ``tree_limit`` entries) plus every path seen in a ``list_dir`` result;
-* ``observe_first``: ``done`` is left out until a tool has returned a result (not an error);
-* ``no_failed_repeat``: a call identical to one that failed is left out (its path is removed
-  from the enum; an argument-free tool that failed is left out whole).
+* ``observe_first``: ``done`` is left out until a tool has returned a result (not an error),
+  or one of ``observe_tools`` when that is set (``assistant``: until a file has been read);
+* ``no_repeat``: a call identical to one already made is left out (its result or error is in
+  the context already): its path is removed from the enum, and an argument-free tool that ran
+  is left out whole.
 
 A member left with no allowed value is dropped; if nothing would remain the union is kept
 whole. :func:`turn_schema` returns the schema and its sha256 (recorded per model call, so a
@@ -41,19 +43,22 @@ class Policy(BaseModel):
 
     paths: bool = False
     observe_first: bool = False
-    no_failed_repeat: bool = False
+    observe_tools: tuple[str, ...] = ()  # the tools whose result counts (empty: any)
+    no_repeat: bool = False
     tree_limit: int = Field(300, ge=1, le=5000)
 
     @property
     def active(self) -> bool:
         """Whether the schema can differ from the static union schema."""
-        return self.paths or self.observe_first or self.no_failed_repeat
+        return self.paths or self.observe_first or self.no_repeat
 
 
-#: The policy of agents that explore a workspace (assistant, watcher).
-EXPLORE = Policy(paths=True, observe_first=True, no_failed_repeat=True)
+#: The policy of agents that explore a workspace (assistant, watcher): only existing paths, no
+#: call twice, and no answer before a file has been read (a listing alone rarely answers, and
+#: a 135M model otherwise answers straight after one).
+EXPLORE = Policy(paths=True, observe_first=True, no_repeat=True, observe_tools=("read_file",))
 #: The policy of agents whose job is one tool, then done (the demo chains' agents).
-ACT_FIRST = Policy(observe_first=True, no_failed_repeat=True)
+ACT_FIRST = Policy(observe_first=True, no_repeat=True)
 #: Each agent's policy unless it registers with its own (``register_agent(policy=...)``).
 #: The demo chains' agents act before they may answer: with ``done`` left out of their first
 #: turn, the only member left is their tool, so no ``first_tool`` is needed.
@@ -71,8 +76,9 @@ AGENT_POLICIES: dict[str, Policy] = {
 class RunFacts:
     """What a run's events say that a policy needs; :meth:`observe` is fed every event."""
 
-    succeeded: bool = False  # a tool returned a result
+    succeeded: set[str] = field(default_factory=set)  # the tools that returned a result
     failed: set[str] = field(default_factory=set)  # call keys (see call_key) that failed
+    made: set[str] = field(default_factory=set)  # call keys of every call that ran
     seen_files: set[str] = field(default_factory=set)  # from list_dir results
     seen_dirs: set[str] = field(default_factory=set)
     tree: tuple[frozenset[str], frozenset[str]] | None = None  # (files, dirs), built once
@@ -100,10 +106,11 @@ class RunFacts:
             self._last_call = None
             if call is None:
                 return
+            self.made.add(call_key(*call))
             if event_type == "run.error":
                 self.failed.add(call_key(*call))
                 return
-            self.succeeded = True
+            self.succeeded.add(call[0])
             if call[0] == "list_dir" and isinstance(payload.get("result"), str):
                 self._add_listing(str(call[1].get("path", ".")), payload["result"])
 
@@ -187,7 +194,8 @@ def turn_schema(
         action = _action(member)
         props = member.get("properties", {})
         if action == "done":
-            if policy.observe_first and not facts.succeeded:
+            wanted = set(policy.observe_tools) or facts.succeeded
+            if policy.observe_first and not (facts.succeeded & wanted):
                 continue
             members.append(member)
             continue
@@ -197,8 +205,8 @@ def turn_schema(
             allowed = set(files | facts.seen_files) if kind == "files" else set(dirs)
             if kind == "dirs":
                 allowed |= facts.seen_dirs
-            if policy.no_failed_repeat:
-                allowed = {p for p in allowed if call_key(action, {"path": p}) not in facts.failed}
+            if policy.no_repeat:
+                allowed = {p for p in allowed if call_key(action, {"path": p}) not in facts.made}
             if not allowed:
                 continue
             member = copy.deepcopy(member)
@@ -209,10 +217,10 @@ def turn_schema(
             continue
         fields = set(props) - {"action"}
         if (
-            policy.no_failed_repeat
+            policy.no_repeat
             and action is not None
             and not fields
-            and call_key(action, {}) in facts.failed
+            and call_key(action, {}) in facts.made
         ):
             continue
         members.append(member)

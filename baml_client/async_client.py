@@ -112,6 +112,21 @@ class BamlAsyncClient:
                 "events": events,
             })
             return typing.cast(typing.Union["types.ReadFile", "types.ListDir", "types.Done"], __result__.cast_to(types, types, stream_types, False, __runtime__))
+    async def AssistantTurns(self, turns: typing.List["types.Turn"],
+        baml_options: BamlCallOptions = {},
+    ) -> typing.Union["types.ReadFile", "types.ListDir", "types.Done"]:
+        # Check if on_tick is provided
+        if 'on_tick' in baml_options:
+            # Use streaming internally when on_tick is provided
+            __stream__ = self.stream.AssistantTurns(turns=turns,
+                baml_options=baml_options)
+            return await __stream__.get_final_response()
+        else:
+            # Original non-streaming code
+            __result__ = await self.__options.merge_options(baml_options).call_function_async(function_name="AssistantTurns", args={
+                "turns": turns,
+            })
+            return typing.cast(typing.Union["types.ReadFile", "types.ListDir", "types.Done"], __result__.cast_to(types, types, stream_types, False, __runtime__))
     async def Checker(self, events: str,
         baml_options: BamlCallOptions = {},
     ) -> types.CheckFile:
@@ -310,6 +325,18 @@ class BamlStreamClient:
           lambda x: typing.cast(typing.Union["types.ReadFile", "types.ListDir", "types.Done"], x.cast_to(types, types, stream_types, False, __runtime__)),
           __ctx__,
         )
+    def AssistantTurns(self, turns: typing.List["types.Turn"],
+        baml_options: BamlCallOptions = {},
+    ) -> baml_py.BamlStream[typing.Union["stream_types.ReadFile", "stream_types.ListDir", "stream_types.Done"], typing.Union["types.ReadFile", "types.ListDir", "types.Done"]]:
+        __ctx__, __result__ = self.__options.merge_options(baml_options).create_async_stream(function_name="AssistantTurns", args={
+            "turns": turns,
+        })
+        return baml_py.BamlStream[typing.Union["stream_types.ReadFile", "stream_types.ListDir", "stream_types.Done"], typing.Union["types.ReadFile", "types.ListDir", "types.Done"]](
+          __result__,
+          lambda x: typing.cast(typing.Union["stream_types.ReadFile", "stream_types.ListDir", "stream_types.Done"], x.cast_to(types, types, stream_types, True, __runtime__)),
+          lambda x: typing.cast(typing.Union["types.ReadFile", "types.ListDir", "types.Done"], x.cast_to(types, types, stream_types, False, __runtime__)),
+          __ctx__,
+        )
     def Checker(self, events: str,
         baml_options: BamlCallOptions = {},
     ) -> baml_py.BamlStream[stream_types.CheckFile, types.CheckFile]:
@@ -464,6 +491,13 @@ class BamlHttpRequestClient:
             "events": events,
         }, mode="request")
         return __result__
+    async def AssistantTurns(self, turns: typing.List["types.Turn"],
+        baml_options: BamlCallOptions = {},
+    ) -> baml_py.baml_py.HTTPRequest:
+        __result__ = await self.__options.merge_options(baml_options).create_http_request_async(function_name="AssistantTurns", args={
+            "turns": turns,
+        }, mode="request")
+        return __result__
     async def Checker(self, events: str,
         baml_options: BamlCallOptions = {},
     ) -> baml_py.baml_py.HTTPRequest:
@@ -561,6 +595,13 @@ class BamlHttpStreamRequestClient:
     ) -> baml_py.baml_py.HTTPRequest:
         __result__ = await self.__options.merge_options(baml_options).create_http_request_async(function_name="Assistant", args={
             "events": events,
+        }, mode="stream")
+        return __result__
+    async def AssistantTurns(self, turns: typing.List["types.Turn"],
+        baml_options: BamlCallOptions = {},
+    ) -> baml_py.baml_py.HTTPRequest:
+        __result__ = await self.__options.merge_options(baml_options).create_http_request_async(function_name="AssistantTurns", args={
+            "turns": turns,
         }, mode="stream")
         return __result__
     async def Checker(self, events: str,

@@ -35,6 +35,12 @@ class LlmResponseParser:
         __result__ = self.__options.merge_options(baml_options).parse_response(function_name="Assistant", llm_response=llm_response, mode="request")
         return typing.cast(typing.Union["types.ReadFile", "types.ListDir", "types.Done"], __result__)
 
+    def AssistantTurns(
+        self, llm_response: str, baml_options: BamlCallOptions = {},
+    ) -> typing.Union["types.ReadFile", "types.ListDir", "types.Done"]:
+        __result__ = self.__options.merge_options(baml_options).parse_response(function_name="AssistantTurns", llm_response=llm_response, mode="request")
+        return typing.cast(typing.Union["types.ReadFile", "types.ListDir", "types.Done"], __result__)
+
     def Checker(
         self, llm_response: str, baml_options: BamlCallOptions = {},
     ) -> types.CheckFile:
@@ -119,6 +125,12 @@ class LlmStreamParser:
         self, llm_response: str, baml_options: BamlCallOptions = {},
     ) -> typing.Union["stream_types.ReadFile", "stream_types.ListDir", "stream_types.Done"]:
         __result__ = self.__options.merge_options(baml_options).parse_response(function_name="Assistant", llm_response=llm_response, mode="stream")
+        return typing.cast(typing.Union["stream_types.ReadFile", "stream_types.ListDir", "stream_types.Done"], __result__)
+
+    def AssistantTurns(
+        self, llm_response: str, baml_options: BamlCallOptions = {},
+    ) -> typing.Union["stream_types.ReadFile", "stream_types.ListDir", "stream_types.Done"]:
+        __result__ = self.__options.merge_options(baml_options).parse_response(function_name="AssistantTurns", llm_response=llm_response, mode="stream")
         return typing.cast(typing.Union["stream_types.ReadFile", "stream_types.ListDir", "stream_types.Done"], __result__)
 
     def Checker(

@@ -23,7 +23,7 @@ class StreamState(BaseModel, typing.Generic[StreamStateValueT]):
     value: StreamStateValueT
     state: typing_extensions.Literal["Pending", "Incomplete", "Complete"]
 # #########################################################################
-# Generated classes (11)
+# Generated classes (12)
 # #########################################################################
 
 class AssembleResult(BaseModel):
@@ -65,6 +65,10 @@ class RunPython(BaseModel):
 class ScanFiles(BaseModel):
     action: typing.Optional[typing_extensions.Literal['scan_files']] = None
 
+class Turn(BaseModel):
+    role: typing.Optional[str] = None
+    content: typing.Optional[str] = None
+
 class WriteReport(BaseModel):
     action: typing.Optional[typing_extensions.Literal['write_report']] = None
 
@@ -74,7 +78,7 @@ class WriteReport(BaseModel):
 
 
 # #########################################################################
-# Model rebuilds (11)
+# Model rebuilds (12)
 # #########################################################################
 # Resolve string forward references now that every model above is defined so
 # class declaration order never breaks Pydantic construction (issue #793).
@@ -90,4 +94,5 @@ Publish.model_rebuild()
 ReadFile.model_rebuild()
 RunPython.model_rebuild()
 ScanFiles.model_rebuild()
+Turn.model_rebuild()
 WriteReport.model_rebuild()

@@ -122,6 +122,20 @@ class BamlSyncClient:
                 "events": events,
             })
             return typing.cast(typing.Union["types.ReadFile", "types.ListDir", "types.Done"], __result__.cast_to(types, types, stream_types, False, __runtime__))
+    def AssistantTurns(self, turns: typing.List["types.Turn"],
+        baml_options: BamlCallOptions = {},
+    ) -> typing.Union["types.ReadFile", "types.ListDir", "types.Done"]:
+        # Check if on_tick is provided
+        if 'on_tick' in baml_options:
+            __stream__ = self.stream.AssistantTurns(turns=turns,
+                baml_options=baml_options)
+            return __stream__.get_final_response()
+        else:
+            # Original non-streaming code
+            __result__ = self.__options.merge_options(baml_options).call_function_sync(function_name="AssistantTurns", args={
+                "turns": turns,
+            })
+            return typing.cast(typing.Union["types.ReadFile", "types.ListDir", "types.Done"], __result__.cast_to(types, types, stream_types, False, __runtime__))
     def Checker(self, events: str,
         baml_options: BamlCallOptions = {},
     ) -> types.CheckFile:
@@ -309,6 +323,18 @@ class BamlStreamClient:
           lambda x: typing.cast(typing.Union["types.ReadFile", "types.ListDir", "types.Done"], x.cast_to(types, types, stream_types, False, __runtime__)),
           __ctx__,
         )
+    def AssistantTurns(self, turns: typing.List["types.Turn"],
+        baml_options: BamlCallOptions = {},
+    ) -> baml_py.BamlSyncStream[typing.Union["stream_types.ReadFile", "stream_types.ListDir", "stream_types.Done"], typing.Union["types.ReadFile", "types.ListDir", "types.Done"]]:
+        __ctx__, __result__ = self.__options.merge_options(baml_options).create_sync_stream(function_name="AssistantTurns", args={
+            "turns": turns,
+        })
+        return baml_py.BamlSyncStream[typing.Union["stream_types.ReadFile", "stream_types.ListDir", "stream_types.Done"], typing.Union["types.ReadFile", "types.ListDir", "types.Done"]](
+          __result__,
+          lambda x: typing.cast(typing.Union["stream_types.ReadFile", "stream_types.ListDir", "stream_types.Done"], x.cast_to(types, types, stream_types, True, __runtime__)),
+          lambda x: typing.cast(typing.Union["types.ReadFile", "types.ListDir", "types.Done"], x.cast_to(types, types, stream_types, False, __runtime__)),
+          __ctx__,
+        )
     def Checker(self, events: str,
         baml_options: BamlCallOptions = {},
     ) -> baml_py.BamlSyncStream[stream_types.CheckFile, types.CheckFile]:
@@ -463,6 +489,13 @@ class BamlHttpRequestClient:
             "events": events,
         }, mode="request")
         return __result__
+    def AssistantTurns(self, turns: typing.List["types.Turn"],
+        baml_options: BamlCallOptions = {},
+    ) -> baml_py.baml_py.HTTPRequest:
+        __result__ = self.__options.merge_options(baml_options).create_http_request_sync(function_name="AssistantTurns", args={
+            "turns": turns,
+        }, mode="request")
+        return __result__
     def Checker(self, events: str,
         baml_options: BamlCallOptions = {},
     ) -> baml_py.baml_py.HTTPRequest:
@@ -560,6 +593,13 @@ class BamlHttpStreamRequestClient:
     ) -> baml_py.baml_py.HTTPRequest:
         __result__ = self.__options.merge_options(baml_options).create_http_request_sync(function_name="Assistant", args={
             "events": events,
+        }, mode="stream")
+        return __result__
+    def AssistantTurns(self, turns: typing.List["types.Turn"],
+        baml_options: BamlCallOptions = {},
+    ) -> baml_py.baml_py.HTTPRequest:
+        __result__ = self.__options.merge_options(baml_options).create_http_request_sync(function_name="AssistantTurns", args={
+            "turns": turns,
         }, mode="stream")
         return __result__
     def Checker(self, events: str,

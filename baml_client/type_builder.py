@@ -20,7 +20,7 @@ from .globals import DO_NOT_USE_DIRECTLY_UNLESS_YOU_KNOW_WHAT_YOURE_DOING_RUNTIM
 class TypeBuilder(type_builder.TypeBuilder):
     def __init__(self):
         super().__init__(classes=set(
-          ["AssembleResult","CheckFile","DigestFile","Done","ListDir","PlanSubgoals","Publish","ReadFile","RunPython","ScanFiles","WriteReport",]
+          ["AssembleResult","CheckFile","DigestFile","Done","ListDir","PlanSubgoals","Publish","ReadFile","RunPython","ScanFiles","Turn","WriteReport",]
         ), enums=set(
           []
         ), runtime=DO_NOT_USE_DIRECTLY_UNLESS_YOU_KNOW_WHAT_YOURE_DOING_RUNTIME)
@@ -31,7 +31,7 @@ class TypeBuilder(type_builder.TypeBuilder):
 
 
     # #########################################################################
-    # Generated classes 11
+    # Generated classes 12
     # #########################################################################
 
     @property
@@ -75,6 +75,10 @@ class TypeBuilder(type_builder.TypeBuilder):
         return ScanFilesViewer(self)
 
     @property
+    def Turn(self) -> "TurnViewer":
+        return TurnViewer(self)
+
+    @property
     def WriteReport(self) -> "WriteReportViewer":
         return WriteReportViewer(self)
 
@@ -86,7 +90,7 @@ class TypeBuilder(type_builder.TypeBuilder):
 
 
 # #########################################################################
-# Generated classes 11
+# Generated classes 12
 # #########################################################################
 
 class AssembleResultAst:
@@ -511,6 +515,49 @@ class ScanFilesProperties:
     @property
     def action(self) -> type_builder.ClassPropertyViewer:
         return type_builder.ClassPropertyViewer(self.__bldr.property("action"))
+    
+    
+
+
+class TurnAst:
+    def __init__(self, tb: type_builder.TypeBuilder):
+        _tb = tb._tb # type: ignore (we know how to use this private attribute)
+        self._bldr = _tb.class_("Turn")
+        self._properties: typing.Set[str] = set([  "role",  "content",  ])
+        self._props = TurnProperties(self._bldr, self._properties)
+
+    def type(self) -> baml_py.FieldType:
+        return self._bldr.field()
+
+    @property
+    def props(self) -> "TurnProperties":
+        return self._props
+
+
+class TurnViewer(TurnAst):
+    def __init__(self, tb: type_builder.TypeBuilder):
+        super().__init__(tb)
+
+    
+    def list_properties(self) -> typing.List[typing.Tuple[str, type_builder.ClassPropertyViewer]]:
+        return [(name, type_builder.ClassPropertyViewer(self._bldr.property(name))) for name in self._properties]
+    
+
+
+class TurnProperties:
+    def __init__(self, bldr: baml_py.ClassBuilder, properties: typing.Set[str]):
+        self.__bldr = bldr
+        self.__properties = properties # type: ignore (we know how to use this private attribute) # noqa: F821
+
+    
+    
+    @property
+    def role(self) -> type_builder.ClassPropertyViewer:
+        return type_builder.ClassPropertyViewer(self.__bldr.property("role"))
+    
+    @property
+    def content(self) -> type_builder.ClassPropertyViewer:
+        return type_builder.ClassPropertyViewer(self.__bldr.property("content"))
     
     
 

@@ -46,6 +46,9 @@ type_map = {
     "types.ScanFiles": types.ScanFiles,
     "stream_types.ScanFiles": stream_types.ScanFiles,
 
+    "types.Turn": types.Turn,
+    "stream_types.Turn": stream_types.Turn,
+
     "types.WriteReport": types.WriteReport,
     "stream_types.WriteReport": stream_types.WriteReport,
 

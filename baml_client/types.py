@@ -41,7 +41,7 @@ def all_succeeded(checks: typing.Dict[CheckName, Check]) -> bool:
 # #########################################################################
 
 # #########################################################################
-# Generated classes (11)
+# Generated classes (12)
 # #########################################################################
 
 class AssembleResult(BaseModel):
@@ -83,6 +83,10 @@ class RunPython(BaseModel):
 class ScanFiles(BaseModel):
     action: typing_extensions.Literal['scan_files']
 
+class Turn(BaseModel):
+    role: str
+    content: str
+
 class WriteReport(BaseModel):
     action: typing_extensions.Literal['write_report']
 
@@ -92,7 +96,7 @@ class WriteReport(BaseModel):
 
 
 # #########################################################################
-# Model rebuilds (11)
+# Model rebuilds (12)
 # #########################################################################
 # Resolve string forward references now that every model above is defined so
 # class declaration order never breaks Pydantic construction (issue #793).
@@ -108,4 +112,5 @@ Publish.model_rebuild()
 ReadFile.model_rebuild()
 RunPython.model_rebuild()
 ScanFiles.model_rebuild()
+Turn.model_rebuild()
 WriteReport.model_rebuild()

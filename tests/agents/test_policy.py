@@ -35,7 +35,8 @@ def test_schema_follows_the_runs_state(tmp_path: Path) -> None:
     base = get_decider("Assistant").schema
     ws = _workspace(tmp_path / "ws")
     facts = RunFacts()
-    first = _members(turn_schema(base, EXPLORE, facts, ws))
+    policy = Policy(paths=True, observe_first=True, no_repeat=True)
+    first = _members(turn_schema(base, policy, facts, ws))
     # Done is out before any observation; paths are the workspace's (hidden names skipped).
     assert set(first) == {"read_file", "list_dir"}
     assert first["read_file"]["properties"]["path"]["enum"] == ["README.md", "docs/secret.txt"]
@@ -43,19 +44,36 @@ def test_schema_follows_the_runs_state(tmp_path: Path) -> None:
     # A failed call is excluded; a failure is no observation, so Done stays out.
     call = {"turn": 1, "tool": "read_file", "args": {"action": "read_file", "path": "README.md"}}
     _feed(facts, ("run.tool_call", call, 5, None), ("run.error", {"kind": "tool"}, 6, 5))
-    second = _members(turn_schema(base, EXPLORE, facts, ws))
+    second = _members(turn_schema(base, policy, facts, ws))
     assert set(second) == {"read_file", "list_dir"}
     assert second["read_file"]["properties"]["path"]["enum"] == ["docs/secret.txt"]
-    # A listing's result counts as an observation: Done is back.
+    # A listing's result counts as an observation: Done is back. A call already made (the
+    # listing, under another spelling of its path) is left out; listed paths join the enums.
     listing = {"turn": 2, "tool": "list_dir", "args": {"action": "list_dir", "path": "./docs"}}
     _feed(
         facts,
         ("run.tool_call", listing, 7, None),
-        ("run.tool_result", {"tool": "list_dir", "result": "secret.txt\nsub/"}, 8, 7),
+        ("run.tool_result", {"tool": "list_dir", "result": "secret.txt\nsub/\nnew.txt"}, 8, 7),
     )
-    third = turn_schema(base, EXPLORE, facts, ws)
+    third = turn_schema(base, policy, facts, ws)
     assert set(_members(third)) == {"read_file", "list_dir", "done"}
-    assert "docs/sub" in _members(third)["list_dir"]["properties"]["path"]["enum"]
+    # The assistant's policy wants a file read first: a listing is not enough.
+    assert set(_members(turn_schema(base, EXPLORE, facts, ws))) == {"read_file", "list_dir"}
+    assert _members(third)["list_dir"]["properties"]["path"]["enum"] == [".", "docs/sub"]
+    assert "docs/new.txt" in _members(third)["read_file"]["properties"]["path"]["enum"]
+    # Once every path has been used, the member goes; Done is all that is left.
+    for n, path in enumerate(["docs/secret.txt", "docs/new.txt"]):
+        read = {"turn": 3, "tool": "read_file", "args": {"path": path}}
+        _feed(facts, ("run.tool_call", read, 20 + 2 * n, None))
+        _feed(
+            facts, ("run.tool_result", {"tool": "read_file", "result": "x"}, 21 + 2 * n, 20 + 2 * n)
+        )
+    for n, path in enumerate([".", "docs/sub"]):
+        again = {"turn": 4, "tool": "list_dir", "args": {"path": path}}
+        _feed(facts, ("run.tool_call", again, 30 + 2 * n, None))
+        _feed(facts, ("run.error", {"kind": "tool", "error": "x"}, 31 + 2 * n, 30 + 2 * n))
+    assert set(_members(turn_schema(base, EXPLORE, facts, ws))) == {"done"}
+    assert set(_members(turn_schema(base, policy, facts, ws))) == {"done"}
     # Each state has its own schema (and sha256); the static union when the policy is off.
     assert len({schema_sha(s) for s in (first, second, third)}) == 3
     assert turn_schema(base, Policy(), facts, ws) is base
@@ -79,8 +97,13 @@ def test_act_first_agents_can_only_act_on_their_first_turn() -> None:
     from agents.policy import AGENT_POLICIES
 
     base = get_decider("Reviewer").schema
-    schema = turn_schema(base, AGENT_POLICIES["reviewer"], RunFacts(), None)
+    facts = RunFacts()
+    schema = turn_schema(base, AGENT_POLICIES["reviewer"], facts, None)
     assert set(_members(schema)) == {"check_file"}
+    # After its tool ran, done is the only choice (no second check_file).
+    call = {"turn": 1, "tool": "check_file", "args": {"action": "check_file"}}
+    _feed(facts, ("run.tool_call", call, 3, None), ("run.tool_result", {"result": "ok"}, 4, 3))
+    assert set(_members(turn_schema(base, AGENT_POLICIES["reviewer"], facts, None))) == {"done"}
     assert get_agent("assistant").policy == EXPLORE
     assert get_agent("answer").policy == Policy()
 
@@ -95,7 +118,7 @@ def test_tiny_model_is_held_to_the_policy(tiny_runtime: Any, bus: Any, tmp_path:
     )
     events = bus.events(run_id=outcome.run_id)
     task = events[0].payload["settings"]
-    assert task["policy"] == EXPLORE.model_dump()
+    assert task["policy"] == EXPLORE.model_dump(mode="json")
     decisions = [e.payload["decision"] for e in events if e.event_type == "run.decision"]
     calls = [e.payload for e in events if e.event_type == "run.model_call"]
     assert decisions and decisions[0]["action"] != "done"
@@ -184,3 +207,41 @@ def test_llguidance_accepts_only_allowed_paths(
     assert accepts({"action": kind, "path": good})
     assert not accepts({"action": kind, "path": "secret.txt"})
     assert not accepts({"action": "done", "summary": "x"})
+
+
+def test_review_chain_agents_pick_their_tool_without_first_tool(
+    tiny_runtime: Any, bus: Any, workspace: Path, tmp_path: Path
+) -> None:
+    """Random weights: each demo-chain agent still calls its tool first, then answers done."""
+    import tomllib
+
+    from agents.loop import run_agent
+
+    config = tomllib.loads(Path("agents/examples/review.toml").read_text())
+    assert not any("first_tool" in agent for agent in config["agents"].values())
+
+    def run(agent: str, task: str, caused_by: int) -> list[str]:
+        outcome = run_agent(
+            agent,
+            task,
+            runtime=tiny_runtime,
+            bus=bus,
+            workspace=workspace,
+            caused_by=caused_by,
+            output=tmp_path,
+            max_turns=2,
+        )
+        assert outcome.kind == "done", outcome
+        events = bus.events(run_id=outcome.run_id, types="run.decision")
+        return [e.payload["decision"]["action"] for e in events]
+
+    assert run("scanner", "Start the review.", bus.publish("scan.request", {})) == [
+        "scan_files",
+        "done",
+    ]
+    found = bus.events(types="file.found")
+    assert found
+    assert run("reviewer", "Review the file.", found[0].id) == ["check_file", "done"]
+    done = bus.publish("review.done", {"path": found[0].payload["path"]})
+    assert run("reporter", "A file was reviewed.", done) == ["write_report", "done"]
+    assert (tmp_path / "report.md").exists()

@@ -1,0 +1,174 @@
+"""Do agents solve narrow file questions? The `assistant` on a generated task suite (issue 10).
+
+The suite is :func:`agents.tasksuite.generate_suite` with the held-out seed
+:data:`agents.tasksuite.EVAL_SEED` (never looked at while writing prompts): small workspaces,
+half the questions need listing a folder, some need two reads. Each model answers every task in
+four arms, in the same run, so the unconstrained baseline is printed beside the rest:
+
+* ``baseline``: the compact ``Assistant`` prompt (whole log in one message), static schema;
+* ``+prompt``: the ``AssistantTurns`` prompt (worked runs, history as alternating turns);
+* ``+policy``: the compact prompt with the ``assistant`` decoding policy (agents.policy);
+* ``shipped``: both, which is what ``loopbus run assistant`` uses on a model with room.
+
+Per arm: correct answers (the Done summary contains the expected value), median turns, prefill
+tokens per task (prompt tokens not served by the prefix cache) and wall time per task.
+
+Environment: ``LOOPBUS_BENCH_AGENT_MODELS`` (comma-separated model specs, default ``default``),
+``LOOPBUS_BENCH_AGENT_TASKS`` (default 24), ``LOOPBUS_BENCH_AGENT_ARMS`` (a subset of the
+arms above, comma-separated). Targets: SmolLM2-135M (+ adapter) >= 60% and a Qwen-class 0.5B
+>= 80% correct, median <= 4 turns.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+MAX_TURNS = 6
+ARMS: dict[str, tuple[str, bool]] = {  # arm -> (BAML function, policy on)
+    "baseline": ("Assistant", False),
+    "+prompt": ("AssistantTurns", False),
+    "+policy": ("Assistant", True),
+    "shipped": ("AssistantTurns", True),
+}
+
+
+@dataclass
+class TaskResult:
+    """One task answered in one arm."""
+
+    task_id: str
+    kind: str
+    correct: bool
+    outcome: str
+    turns: int
+    prefill_tokens: int
+    wall_s: float
+    actions: list[str]
+    summary: str = ""
+
+
+def _register_arms() -> dict[str, str]:
+    """Register one agent per arm (same tools as `assistant`); arm -> agent name."""
+    from agents.builtin import register_agent
+    from agents.policy import EXPLORE, Policy
+
+    names = {}
+    for arm, (function, policy_on) in ARMS.items():
+        name = "bench-" + arm.strip("+")
+        register_agent(
+            name,
+            function,
+            f"assistant, bench arm {arm}",
+            max_tokens=160,
+            policy=EXPLORE if policy_on else Policy(),
+        )
+        names[arm] = name
+    return names
+
+
+def run_task(agent: str, task: Any, runtime: Any, bus: Any) -> TaskResult:
+    """Run ``agent`` on one task; what it answered and what it cost."""
+    from agents.loop import run_agent
+
+    start = time.perf_counter()
+    outcome = run_agent(
+        agent,
+        task.question,
+        runtime=runtime,
+        bus=bus,
+        workspace=task.workspace,
+        max_turns=MAX_TURNS,
+    )
+    wall = time.perf_counter() - start
+    events = bus.events(run_id=outcome.run_id)
+    calls = [e.payload for e in events if e.event_type == "run.model_call"]
+    prefill = sum((c.get("prompt_tokens") or 0) - (c.get("cached_tokens") or 0) for c in calls)
+    actions = [
+        e.payload["decision"]["action"]
+        + (f" {e.payload['decision'].get('path')}" if "path" in e.payload["decision"] else "")
+        for e in events
+        if e.event_type == "run.decision"
+    ]
+    correct = outcome.kind == "done" and task.check(outcome.summary or "")
+    return TaskResult(task.id, task.kind, correct, outcome.kind, len(calls), prefill, wall, actions)
+
+
+def run_arm(agent: str, tasks: list[Any], runtime: Any, bus_path: Path) -> list[TaskResult]:
+    """Every task of the suite, in order, on one bus file."""
+    from bus import SyncBus
+
+    with SyncBus(bus_path) as bus:
+        return [run_task(agent, task, runtime, bus) for task in tasks]
+
+
+def summarize(results: list[TaskResult]) -> dict[str, Any]:
+    """Correct count and rate, median turns, mean prefill tokens and wall time per task."""
+    n = len(results)
+    return {
+        "correct": sum(r.correct for r in results),
+        "n": n,
+        "rate": sum(r.correct for r in results) / n if n else 0.0,
+        "median_turns": statistics.median(r.turns for r in results) if n else 0,
+        "prefill": statistics.mean(r.prefill_tokens for r in results) if n else 0,
+        "wall_s": statistics.mean(r.wall_s for r in results) if n else 0,
+        "list_dir": sum(any(a.startswith("list_dir") for a in r.actions) for r in results),
+    }
+
+
+def _kinds(results: list[TaskResult]) -> str:
+    kinds: dict[str, list[bool]] = {}
+    for r in results:
+        kinds.setdefault(r.kind, []).append(r.correct)
+    return " ".join(f"{k} {sum(v)}/{len(v)}" for k, v in sorted(kinds.items()))
+
+
+def main() -> None:
+    from agents.tasksuite import EVAL_SEED, generate_suite
+    from models import load_runtime
+
+    models = os.environ.get("LOOPBUS_BENCH_AGENT_MODELS", "default").split(",")
+    n = int(os.environ.get("LOOPBUS_BENCH_AGENT_TASKS", "24"))
+    arms = os.environ.get("LOOPBUS_BENCH_AGENT_ARMS", ",".join(ARMS)).split(",")
+    names = _register_arms()
+    verbose = bool(os.environ.get("LOOPBUS_BENCH_AGENT_VERBOSE"))
+    with tempfile.TemporaryDirectory(prefix="loopbus-bench-agents-") as tmp:
+        tasks = generate_suite(Path(tmp) / "suite", seed=EVAL_SEED, n=n)
+        print(
+            f"{n} generated tasks (seed {EVAL_SEED}): "
+            f"{sum(any(s['action'] == 'list_dir' for s in t.oracle) for t in tasks)} need a "
+            f"listing, {sum(sum(s['action'] == 'read_file' for s in t.oracle) > 1 for t in tasks)}"
+            f" two reads; max {MAX_TURNS} turns"
+        )
+        for spec in models:
+            runtime = load_runtime(spec.strip())
+            print(f"\nmodel {spec} (context window {runtime.context_window})")
+            print(
+                f"  {'arm':<9} {'correct':>9} {'rate':>6} {'turns p50':>9} {'prefill/task':>12} "
+                f"{'wall/task':>9} {'listed':>6}  by kind"
+            )
+            for arm in arms:
+                results = run_arm(names[arm], tasks, runtime, Path(tmp) / f"{arm}-{spec}.db")
+                s = summarize(results)
+                print(
+                    f"  {arm:<9} {s['correct']:>4}/{s['n']:<4} {s['rate']:>6.0%} "
+                    f"{s['median_turns']:>9} {s['prefill']:>12.0f} {s['wall_s']:>8.1f}s "
+                    f"{s['list_dir']:>6}  {_kinds(results)}",
+                    flush=True,
+                )
+                if verbose:
+                    for r in results:
+                        mark = "ok " if r.correct else "BAD"
+                        print(
+                            f"      {mark} {r.task_id}: {' -> '.join(r.actions)} "
+                            f"[{r.outcome}] {r.summary[:70]!r}"
+                        )
+
+
+if __name__ == "__main__":
+    main()
