@@ -22,6 +22,8 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
+from agents.termsafe import printable
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 EXIT_OK = 0
@@ -105,7 +107,8 @@ SECONDS = FiniteFloat(min=0, min_open=True)
 
 def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
     """Print `Error: message` to stderr and exit with ``code`` (2, a usage/setup error)."""
-    click.echo(f"Error: {message}", err=True)
+    # Messages may quote files, configs or recordings: terminal escapes are shown, not run.
+    click.echo(f"Error: {printable(message, keep_newlines=True)}", err=True)
     raise SystemExit(code)
 
 

@@ -277,3 +277,9 @@ def test_arguments_that_are_not_utf8_are_an_error(invoke: Invoke, bus_file: Path
     ):
         assert_user_error(invoke(*args), "is not valid UTF-8 text")
     assert invoke("tail", "--json").stdout.count("\n") == 1  # nothing was published
+
+
+def test_error_messages_show_escapes_escaped(invoke: Invoke, tmp_path: Path) -> None:
+    result = invoke("tail", bus=tmp_path / "x\x1b]0;pwned\x07.db")
+    assert_user_error(result, "x\\x1b]0;pwned\\x07.db")
+    assert_harmless(result.stderr)
