@@ -17,7 +17,7 @@ import signal
 import sys
 import threading
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import click
@@ -166,6 +166,15 @@ def _json_value(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return _NON_FINITE.get(value, "NaN")
     return value
+
+
+def _same(text: str) -> str:
+    return text
+
+
+def _csv_value(value: Any, shown: Callable[[str], str]) -> Any:
+    value = _json_value(value)
+    return shown(value) if isinstance(value, str) else value
 
 
 def _unique_columns(columns: Sequence[str]) -> list[str]:
@@ -390,10 +399,12 @@ def sql(
             record = {name: _json_value(value) for name, value in zip(names, row, strict=True)}
             click.echo(safe_json(record, allow_nan=False))
     elif as_csv:
+        # Lossless into a file or a pipe; on a terminal, escapes in values are shown, not run.
+        shown = printable if sys.stdout.isatty() else _same
         writer = csv.writer(sys.stdout, lineterminator="\n")
-        writer.writerow(result.columns)
+        writer.writerow([shown(c) for c in result.columns])
         for row in result.rows:
-            writer.writerow(["" if v is None else _json_value(v) for v in row])
+            writer.writerow(["" if v is None else _csv_value(v, shown) for v in row])
     else:
         _print_table(result.columns, result.rows, empty="(no rows)")
 

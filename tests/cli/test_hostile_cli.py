@@ -283,3 +283,41 @@ def test_error_messages_show_escapes_escaped(invoke: Invoke, tmp_path: Path) -> 
     result = invoke("tail", bus=tmp_path / "x\x1b]0;pwned\x07.db")
     assert_user_error(result, "x\\x1b]0;pwned\\x07.db")
     assert_harmless(result.stderr)
+
+
+def read_on_a_terminal(argv: list[str], cwd: Path) -> str:
+    """What `argv` writes to stdout when stdout is a terminal (a pseudo-terminal here)."""
+    import pty
+    import subprocess
+
+    from tests.cli.conftest import clean_env
+
+    main_fd, child_fd = pty.openpty()
+    proc = subprocess.Popen(argv, stdout=child_fd, stderr=subprocess.PIPE, cwd=cwd, env=clean_env())
+    os.close(child_fd)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(main_fd, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(main_fd)
+    assert proc.wait(timeout=60) == 0, proc.stderr.read()  # type: ignore[union-attr]
+    return b"".join(chunks).decode("utf-8")
+
+
+def test_sql_csv_shows_escapes_on_a_terminal_and_keeps_them_in_a_pipe(
+    invoke: Invoke, bus_file: Path, tmp_path: Path
+) -> None:
+    from tests.cli.conftest import loopbus_argv
+
+    invoke("publish", "x.y", json.dumps({"text": HOSTILE}))
+    statement = "SELECT payload ->> '$.text' AS t FROM outbox"
+    piped = invoke("sql", statement, "--csv")
+    assert piped.exit_code == 0 and HOSTILE.replace("\r", "") in piped.stdout.replace("\r", "")
+    shown = read_on_a_terminal(loopbus_argv(bus_file, "sql", statement, "--csv"), tmp_path)
+    assert_harmless(shown.replace("\r\n", "\n"))  # the terminal itself turns \n into \r\n
+    assert "\\x1b]52;c;" in shown and "\\u202eevil" in shown
