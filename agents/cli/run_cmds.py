@@ -358,7 +358,9 @@ def export(ctx: click.Context, run_id: str, output: Path | None) -> None:
     with SyncBus(bus_path(ctx), create=False) as bus:
         text = export_run(bus, run_id)
     if output is None:
-        click.echo(text, nl=False)
+        # Redirected, the recording is written as it is; on a terminal, escapes that recorded
+        # file contents or model output carry are shown, not run.
+        click.echo(printable(text, keep_newlines=True) if sys.stdout.isatty() else text, nl=False)
     else:
         try:
             output.write_text(text, encoding="utf-8")

@@ -321,3 +321,20 @@ def test_sql_csv_shows_escapes_on_a_terminal_and_keeps_them_in_a_pipe(
     shown = read_on_a_terminal(loopbus_argv(bus_file, "sql", statement, "--csv"), tmp_path)
     assert_harmless(shown.replace("\r\n", "\n"))  # the terminal itself turns \n into \r\n
     assert "\\x1b]52;c;" in shown and "\\u202eevil" in shown
+
+
+def test_export_shows_escapes_on_a_terminal_and_keeps_them_in_a_file(
+    invoke: Invoke, bus_file: Path, tmp_path: Path
+) -> None:
+    from agents.replay import load_recording
+    from tests.cli.conftest import loopbus_argv
+
+    settings = load_recording(RECORDING).task_event.payload["settings"]
+    with SyncBus(bus_file) as bus:
+        bus.publish("run.task", {"task": HOSTILE, "settings": settings}, run_id="r1")
+    piped = invoke("export", "r1")
+    assert piped.exit_code == 0, piped.output
+    assert "\x9b2J" in piped.stdout and "\u202eevil" in piped.stdout  # lossless
+    shown = read_on_a_terminal(loopbus_argv(bus_file, "export", "r1"), tmp_path)
+    assert_harmless(shown.replace("\r\n", "\n"))
+    assert "\\x9b2J" in shown and "\\u202eevil" in shown
