@@ -8,9 +8,14 @@ settings that affect code generation. Writes go to a temp file in the same direc
 and are published with ``os.replace``, so concurrent processes filling the cache at
 once each publish a complete file and readers never see a partial one.
 
-A cached ``.cwasm`` file is native code: it is only ever written by us, in a private
-(0700) directory; wasmtime also refuses files from another version or configuration,
-in which case we recompile and overwrite.
+A cached ``.cwasm`` file is native code that wasmtime maps and runs as it is, so it is
+trusted only when (issue 14): the cache directory is a real directory owned by us and
+private (a group/world-accessible one of ours is made 0700; a foreign-owned one or a
+symlink is not used at all: the module is compiled in memory), and the file carries an
+HMAC-SHA256 of its cache key and contents under a random key kept in that directory
+(``.hmac-key``, 0600, ours). A file that fails any check (planted, modified, another
+key's, foreign-owned) is ignored and replaced by a fresh compilation. wasmtime also
+refuses files from another version or configuration, in which case we recompile too.
 """
 
 from __future__ import annotations
@@ -18,7 +23,9 @@ from __future__ import annotations
 import atexit
 import glob
 import hashlib
+import hmac
 import os
+import stat
 import tempfile
 import threading
 import time
@@ -225,14 +232,16 @@ def _load(cache: Path, wasm: Path) -> Runtime:
             [_wasmtime_identity(wasmtime), hashlib.sha256(data).hexdigest(), _ENGINE_FINGERPRINT]
         ).encode()
     ).hexdigest()[:32]
-    cache_file = cache / f"micropython-{digest}.cwasm"
+    cache_file: Path | None = cache / f"micropython-{digest}.cwasm"
+    key = _cache_key(cache)
     module, from_cache = None, False
-    if cache_file.is_file():
+    blob = _read_signed(cache_file, key, digest) if key is not None else None
+    if blob is not None:
         try:
-            module = wasmtime.Module.deserialize_file(engine, str(cache_file))
+            module = wasmtime.Module.deserialize(engine, blob)
             from_cache = True
         except wasmtime.WasmtimeError:
-            module = None  # stale or foreign file: recompile and overwrite below
+            module = None  # stale file (another wasmtime build): recompile and overwrite below
     if module is None:
         try:
             module = wasmtime.Module(engine, data)
@@ -240,7 +249,7 @@ def _load(cache: Path, wasm: Path) -> Runtime:
             raise SandboxUnavailable(
                 f"cannot compile the MicroPython artifact {wasm}: {exc}"
             ) from exc
-        if not _store(cache_file, module.serialize()):
+        if key is None or not _store(cache_file, _sign(key, digest, module.serialize())):
             cache_file = None
     linker = _linker(wasmtime, engine)
     wasi_linker = wasmtime.Linker(engine)
@@ -280,6 +289,104 @@ def patch_frame_state(data: bytes) -> bytes:
     if data.count(_FRAME_STATE_SITE) != 1:
         return data
     return data.replace(_FRAME_STATE_SITE, _FRAME_STATE_FIX)
+
+
+_MAGIC = b"loopbus-cwasm-hmac-sha256\n"
+_KEY_FILE = ".hmac-key"
+_KEY_BYTES = 32
+
+
+def _private_dir(path: Path) -> bool:
+    """Whether ``path`` is (now) a directory only we can use: created 0700 if missing,
+    made 0700 if it is ours but open to others; False for a symlink, a non-directory or
+    another user's directory (then the cache is not used)."""
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        info = os.lstat(path)
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.geteuid():
+            return False
+        if stat.S_IMODE(info.st_mode) & 0o077:
+            os.chmod(path, 0o700, follow_symlinks=False)
+    except (OSError, NotImplementedError):
+        return False
+    return True
+
+
+def _read_private(path: Path, max_bytes: int, others: int = 0o022) -> bytes | None:
+    """The bytes of ``path`` if it is a regular file of ours with none of the ``others``
+    mode bits (by default: nobody else can write it), else None."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as fh:
+        info = os.fstat(fd)
+        if (
+            not stat.S_ISREG(info.st_mode)
+            or info.st_uid != os.geteuid()
+            or stat.S_IMODE(info.st_mode) & others
+            or info.st_size > max_bytes
+        ):
+            return None
+        return fh.read(max_bytes + 1)
+
+
+def _cache_key(cache: Path) -> bytes | None:
+    """The cache's HMAC key (created on first use); None when the cache is not private.
+
+    A key file that others could read or write (or of the wrong size, type or owner) is
+    replaced, which invalidates the files signed with it.
+    """
+    if not _private_dir(cache):
+        return None
+    path = cache / _KEY_FILE
+    try:
+        for _ in range(3):
+            key = _read_private(path, _KEY_BYTES, others=0o077)
+            if key is not None and len(key) == _KEY_BYTES:
+                return key
+            fd, tmp = tempfile.mkstemp(dir=cache, prefix=".tmp-", suffix=".key")  # 0600
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(os.urandom(_KEY_BYTES))
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                if os.path.lexists(path):
+                    os.replace(tmp, path)  # a bad key file
+                else:
+                    try:
+                        os.link(tmp, path)  # never replaces a key another process just made
+                    except FileExistsError:
+                        pass  # read theirs on the next round
+            finally:
+                if os.path.lexists(tmp):
+                    os.unlink(tmp)
+    except OSError:
+        return None
+    return None
+
+
+def _tag(key: bytes, digest: str, blob: bytes | bytearray | memoryview) -> bytes:
+    # The cache key is in the MAC: a genuine file of another artifact cannot be renamed in.
+    mac = hmac.new(key, digest.encode() + b"\0", hashlib.sha256)
+    mac.update(blob)
+    return mac.digest()
+
+
+def _sign(key: bytes, digest: str, blob: bytes | bytearray) -> bytes:
+    return _MAGIC + _tag(key, digest, blob) + bytes(blob)
+
+
+def _read_signed(path: Path, key: bytes, digest: str) -> bytes | None:
+    """The compiled module in ``path`` if its HMAC checks out, else None (rebuild it)."""
+    data = _read_private(path, 1 << 30)
+    head = len(_MAGIC) + 32
+    if data is None or len(data) <= head or not data.startswith(_MAGIC):
+        return None
+    view = memoryview(data)
+    if not hmac.compare_digest(bytes(view[len(_MAGIC) : head]), _tag(key, digest, view[head:])):
+        return None
+    return bytes(view[head:])
 
 
 def _store(path: Path, blob: bytes | bytearray) -> bool:

@@ -48,8 +48,10 @@ def test_default_location_follows_loopbus_cache(
 
 
 def test_session_cache_holds_one_keyed_file(cache_dir: Path) -> None:
-    files = list(cache_dir.iterdir())
-    assert len(files) == 1 and files[0].suffix == ".cwasm"
+    names = sorted(p.name for p in cache_dir.iterdir())
+    assert len(names) == 2 and names[0] == ".hmac-key"  # the key that signs the .cwasm
+    files = list(cache_dir.glob("*.cwasm"))
+    assert len(files) == 1
     assert files[0].name.startswith("micropython-")
     assert get_runtime(cache_dir).cache_file == files[0]
     assert oct(cache_dir.stat().st_mode & 0o777) == "0o700"
@@ -72,7 +74,7 @@ def test_concurrent_processes_fill_an_empty_cache(tmp_path: Path) -> None:
     assert all(p.returncode == 0 for p in procs), [err for _, err in results]
     assert all(json.loads(out)["stdout"] == "42\n" for out, _ in results)
     files = sorted(p.name for p in cache.iterdir())
-    assert len(files) == 1 and not any(name.startswith(".tmp-") for name in files)
+    assert len(files) == 2 and not any(name.startswith(".tmp-") for name in files)
     # ...and the published file is a complete module the next process can load.
     proc = _child(cache)
     out, err = proc.communicate(timeout=60)
