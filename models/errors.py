@@ -37,3 +37,11 @@ class BackendUnreachable(ModelError):
 
 class InvalidModelSpec(ModelError):
     """A model spec string does not follow the documented grammar."""
+
+
+class AdapterNotFound(ModelNotFound):
+    """A ``+adapter:DIR`` spec names no LoRA adapter directory (or one without its files)."""
+
+
+class AdapterMismatch(ModelError):
+    """A LoRA adapter was trained on another base model than the one the spec loads."""

@@ -44,7 +44,9 @@ _FALLBACK_TEMPLATE = (
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 _CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length", "n_ctx")
-_LOADED: dict[Path, tuple[Any, Any, dict[str, Any]]] = {}
+# (model dir, adapter dir or None) -> (model, tokenizer, config): an adapter changes the weights,
+# so an adapted model is a second copy, never the plain one modified in place.
+_LOADED: dict[tuple[Path, Path | None], tuple[Any, Any, dict[str, Any]]] = {}
 _LOAD_LOCK = threading.Lock()
 
 
@@ -86,21 +88,37 @@ def _cast_for_cpu(model: Any) -> None:
         mx.eval(model.parameters())
 
 
-def _load(path: Path) -> tuple[Any, Any, dict[str, Any]]:
-    with _LOAD_LOCK:
-        key = path.resolve()
-        if key not in _LOADED:
-            import mlx_lm
+def load_fresh(path: Path) -> tuple[Any, Any, dict[str, Any]]:
+    """A new, private copy of the model at ``path`` (not memoized; float32 on CPU as usual):
+    for callers that change the model, such as LoRA training."""
+    import mlx_lm
 
-            try:
-                model, tokenizer, config = mlx_lm.load(str(key), return_config=True)
-            except (FileNotFoundError, ValueError) as exc:
-                raise ModelNotFound(
-                    f"Could not load an mlx-lm model from {path}: {exc}. The directory needs "
-                    "config.json, *.safetensors and tokenizer files (`loopbus models import "
-                    "FILE.gguf` writes one)."
-                ) from exc
-            _cast_for_cpu(model)
+    try:
+        model, tokenizer, config = mlx_lm.load(str(path), return_config=True)
+    except (FileNotFoundError, ValueError) as exc:
+        raise ModelNotFound(
+            f"Could not load an mlx-lm model from {path}: {exc}. The directory needs "
+            "config.json, *.safetensors and tokenizer files (`loopbus models import "
+            "FILE.gguf` writes one)."
+        ) from exc
+    _cast_for_cpu(model)
+    return model, tokenizer, config
+
+
+def _load(path: Path, adapter: Path | None = None) -> tuple[Any, Any, dict[str, Any]]:
+    with _LOAD_LOCK:
+        key = (path.resolve(), adapter.resolve() if adapter is not None else None)
+        if key not in _LOADED:
+            if adapter is not None:
+                from models.adapters import check_config
+
+                # Architecture mismatches fail before the weights are read.
+                check_config(adapter, json.loads((path / "config.json").read_text()), path)
+            model, tokenizer, config = load_fresh(key[0])
+            if adapter is not None:
+                from models.adapters import apply_adapter
+
+                apply_adapter(model, config, key[1], path)
             _LOADED[key] = (model, tokenizer, config)
         return _LOADED[key]
 
@@ -119,8 +137,10 @@ class MLXRuntime:
         *,
         spec: str,
         context_window: int | None = None,
+        adapter: Path | None = None,
     ) -> None:
         self.path = path
+        self.adapter = adapter
         self.spec = spec
         self.model = model
         self.tokenizer = tokenizer
@@ -131,14 +151,28 @@ class MLXRuntime:
         self._constrainer: Any = None
 
     @classmethod
-    def load(cls, path: Path, *, spec: str = "", context_window: int | None = None) -> MLXRuntime:
-        """Load (or reuse, memoized per directory) the model at ``path``."""
+    def load(
+        cls,
+        path: Path,
+        *,
+        spec: str = "",
+        context_window: int | None = None,
+        adapter: Path | None = None,
+    ) -> MLXRuntime:
+        """Load (or reuse, memoized per directory and adapter) the model at ``path``, with the
+        LoRA ``adapter`` directory applied (see :mod:`models.adapters`)."""
         path = Path(path)
         if not (path / "config.json").is_file():
             raise ModelNotFound(f"{path} has no config.json: not an mlx-lm model directory.")
-        model, tokenizer, config = _load(path)
+        model, tokenizer, config = _load(path, adapter)
         return cls(
-            path, model, tokenizer, config, spec=spec or str(path), context_window=context_window
+            path,
+            model,
+            tokenizer,
+            config,
+            spec=spec or str(path),
+            context_window=context_window,
+            adapter=adapter,
         )
 
     def _config_context_window(self) -> int:

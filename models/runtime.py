@@ -6,18 +6,25 @@ Model spec grammar (CLI flag ``--model``, config files, ``load_runtime(spec)``):
               | "mlx:" target                         explicit in-process MLX backend
               | "openai:" base_url ["#" model_name]   any OpenAI-compatible server
               | target                                same as "mlx:" target
+              | spec "+adapter:" adapter              an mlx spec plus a LoRA adapter
     target   := local directory                       an mlx-lm model dir (config.json,
                                                       *.safetensors, tokenizer files)
               | org "/" name                          a Hugging Face id already in the local
                                                       HF cache (never downloaded)
+    adapter  := local directory | shipped name        an mlx-lm LoRA adapter dir
+                                                      (adapter_config.json, adapters.safetensors)
+                                                      or one shipped in models/adapters/
 
 Examples: ``None`` or ``"default"``; ``"./models/smollm2"``; ``"mlx-community/SmolLM2-135M-Instruct"``;
-``"mlx:~/models/qwen"``; ``"openai:http://127.0.0.1:8080/v1#qwen2.5-coder"``.
+``"mlx:~/models/qwen"``; ``"openai:http://127.0.0.1:8080/v1#qwen2.5-coder"``;
+``"default+adapter:./adapters/mine"``; ``"default+adapter:smollm2-agents"``.
 
 A target that names an existing directory is a path, even when it looks like ``org/name``;
 ``~`` is expanded. A ``.gguf`` file is not loaded directly: import it once with
 ``loopbus models import FILE.gguf`` and pass the resulting directory. For ``openai:`` the part
-after ``#`` is the ``model`` field sent to the server (default ``"default"``).
+after ``#`` is the ``model`` field sent to the server (default ``"default"``). An adapter
+applies to in-process models only (``default``, ``mlx:``, paths, ids), never to ``openai:``; it
+must have been trained on the same base model (see :mod:`models.adapters`).
 
 This module stays light: it imports no mlx; backends are imported when a runtime is loaded.
 """
@@ -33,6 +40,8 @@ from typing import Any, Literal, Protocol, runtime_checkable
 from models.errors import HOW_TO_GET_A_MODEL, InvalidModelSpec, ModelNotFound
 
 Message = dict[str, Any]
+#: Separates a model spec from its LoRA adapter: ``default+adapter:DIR``.
+ADAPTER_SEP = "+adapter:"
 _HF_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -129,16 +138,35 @@ class Runtime(Protocol):
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A parsed model spec: which backend, and its target (a path, HF id or base URL)."""
+    """A parsed model spec: which backend, its target (a path, HF id or base URL) and the
+    LoRA adapter (a directory or shipped name; ``""`` for none)."""
 
     backend: Literal["default", "mlx", "openai"]
     target: str = ""
     model_name: str = "default"
+    adapter: str = ""
 
 
 def parse_spec(spec: str | None) -> ModelSpec:
     """Parse a model spec string (see the module docstring for the grammar)."""
     s = (spec or "").strip()
+    base, sep, adapter = s.rpartition(ADAPTER_SEP)
+    if sep:
+        adapter = adapter.strip()
+        if not adapter:
+            raise InvalidModelSpec(
+                f"Model spec {spec!r}: '{ADAPTER_SEP}' needs a directory, "
+                "e.g. default+adapter:./my-adapter."
+            )
+        parsed = parse_spec(base or "default")
+        if parsed.backend == "openai":
+            raise InvalidModelSpec(
+                f"Model spec {spec!r}: adapters load into in-process MLX models only; serve the "
+                "adapted model instead (python -m models.server --model 'SPEC+adapter:DIR')."
+            )
+        if parsed.adapter:
+            raise InvalidModelSpec(f"Model spec {spec!r}: at most one adapter.")
+        return ModelSpec(parsed.backend, parsed.target, parsed.model_name, adapter)
     if s in ("", "default"):
         return ModelSpec("default")
     if s.startswith("openai:"):
@@ -206,11 +234,31 @@ def _hf_cached_snapshot(repo_id: str) -> Path:
     return found
 
 
+def model_dir(spec: str | None) -> Path:
+    """The local model directory of an in-process spec without adapter (for training one)."""
+    parsed = parse_spec(spec)
+    if parsed.backend == "openai":
+        raise InvalidModelSpec(
+            f"Model spec {spec!r}: an openai: server's weights are not local; give the model "
+            "directory (or default)."
+        )
+    if parsed.adapter:
+        raise InvalidModelSpec(
+            f"Model spec {spec!r}: give the base model, without '{ADAPTER_SEP}...'."
+        )
+    if parsed.backend == "default":
+        from models.embedded import ensure_default_model
+
+        return Path(ensure_default_model())
+    return resolve_mlx_target(parsed.target)
+
+
 def load_runtime(spec: str | None = None, *, context_window: int | None = None) -> Runtime:
     """Load the runtime a model spec names (see the module docstring for the grammar).
 
     ``context_window`` overrides the window read from the model config (or, for ``openai:``,
-    the default of 8192 tokens). Loaded mlx models are memoized per directory in this process.
+    the default of 8192 tokens). Loaded mlx models are memoized per (directory, adapter) in
+    this process. The runtime's ``spec`` is the full spec string, adapter included.
     """
     parsed = parse_spec(spec)
     if parsed.backend == "openai":
@@ -219,6 +267,11 @@ def load_runtime(spec: str | None = None, *, context_window: int | None = None) 
         return OpenAIRuntime(
             parsed.target, parsed.model_name, spec=spec or "", context_window=context_window
         )
+    adapter = None
+    if parsed.adapter:
+        from models.adapters import resolve_adapter  # checked before any weight is loaded
+
+        adapter = resolve_adapter(parsed.adapter)
     if parsed.backend == "default":
         from models.embedded import ensure_default_model  # written lazily: heavy on first use
 
@@ -227,4 +280,6 @@ def load_runtime(spec: str | None = None, *, context_window: int | None = None) 
         path = resolve_mlx_target(parsed.target)
     from models.mlx_backend import MLXRuntime
 
-    return MLXRuntime.load(path, spec=spec or "default", context_window=context_window)
+    return MLXRuntime.load(
+        path, spec=spec or "default", context_window=context_window, adapter=adapter
+    )

@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "agents": "agents.cli.run_cmds:agents_cmd",
     "agent": "agents.cli.chain_cmds:agent",
     "up": "agents.cli.chain_cmds:up",
+    "distill": "agents.cli.distill_cmds:distill",
     "runs": "agents.cli.observe_cmds:runs",
     "show": "agents.cli.observe_cmds:show",
     "report": "agents.cli.observe_cmds:report",
@@ -66,7 +67,7 @@ class LazyGroup(click.Group):
 
 
 # Commands that generate in process: their process restarts once with OpenBLAS preloaded.
-GENERATING = frozenset({"run", "agent"})
+GENERATING = frozenset({"run", "agent", "distill"})
 
 
 def _command_name(args: list[str]) -> str | None:

@@ -1,0 +1,199 @@
+"""Distillation: oracle runs on a real bus, chat JSONL rebuilt from the bus, a trained adapter.
+
+The runs are real agent-loop runs (real tools, real bus files); the scripted runtime answers
+with gold decisions and counts tokens with the tiny real model. Training is 2-3 iterations.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from agents.cli import main
+from agents.cli.common import EXIT_USAGE
+from agents.distill import (
+    VERDICT,
+    DistillError,
+    ScriptedRuntime,
+    TrainOptions,
+    examples_from_bus,
+    oracle_runs,
+    prompt_sha,
+    train_adapter,
+    usable_runs,
+    write_dataset,
+)
+from agents.loop import run_agent
+from agents.tasksuite import EVAL_SEED, generate_suite, oracle_json
+from bus import SyncBus
+
+
+class Recording(ScriptedRuntime):
+    """The scripted runtime, keeping the exact messages of every model call."""
+
+    def __init__(self, answers: list[str], counter: Any) -> None:
+        super().__init__(answers, counter)
+        self.seen: list[list[dict[str, Any]]] = []
+
+    def generate(self, messages: list[dict[str, Any]], **kwargs: Any) -> Any:
+        self.seen.append(messages)
+        return super().generate(messages, **kwargs)
+
+
+def _short_tasks(root: Path, n: int = 12) -> list[Any]:
+    # The tiny model's window is 2,048 tokens: keep tasks of at most two decisions.
+    return [t for t in generate_suite(root, seed=5, n=n) if len(t.oracle) <= 2]
+
+
+def test_examples_are_the_prompts_the_model_saw(
+    tmp_path: Path, tiny_runtime: Any, bus_file: Path
+) -> None:
+    tasks = _short_tasks(tmp_path / "ws")
+    assert len(tasks) >= 3
+    seen: dict[str, list[list[dict[str, Any]]]] = {}
+    with SyncBus(bus_file) as bus:
+        for task in tasks:
+            # A first answer that does not parse: skipped, its error stays in later contexts.
+            runtime = Recording(["not json", *oracle_json(task)], tiny_runtime)
+            outcome = run_agent(
+                "assistant",
+                task.question,
+                runtime=runtime,
+                bus=bus,
+                workspace=task.workspace,
+                run_id=f"r-{task.id}",
+                budget=0.95,  # the parse error makes the context longer than usual
+            )
+            assert outcome.kind == "done", outcome
+            seen[outcome.run_id] = runtime.seen
+    examples = examples_from_bus(bus_file)
+    assert {e.run_id for e in examples} == set(seen)
+    for run_id, prompts in seen.items():
+        mine = [e for e in examples if e.run_id == run_id]
+        assert [e.messages for e in mine] == prompts[1:]  # the unparsed turn is left out
+        assert "your answer was not valid" in mine[0].messages[-1]["content"]
+        task = next(t for t in tasks if run_id.endswith(t.id))
+        assert [e.completion for e in mine] == oracle_json(task)
+        record = mine[-1].chat()
+        assert record["messages"][-1] == {"role": "assistant", "content": oracle_json(task)[-1]}
+
+
+def test_oracle_runs_keep_only_done_and_correct(
+    tmp_path: Path, tiny_runtime: Any, bus_file: Path
+) -> None:
+    with SyncBus(bus_file) as bus:
+        report = oracle_runs(bus, tiny_runtime, root=tmp_path / "ws", seed=5, n=6)
+        verdicts = bus.events(types=VERDICT)
+        correct = [v.payload["run_id"] for v in verdicts if v.payload["correct"]]
+        # A done run graded wrong is not training data either.
+        bus.publish(VERDICT, {"run_id": correct[0], "correct": False}, agent="grader")
+        # Nor is a run that did not end done (the script never says done).
+        task = _short_tasks(tmp_path / "ws2")[0]
+        stuck = ScriptedRuntime(oracle_json(task)[:-1] * 3, tiny_runtime)
+        unfinished = run_agent(
+            "assistant",
+            task.question,
+            runtime=stuck,
+            bus=bus,
+            workspace=task.workspace,
+            max_turns=2,
+        )
+    assert unfinished.kind == "max_turns"
+    assert report.runs == len(verdicts) == 6 and report.correct == len(correct) >= 2
+    assert len(report.failed) == 6 - report.correct  # long tasks may exceed the tiny budget
+    usable = usable_runs(bus_file)
+    assert usable == correct[1:]
+    with pytest.raises(DistillError, match="held-out evaluation seed"):
+        with SyncBus(bus_file) as bus:
+            oracle_runs(bus, tiny_runtime, root=tmp_path / "ws", seed=EVAL_SEED, n=1)
+
+
+def test_dataset_files_and_a_short_training(
+    tmp_path: Path, tiny_runtime: Any, tiny_model_path: Path, bus_file: Path
+) -> None:
+    with SyncBus(bus_file) as bus:
+        oracle_runs(bus, tiny_runtime, root=tmp_path / "ws", seed=5, n=12)
+    examples = examples_from_bus(bus_file)
+    data = tmp_path / "data"
+    manifest = write_dataset(examples, data, valid_fraction=0.3, seed=1)
+    train = [json.loads(line) for line in (data / "train.jsonl").read_text().splitlines()]
+    valid = [json.loads(line) for line in (data / "valid.jsonl").read_text().splitlines()]
+    assert len(train) + len(valid) == len(examples) and valid
+    assert manifest["examples"] == {"train": len(train), "valid": len(valid)}
+    assert manifest["functions"] == {
+        examples[0].function: {"prompt_sha256": prompt_sha(examples[0].function)}
+    }
+
+    def runs_of(records: list[dict[str, Any]]) -> set[str]:
+        return {e.run_id for e in examples if e.chat() in records}
+
+    assert not runs_of(train) & runs_of(valid)  # split by run, not by decision
+    assert all(r["messages"][-1]["role"] == "assistant" for r in train + valid)
+
+    options = TrainOptions(iters=2, batch_size=2, layers=1, rank=4, max_seq_length=1024)
+    info = train_adapter(data, tmp_path / "lora", model=str(tiny_model_path), options=options)
+    assert info["loopbus_training"]["dataset"] == manifest
+    assert len(info["loopbus_training"]["train_loss"]) == 1
+    from models import load_runtime
+
+    adapted = load_runtime(f"{tiny_model_path}+adapter:{tmp_path / 'lora'}")
+    with SyncBus(tmp_path / "run.db") as bus:
+        task = _short_tasks(tmp_path / "ws2")[0]
+        outcome = run_agent(
+            "assistant", task.question, runtime=adapted, bus=bus, workspace=task.workspace
+        )
+        settings = bus.events(types="run.task")[0].payload["settings"]
+    assert outcome.kind in ("done", "max_turns", "budget_exceeded", "failed")
+    assert settings["model"] == f"{tiny_model_path}+adapter:{tmp_path / 'lora'}"
+
+
+def test_bad_dataset_input(tmp_path: Path, tiny_model_path: Path) -> None:
+    with pytest.raises(DistillError, match="no training examples"):
+        write_dataset([], tmp_path / "empty")
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train.jsonl").write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')
+    with pytest.raises(DistillError, match="ending with the assistant"):
+        train_adapter(data, tmp_path / "out", model=str(tiny_model_path))
+    (data / "train.jsonl").write_text("{oops\n")
+    with pytest.raises(DistillError, match="train.jsonl:1 is not JSON"):
+        train_adapter(data, tmp_path / "out", model=str(tiny_model_path))
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_errors(tmp_path: Path, tiny_model_path: Path) -> None:
+    runner = CliRunner()
+    missing = runner.invoke(
+        main, ["distill", "data", str(tmp_path / "d"), "--from", str(tmp_path / "none.db")]
+    )
+    assert missing.exit_code == EXIT_USAGE
+    assert "Error: bus file" in missing.output and "does not exist" in missing.output
+    no_data = runner.invoke(
+        main,
+        ["distill", "train", str(tmp_path / "nodata"), "--out", str(tmp_path / "o")],
+    )
+    assert no_data.exit_code == EXIT_USAGE and "Error: dataset folder" in no_data.output
+    record = {"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}
+    (tmp_path / "train.jsonl").write_text(json.dumps(record) + "\n")
+    bad_model = runner.invoke(
+        main,
+        ["distill", "train", str(tmp_path), "--out", str(tmp_path / "o"), "--model", "x+adapter:y"],
+    )
+    assert bad_model.exit_code == EXIT_USAGE and "without '+adapter:" in bad_model.output
+    run = runner.invoke(
+        main,
+        [
+            "--bus",
+            str(tmp_path / "b.db"),
+            "run",
+            "assistant",
+            "hi",
+            "--model",
+            f"{tiny_model_path}+adapter:{tmp_path / 'nope'}",
+        ],
+    )
+    assert run.exit_code == EXIT_USAGE and "Error: adapter directory" in run.output
