@@ -26,8 +26,8 @@ test: install
 demo: install
 	$(FAST) $(BIN)/python -m agents.demo
 
-bench: install
-	$(FAST) $(BIN)/python -m bench
+bench: install  # all benchmarks; one of them: make bench BENCH=agents
+	$(FAST) $(BIN)/python -m bench $(BENCH)
 
 lint: install
 	$(BIN)/ruff check .
