@@ -26,7 +26,7 @@ from typing import Any
 from agents.errors import SandboxClosed, SandboxConfigError, SandboxError
 from agents.sandbox_guest import bootstrap_source
 from agents.sandbox_runtime import Runtime, bridge, get_runtime, set_deadline_callback
-from agents.sandbox_types import SandboxLimits, SnippetResult, prepare
+from agents.sandbox_types import Capture, SandboxLimits, SnippetResult, clean_traceback, prepare
 
 # Slack on top of the guest's wall clock before the caller gives up on a worker that is
 # stuck outside wasm (a blocking WASI call): the worker is then abandoned.
@@ -47,48 +47,12 @@ _RESET_NOTE = (
 )
 
 
-class _Capture:
-    """A byte-capped text sink: keeps the first ``cap`` bytes, counts the rest."""
-
-    def __init__(self, cap: int) -> None:
-        self.cap = cap
-        self.parts: list[bytes] = []
-        self.size = 0
-        self.dropped = 0
-        self.inexact = False
-        """The guest stopped before reporting what it discarded (a trap): ``dropped`` is a minimum."""
-
-    def room(self) -> int:
-        return self.cap - self.size
-
-    def add(self, data: bytes, total: int) -> None:
-        self.parts.append(data)
-        self.size += len(data)
-        self.dropped += total - len(data)
-
-    @property
-    def full(self) -> bool:
-        return self.size >= self.cap
-
-    def skip(self, count: Any) -> None:
-        """Count output the guest discarded itself once it knew the cap was reached."""
-        if isinstance(count, int) and count > 0:
-            self.dropped += count
-
-    def text(self) -> str:
-        text = b"".join(self.parts).decode("utf-8", "replace")
-        if self.dropped or self.inexact:
-            more = f"at least {self.dropped}" if self.inexact else str(self.dropped)
-            text += f"\n[... output truncated: {more} more bytes not shown ...]\n"
-        return text
-
-
 @dataclass
 class _Snippet:
     """Mutable per-snippet state shared by the worker and the caller (handed over via queues)."""
 
-    stdout: _Capture
-    stderr: _Capture
+    stdout: Capture
+    stderr: Capture
     guest_deadline: float = 0.0
     fuel_budget: int = _STARTUP_FUEL
     host_calls: int = 0
@@ -116,9 +80,7 @@ class _Worker:
         self.greeted = False
         self.inbox: queue.Queue[tuple[Any, ...]] = queue.Queue()
         self.outbox: queue.Queue[tuple[Any, ...]] = queue.Queue()
-        self.snippet = _Snippet(
-            _Capture(limits.max_stdout_bytes), _Capture(limits.max_stderr_bytes)
-        )
+        self.snippet = _Snippet(Capture(limits.max_stdout_bytes), Capture(limits.max_stderr_bytes))
         self.store: Any = None
         self._deadline_callback: Any = None
         self._path_open: Any = None  # WASI's own path_open, bound to this store
@@ -315,17 +277,7 @@ class _Worker:
         return len(response)
 
     def path_open(
-        self,
-        caller: Any,
-        fd: int,
-        dirflags: int,
-        path_ptr: int,
-        path_len: int,
-        oflags: int,
-        rights_base: int,
-        rights_inheriting: int,
-        fdflags: int,
-        opened_fd_ptr: int,
+        self, caller: Any, fd: int, dirflags: int, path_ptr: int, path_len: int, *rest: int
     ) -> int:
         """The WASI ``path_open`` import: only regular files and directories are opened.
 
@@ -347,22 +299,10 @@ class _Worker:
             mode = None  # missing or unreadable: WASI's own path_open reports it
         if mode is not None and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
             return _WASI_EACCES
-        errno = self._path_open(
-            caller,
-            fd,
-            dirflags,
-            path_ptr,
-            path_len,
-            oflags,
-            rights_base,
-            rights_inheriting,
-            fdflags,
-            opened_fd_ptr,
-        )
+        # rest: oflags, rights base and inheriting, fdflags, where the new fd goes.
+        errno = self._path_open(caller, fd, dirflags, path_ptr, path_len, *rest)
         if errno == 0:
-            opened = int.from_bytes(
-                bytes(memory.read(caller, opened_fd_ptr, opened_fd_ptr + 4)), "little"
-            )
+            opened = int.from_bytes(bytes(memory.read(caller, rest[-1], rest[-1] + 4)), "little")
             if mode is not None and stat.S_ISDIR(mode):
                 self._dirs[opened] = os.path.normpath(target)
             else:
@@ -526,7 +466,7 @@ class SandboxSession:
                 "bytes per snippet. Send shorter code.",
                 error_type="CodeTooLarge",
             )
-        snippet = _Snippet(_Capture(lim.max_stdout_bytes), _Capture(lim.max_stderr_bytes))
+        snippet = _Snippet(Capture(lim.max_stdout_bytes), Capture(lim.max_stderr_bytes))
         snippet.guest_deadline = started + lim.wall_clock_s
         snippet.fuel_budget = lim.fuel
         worker.inbox.put(("run", snippet, source))
@@ -559,7 +499,7 @@ class SandboxSession:
         error = report.get("e")
         return SnippetResult(
             result=report.get("r"),
-            error=_clean_traceback(error) if isinstance(error, str) else None,
+            error=clean_traceback(error) if isinstance(error, str) else None,
             error_type=report.get("t") if error else None,
             **common,
         )
@@ -635,17 +575,3 @@ class SandboxSession:
 
 def _shutdown(worker: _Worker) -> None:
     worker.stop()
-
-
-def _clean_traceback(text: str, max_lines: int = 24) -> str:
-    """Drop the bootstrap's own frames and shorten very deep tracebacks."""
-    lines = [
-        line for line in text.rstrip("\n").split("\n") if not line.startswith('  File "<stdin>"')
-    ]
-    if len(lines) > max_lines:
-        lines = (
-            lines[:4]
-            + [f"  ... {len(lines) - max_lines + 4} more lines ..."]
-            + lines[-(max_lines - 4) :]
-        )
-    return "\n".join(lines) + "\n"

@@ -1,4 +1,5 @@
-"""Public value types of the sandbox: limits, snippet results, trailing-expression rewrite."""
+"""Value types of the sandbox: limits, snippet results, trailing-expression rewrite, output
+capture and traceback cleaning."""
 
 from __future__ import annotations
 
@@ -139,3 +140,53 @@ def prepare(code: str) -> str:
         lines[start_line][:start_col] + f"{RESULT_VAR} = (" + lines[start_line][start_col:]
     )
     return "\n".join(lines)
+
+
+class Capture:
+    """A byte-capped text sink: keeps the first ``cap`` bytes, counts the rest."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.parts: list[bytes] = []
+        self.size = 0
+        self.dropped = 0
+        self.inexact = False
+        """The guest stopped before reporting what it discarded (a trap): ``dropped`` is a minimum."""
+
+    def room(self) -> int:
+        return self.cap - self.size
+
+    def add(self, data: bytes, total: int) -> None:
+        self.parts.append(data)
+        self.size += len(data)
+        self.dropped += total - len(data)
+
+    @property
+    def full(self) -> bool:
+        return self.size >= self.cap
+
+    def skip(self, count: Any) -> None:
+        """Count output the guest discarded itself once it knew the cap was reached."""
+        if isinstance(count, int) and count > 0:
+            self.dropped += count
+
+    def text(self) -> str:
+        text = b"".join(self.parts).decode("utf-8", "replace")
+        if self.dropped or self.inexact:
+            more = f"at least {self.dropped}" if self.inexact else str(self.dropped)
+            text += f"\n[... output truncated: {more} more bytes not shown ...]\n"
+        return text
+
+
+def clean_traceback(text: str, max_lines: int = 24) -> str:
+    """Drop the bootstrap's own frames and shorten very deep tracebacks."""
+    lines = [
+        line for line in text.rstrip("\n").split("\n") if not line.startswith('  File "<stdin>"')
+    ]
+    if len(lines) > max_lines:
+        lines = (
+            lines[:4]
+            + [f"  ... {len(lines) - max_lines + 4} more lines ..."]
+            + lines[-(max_lines - 4) :]
+        )
+    return "\n".join(lines) + "\n"
