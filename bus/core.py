@@ -280,10 +280,15 @@ class Bus(CommitQueue, ReadAPI):
                 "tx.ack() there (bus.publish() would wait for the transaction to end)"
             )
 
-    def _check_writable(self) -> None:
-        self._check_usable()
+    def check_writable(self) -> None:
+        """BusReadOnly if this bus was opened read-only (read-only media, no write permission):
+        for callers that should stop before any work whose results they could not publish."""
         if self.read_only:
             raise self._read_only_error()
+
+    def _check_writable(self) -> None:
+        self._check_usable()
+        self.check_writable()
 
     def _read_only_error(self) -> BusReadOnly:
         return BusReadOnly(

@@ -132,6 +132,15 @@ class SyncBus:
         return self._bus.path
 
     @property
+    def read_only(self) -> bool:
+        """Whether the bus was opened read-only (see Bus.open): writes raise BusReadOnly."""
+        return self._bus.read_only
+
+    def check_writable(self) -> None:
+        """BusReadOnly if the bus was opened read-only (see Bus.check_writable)."""
+        self._bus.check_writable()
+
+    @property
     def stats(self) -> BusStats:
         """Counters of the underlying bus (transactions, events, batches)."""
         return self._bus.stats

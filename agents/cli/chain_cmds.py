@@ -229,6 +229,10 @@ def up(
     # Like Ctrl-C, SIGTERM unwinds through the supervisor's cleanup; unlike it, it exits 0.
     signal.signal(signal.SIGTERM, _on_sigterm)
     path = bus_path(ctx)
+    from bus import SyncBus
+
+    with SyncBus(path) as bus:  # a bus the agents could not write fails here, not in a crash loop
+        bus.check_writable()
     show_live = is_terminal() if live is None else live
     try:
         finished = supervise(

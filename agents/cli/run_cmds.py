@@ -202,6 +202,7 @@ def run(
             agent, SandboxLimits(**{k: v for k, v in limits.items() if v is not None})
         )
     with SyncBus(bus_path(ctx)) as bus:  # a bad bus path fails before the model loads
+        bus.check_writable()  # so does a read-only bus: the run's events could not land
         runtime = _load_with_progress(model_spec, context_window, quiet=as_json)
         outcome = run_agent(
             agent,

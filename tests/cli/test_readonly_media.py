@@ -76,6 +76,12 @@ def test_read_commands_work_and_publish_says_read_only(
     # A cleanly closed bus leaves no -wal/-shm: SQLite's mode=ro alone cannot open it here.
     assert not Path(f"{bus_file}-wal").exists()
     before = bus_file.read_bytes()
+    chain = tmp_path / "chain.toml"
+    chain.write_text(
+        '[chain]\nworkspace = "."\n\n[agents.a]\nkind = "answer"\nsubscribe = ["x.*"]\n'
+        'task = "t"\n',
+        encoding="utf-8",
+    )
     script = " ; ".join(
         [
             loopbus(bus_file, "tail"),
@@ -84,13 +90,20 @@ def test_read_commands_work_and_publish_says_read_only(
             loopbus(bus_file, "cursors", "--json"),
             loopbus(bus_file, "publish", "x.y", "{}"),
             loopbus(tmp_path / "new.db", "publish", "x.y", "{}"),
+            # Commands that would write later fail at once, before a model loads or a
+            # chain's agents start (and crash-loop).
+            loopbus(bus_file, "run", "answer", "hi", "--model", "does-not-matter"),
+            loopbus(bus_file, "up", str(chain), "--no-live", "--until-idle"),
         ]
     )
     result = run_read_only(tmp_path, script)
     assert result.returncode == 0, result.stderr
     (tail, rc1), (tail_json, rc2), (sql, rc3), (cursors, rc4), (publish, rc5), (create, rc6) = (
-        sections(result.stdout)
+        sections(result.stdout)[:6]
     )
+    for output, rc in sections(result.stdout)[6:]:
+        assert rc != 0 and output.startswith("Error: the bus "), output
+        assert "is read-only" in output and "Traceback" not in output
     assert rc1 == rc2 == rc3 == rc4 == 0, result.stdout
     assert "file.found" in tail and "a.py" in tail
     assert '"path": "a.py"' in tail_json
@@ -123,7 +136,7 @@ assert is_read_only(path)
 assert read_only_uri(path).endswith("?immutable=1"), read_only_uri(path)
 assert query(path, "SELECT count(*) FROM outbox").rows == [(2,)]
 with SyncBus(path, create=False) as bus:
-    assert bus.bus.read_only
+    assert bus.read_only and bus.bus.read_only
     assert [e.payload["path"] for e in bus.events()] == ["a.py", "b.py"]
     assert [e.id for e in bus.follow(since_id=1, timeout=0.1)] == [2]
     writes = {{
@@ -134,6 +147,7 @@ with SyncBus(path, create=False) as bus:
         "subscribe": lambda: next(bus.subscribe("c", timeout=0.1)),
         "transaction": lambda: bus.transaction().__enter__(),
         "prune": lambda: bus.prune(),
+        "check_writable": lambda: bus.check_writable(),
     }}
     for name, write in writes.items():
         try:
