@@ -6,6 +6,12 @@ publish, llm, ...) are *not* run on that thread: the worker hands each call to t
 thread that called :meth:`SandboxSession.run`, so injected callables (an MLX model, a
 bus handle) run where the caller already uses them, and their time is not charged to
 the guest's wall clock.
+
+Stopping (issue 14): the wall clock is a real deadline, checked against
+``time.perf_counter()`` by the store's epoch-deadline callback at each tick of the
+shared ticker, which runs whenever a guest runs wasm; :meth:`SandboxSession.close` (or
+losing the session object) makes the same check stop the guest, even mid-snippet, then
+joins the worker thread, whose store (the guest's linear memory) is freed as it ends.
 """
 
 from __future__ import annotations

@@ -67,7 +67,8 @@ class SnippetResult:
     error: str | None = None
     error_type: str | None = None
     """The guest exception class (``NameError``...) or, for traps, ``FuelExhausted``,
-    ``Timeout``, ``Crash``, ``Exit``, ``Stuck``; ``CodeTooLarge`` when nothing ran."""
+    ``Timeout``, ``Crash``, ``Exit``, ``Stuck``, ``Closed`` (the sandbox was closed from
+    another thread while the snippet ran); ``CodeTooLarge`` when nothing ran."""
     fuel_used: int = 0
     trapped: bool = False
     """The interpreter was stopped and the session discarded; state is gone."""
