@@ -16,10 +16,14 @@ of these and adds the compiled-module cache: ``sandbox_runtime`` (engine, on-dis
 cache, shared linker, epoch ticker), ``sandbox_guest`` (the MicroPython bootstrap),
 ``sandbox_session`` (one interpreter and the host side of the bridge), ``sandbox_types``
 (limits, results) and this module (the per-agent-run :class:`Sandbox`, host functions,
-fences). The artifact's collector cannot see pointers held in wasm locals; the one
-place where that freed live interpreter state (function frames taken from the GC heap)
-is patched at load time (``sandbox_runtime.patch_frame_state``) and the bootstrap keeps
-its own frames safe (``sandbox_guest``). Any remaining interpreter fault ends as a trap
+fences). Issue 14 hardened it against hostile snippets: a real wall-clock deadline,
+``close()`` stops a running guest, FIFOs and devices in the mount cannot block a thread,
+the bootstrap's protocol is private to it, ``publish`` refuses the loop's ``run.*`` types,
+the cache loads only modules it signed, and fences are found in linear time.
+The artifact's collector cannot see pointers held in wasm locals; the one place where
+that freed live interpreter state (function frames taken from the GC heap) is patched
+at load time (``sandbox_runtime.patch_frame_state``) and the bootstrap keeps its own
+frames safe (``sandbox_guest``). Any remaining interpreter fault ends as a trap
 and a reset session, never outside the sandbox.
 
 Usage::
