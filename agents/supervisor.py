@@ -266,9 +266,13 @@ class Supervisor:
             else f"crashed {len(slot.crashes)} times in {self.crash_window:.0f} s"
         )
         others = sum(1 for s in self.slots if s.state != "gave up")
+        rest = (
+            "no other process is left"
+            if others == 0
+            else f"{others} other process{'es keep' if others != 1 else ' keeps'} running"
+        )
         self.log(
-            f"{slot.consumer}: {why}; giving up on it (last exit code {code}); "
-            f"{others} other process{'es' if others != 1 else ''} keep running. "
+            f"{slot.consumer}: {why}; giving up on it (last exit code {code}); {rest}. "
             f"Log: {slot.log_file}"
         )
         self.failures.append(

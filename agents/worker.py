@@ -232,15 +232,15 @@ class AgentWorker:
         from bus.errors import PayloadTooLarge
         from bus.events import encode_payload
 
-        limit = self._payload_limit() - EMIT_SUMMARY_ROOM
+        limit = self._payload_limit()
+        room = min(EMIT_SUMMARY_ROOM, limit // 4)  # a bus opened with a small limit
         try:
-            encode_payload(self._emit_payload(event, run_id, "failed", None), max(limit, 1))
+            encode_payload(self._emit_payload(event, run_id, "failed", None), limit - room)
         except PayloadTooLarge:
             return (
                 f"the {event.event_type} event {event.id} is too large to handle: its payload "
-                f"leaves less than {EMIT_SUMMARY_ROOM} bytes of the bus's payload limit "
-                f"({self._payload_limit()} bytes) for the {self.agent.emit!r} event this agent "
-                "emits with its fields"
+                f"leaves less than {room} bytes of the bus's payload limit ({limit} bytes) "
+                f"for the {self.agent.emit!r} event this agent emits with its fields"
             )
         return None
 

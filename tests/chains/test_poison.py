@@ -170,3 +170,19 @@ def test_an_agent_process_survives_a_poison_event(
         assert _outcome(bus, f"checker-e{poison}")["kind"] == "failed"
         assert _outcome(bus, f"checker-e{fine}")["kind"] in ("done", "max_turns")
         assert _cursor(bus, "checker") >= fine
+
+
+def test_the_emit_room_follows_the_bus_limit(
+    tmp_path: Path, tiny_model_path: Path, tiny_runtime: Any, bus_file: Path
+) -> None:
+    text = DOUBLING.replace("{payload} and again {payload}", "{payload[path]}")
+    config = _config(tmp_path, tiny_model_path, text)
+    with SyncBus(bus_file, max_payload_bytes=8192) as bus:
+        fine = bus.publish("file.found", {"path": "mod01.py", "blob": "b" * 4000})
+        poison = bus.publish("file.found", {"path": "mod00.py", "blob": "y" * 7000})
+        worker = AgentWorker(config, "checker", bus, runtime=tiny_runtime)
+        assert worker.serve(idle_exit=0.3, poll=0.1) == 2
+        assert _outcome(bus, f"checker-e{fine}")["kind"] in ("done", "max_turns")
+        assert "too large to handle" in _outcome(bus, f"checker-e{poison}")["reason"]
+        emits = {e.payload["trigger_id"]: e.payload for e in bus.events(types=["review.done"])}
+        assert emits[fine]["blob"] == "b" * 4000 and emits[poison]["outcome"] == "failed"
