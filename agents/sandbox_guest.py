@@ -305,11 +305,12 @@ def _runner(k, xcall, fl1, fl2):
 
 def _mkimp(imp):
     # Raw memory access (uctypes, machine.mem*) would read the protocol's private state
-    # out of linear memory; builtins would let a snippet drop this guard.
-    deny = ('uctypes', 'machine', 'builtins')
+    # out of linear memory; builtins would let a snippet drop this guard. Compared
+    # without leading u's: MicroPython also finds a module under its u-prefixed name.
+    deny = ('ctypes', 'machine', 'builtins')
 
     def __import__(name, *a):
-        if name in deny:
+        if name.lstrip('u') in deny:
             raise ImportError("no module named '" + name + "'")
         return imp(name, *a)
     return __import__

@@ -191,7 +191,16 @@ def test_patching_the_bootstrap_cannot_fake_a_report(make_sandbox) -> None:
 
 
 @pytest.mark.parametrize(
-    "code", ["import uctypes", "import machine", "import builtins", "__import__('uctypes')"]
+    "code",
+    [
+        "import uctypes",
+        "import machine",
+        "import umachine",
+        "import builtins",
+        "import ubuiltins",
+        "__import__('uctypes')",
+        "from uctypes import bytearray_at",
+    ],
 )
 def test_raw_memory_modules_cannot_be_imported(make_sandbox, code: str) -> None:
     # uctypes / machine.mem8 read linear memory, where the protocol's key lives;
