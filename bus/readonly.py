@@ -161,7 +161,10 @@ def read_only_uri(path: Path) -> str:
         probe.execute("SELECT count(*) FROM sqlite_master").fetchone()
         return uri
     except sqlite3.DatabaseError as exc:
-        if getattr(exc, "sqlite_errorcode", 0) & 0xFF != sqlite3.SQLITE_CANTOPEN:
+        # A read-only file system says CANTOPEN; a folder without write permission says
+        # READONLY_DIRECTORY (and an -shm that cannot be set up READONLY_CANTINIT).
+        code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+        if code not in (sqlite3.SQLITE_CANTOPEN, sqlite3.SQLITE_READONLY):
             return uri  # not a database, or a foreign one: read_version says which
         wal = Path(f"{path}-wal")
         if wal.exists() and wal.stat().st_size > 0:

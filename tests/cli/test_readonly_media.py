@@ -1,9 +1,11 @@
 """A bus on read-only media (issue 14): read commands work, writes say the bus is read-only.
 
-The tests run as root here, and root ignores permission bits (chmod 0444/0555, even chattr +i
-for some calls), so the read-only situation is a real one nobody can bypass: the bus's folder
-bind-mounted read-only over itself in a private mount namespace (``unshare -rm``; with user
-namespaces this needs no privileges). Where that is not possible the tests are skipped.
+The tests run as root here, and root ignores permission bits, so each read-only situation is
+one its user cannot bypass: the bus's folder bind-mounted read-only over itself in a private
+mount namespace (``unshare -rm``: EROFS, which SQLite reports as CANTOPEN), and permission bits
+(0555 folder, 0444 file) for a user without root's override (root enters a user namespace with
+``unshare -U``: its own uid, no capabilities over its files), which SQLite reports as
+READONLY_DIRECTORY. Where neither is possible the tests are skipped.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,11 +25,12 @@ from bus import SyncBus
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def run_read_only(directory: Path, script: str) -> subprocess.CompletedProcess[str]:
-    """Run the shell ``script`` with ``directory`` mounted read-only, in its own namespace."""
-    mount = 'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0"'
+RunReadOnly = Callable[[Path, str], subprocess.CompletedProcess[str]]
+
+
+def _sh(argv: list[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["unshare", "-rm", "sh", "-c", f"{mount} && {script}", str(directory)],
+        argv,
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -36,15 +40,63 @@ def run_read_only(directory: Path, script: str) -> subprocess.CompletedProcess[s
     )
 
 
+def run_in_read_only_mount(directory: Path, script: str) -> subprocess.CompletedProcess[str]:
+    """Run the shell ``script`` with ``directory`` mounted read-only, in its own namespace."""
+    mount = 'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0"'
+    return _sh(["unshare", "-rm", "sh", "-c", f"{mount} && {script}", str(directory)])
+
+
+def run_with_write_permission_removed(
+    directory: Path, script: str
+) -> subprocess.CompletedProcess[str]:
+    """Run ``script`` with ``directory`` at 0555 and its files at 0444; root runs it in a
+    user namespace (``unshare -U``), where it keeps its uid but no power over its files."""
+    files = [p for p in directory.iterdir() if p.is_file()]
+    for path in files:
+        path.chmod(0o444)
+    directory.chmod(0o555)
+    prefix = ["unshare", "-U"] if os.geteuid() == 0 else []
+    try:
+        return _sh([*prefix, "sh", "-c", script, str(directory)])
+    finally:
+        directory.chmod(0o755)
+        for path in files:
+            path.chmod(0o644)
+
+
+_CHECK = 'touch "$0/x" 2>/dev/null && echo writable || echo read-only'
+
+
+def _works(runner: RunReadOnly, directory: Path) -> bool:
+    if os.geteuid() == 0 or runner is run_in_read_only_mount:
+        if shutil.which("unshare") is None:
+            return False
+    result = runner(directory, _CHECK)
+    return result.returncode == 0 and result.stdout.strip() == "read-only"
+
+
 @pytest.fixture(scope="module")
-def read_only_mounts(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Skip unless a read-only bind mount in a private namespace works here."""
-    if shutil.which("unshare") is None:
-        pytest.skip("no unshare(1): cannot make a read-only mount")
-    probe = tmp_path_factory.mktemp("probe")
-    result = run_read_only(probe, 'touch "$0/x" 2>/dev/null && echo writable || echo read-only')
-    if result.returncode != 0 or result.stdout.strip() != "read-only":
-        pytest.skip(f"no read-only bind mount here: {result.stderr.strip() or result.stdout}")
+def run_read_only(tmp_path_factory: pytest.TempPathFactory) -> RunReadOnly:
+    """How to run a script with a folder read-only in a way its user cannot bypass: a
+    read-only bind mount in a private namespace, else permission bits; else skip."""
+    for runner in (run_in_read_only_mount, run_with_write_permission_removed):
+        if _works(runner, tmp_path_factory.mktemp("probe")):
+            return runner
+    pytest.skip("no read-only situation that this user cannot bypass")
+
+
+@pytest.fixture(
+    scope="module",
+    params=[run_in_read_only_mount, run_with_write_permission_removed],
+    ids=["read-only-mount", "no-write-permission"],
+)
+def each_read_only(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> RunReadOnly:
+    """Each kind of read-only situation (SQLite reports them with different errors)."""
+    if not _works(request.param, tmp_path_factory.mktemp("probe")):
+        pytest.skip(f"{request.param.__name__} is not possible here")
+    return request.param  # type: ignore[no-any-return]
 
 
 def loopbus(bus: Path, *args: str) -> str:
@@ -67,7 +119,7 @@ def sections(output: str) -> list[tuple[str, int]]:
 
 
 def test_read_commands_work_and_publish_says_read_only(
-    read_only_mounts: None, tmp_path: Path
+    run_read_only: RunReadOnly, tmp_path: Path
 ) -> None:
     bus_file = tmp_path / "bus.db"
     with SyncBus(bus_file) as bus:
@@ -118,7 +170,7 @@ def test_read_commands_work_and_publish_says_read_only(
 
 
 def test_the_library_opens_it_read_only_and_refuses_every_write(
-    read_only_mounts: None, tmp_path: Path
+    each_read_only: RunReadOnly, tmp_path: Path
 ) -> None:
     bus_file = tmp_path / "bus.db"
     with SyncBus(bus_file) as bus:
@@ -158,13 +210,13 @@ with SyncBus(path, create=False) as bus:
             sys.exit(f"{{name}} wrote to a read-only bus")
 print("ok")
 """
-    result = run_read_only(tmp_path, f"{shlex.quote(sys.executable)} -c {shlex.quote(check)}")
+    result = each_read_only(tmp_path, f"{shlex.quote(sys.executable)} -c {shlex.quote(check)}")
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.strip() == "ok", result.stdout + result.stderr
 
 
 def test_a_live_bus_seen_read_only_keeps_its_write_ahead_log(
-    read_only_mounts: None, tmp_path: Path
+    run_read_only: RunReadOnly, tmp_path: Path
 ) -> None:
     # Another process keeps the bus open through a writable path: its -wal holds commits that
     # an immutable open would not see, so the read-only view must read them through mode=ro.
