@@ -27,7 +27,7 @@ def test_command_name_skips_global_options(argv: list[str], expected: str | None
 
 
 def test_only_generating_commands_reexec() -> None:
-    assert GENERATING == {"run", "agent"}
+    assert GENERATING == {"run", "agent", "distill"}  # distill trains in process
 
 
 def test_bus_command_does_not_touch_blas(tmp_path) -> None:  # type: ignore[no-untyped-def]
