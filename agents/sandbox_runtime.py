@@ -126,18 +126,23 @@ class EpochTicker:
 HostCall = Callable[..., int]
 
 
-def set_deadline_callback(store: Any, check: Callable[[], str | None]) -> Any:
+def set_deadline_callback(store: Any, check: Callable[[], str | None]) -> Any | None:
     """Call ``check()`` on the guest's thread at each epoch tick while ``store`` runs wasm.
 
     ``check`` returns None to let the guest go on (the next check is one tick later) or a
     message, which stops the guest (the call into wasm raises ``WasmtimeError``). The
     Python bindings have no wrapper for ``wasmtime_store_epoch_deadline_callback``, so
     this uses their ctypes declarations. Returns the ctypes callback, which the caller
-    must keep alive as long as the store.
+    must keep alive as long as the store, or None if these bindings lack the function
+    (then the caller falls back to a deadline counted in ticks).
     """
     import ctypes
 
     from wasmtime import _ffi as ffi
+
+    needed = ("wasmtime_store_epoch_deadline_callback", "wasmtime_error_new")
+    if not all(hasattr(ffi, name) for name in needed):  # pragma: no cover - other bindings
+        return None
 
     proto = ctypes.CFUNCTYPE(
         ctypes.c_size_t,

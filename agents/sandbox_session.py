@@ -17,6 +17,7 @@ joins the worker thread, whose store (the guest's linear memory) is freed as it 
 from __future__ import annotations
 
 import json
+import math
 import os
 import queue
 import secrets
@@ -31,7 +32,13 @@ from typing import Any
 
 from agents.errors import SandboxClosed, SandboxConfigError, SandboxError
 from agents.sandbox_guest import bootstrap_source
-from agents.sandbox_runtime import Runtime, bridge, get_runtime, set_deadline_callback
+from agents.sandbox_runtime import (
+    EPOCH_INTERVAL_S,
+    Runtime,
+    bridge,
+    get_runtime,
+    set_deadline_callback,
+)
 from agents.sandbox_types import Capture, SandboxLimits, SnippetResult, clean_traceback, prepare
 
 # Slack on top of the guest's wall clock before the caller gives up on a worker that is
@@ -242,6 +249,10 @@ class _Worker:
     def _arm_deadline(self, deadline: float) -> None:
         # A real deadline, checked by _check at each tick; the next check is one tick away.
         self.snippet.guest_deadline = deadline
+        if self._deadline_callback is None:  # bindings without the callback: count ticks
+            left = max(deadline - time.perf_counter(), 0.0)
+            self.store.set_epoch_deadline(math.ceil(left / EPOCH_INTERVAL_S) + 1)
+            return
         self.store.set_epoch_deadline(1)
 
     def host_call(self, caller: Any, np: int, nl: int, pp: int, pl: int, rp: int, rc: int) -> int:
