@@ -3,6 +3,7 @@
 Public API::
 
     from bus import Bus, SyncBus, Event, NewEvent, query, default_bus_path
+    from bus import open, Store  # any backend by URL: path, sqlite:///path, postgresql://...
     from bus.errors import BusError, InvalidEventType, PayloadTooLarge, InvalidPayload
     from bus.errors import BusNotFound, SchemaTooNew, ReadOnlyViolation
     from bus.errors import QueryInterrupted, QueryTimeout
@@ -19,7 +20,8 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from bus.core import Bus, Transaction, default_bus_path
     from bus.events import CursorInfo, Event, NewEvent, PruneReport
-    from bus.readonly import QueryResult, query
+    from bus.readonly import QueryResult
+    from bus.store import Store, open, query
     from bus.sync import SyncBus
 
 # A library logs but never configures output: the application (CLI, agent process) decides.
@@ -33,7 +35,9 @@ _LAZY = {
     "NewEvent": "bus.events",
     "CursorInfo": "bus.events",
     "PruneReport": "bus.events",
-    "query": "bus.readonly",
+    "query": "bus.store",
+    "open": "bus.store",
+    "Store": "bus.store",
     "QueryResult": "bus.readonly",
     "SyncBus": "bus.sync",
 }
@@ -45,9 +49,11 @@ __all__ = [
     "NewEvent",
     "PruneReport",
     "QueryResult",
+    "Store",
     "SyncBus",
     "Transaction",
     "default_bus_path",
+    "open",
     "query",
 ]
 

@@ -1,8 +1,9 @@
 """Backends of the store contract suite: every test here runs once per backend.
 
-A backend fixture yields a *target*: the address a process passes to open that bus (a file
-path for SQLite). ``open_bus`` opens it (closing everything at teardown), ``spawn_writer``
-starts a real writer process against it.
+A backend fixture yields a *target*: the URL a process passes to ``bus.open`` (a file path
+for SQLite; for PostgreSQL a fresh schema in the ``test`` database of the server on
+127.0.0.1:5432, dropped after the test). ``open_bus`` opens it (closing everything at
+teardown), ``spawn_writer`` starts a real writer process against it.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import pytest
 HERE = Path(__file__).parent
 REPO = HERE.parent.parent.parent
 
-BACKENDS = ["sqlite"]
+BACKENDS = ["sqlite", "postgres"]
 
 
 @pytest.fixture(params=BACKENDS)
@@ -27,14 +28,19 @@ def target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """A fresh, empty bus of each backend, as the address processes open it by."""
     if request.param == "sqlite":
         yield str(tmp_path / "bus.db")
+    elif request.param == "postgres":
+        from bus.postgres.testing import fresh_schema
+
+        with fresh_schema() as url:
+            yield url
     else:  # pragma: no cover - every backend in BACKENDS is handled above
         raise AssertionError(request.param)
 
 
 def _open(target: str, **options: Any) -> Any:
-    from bus import SyncBus
+    import bus
 
-    return SyncBus(target, **options)
+    return bus.open(target, **options)
 
 
 @pytest.fixture

@@ -9,9 +9,9 @@ import sys
 
 
 def main(target: str, name: str, count: int) -> None:
-    from bus import SyncBus
+    import bus as loopbus
 
-    with SyncBus(target) as bus:
+    with loopbus.open(target) as bus:
         for seq in range(count):
             bus.publish("contract.write", {"w": name, "seq": seq}, agent=name)
     print("ok", flush=True)
