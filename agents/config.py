@@ -28,7 +28,8 @@ Example (``agents/examples/review.toml``)::
 ``emit`` makes fan-in independent of what the model chose: when a run reaches its terminal
 outcome the agent process publishes ``emit`` with the trigger's payload fields plus
 ``trigger_id``, ``run_id``, ``outcome`` and ``summary``, in the same transaction as the cursor
-ack, so it appears exactly once per triggering event.
+ack, so it appears exactly once per triggering event. It must not match the agent's own
+``subscribe`` globs (each run would trigger the next, forever).
 
 ``first_tool`` (a tool of the agent without arguments) is the first decision of every run,
 answered without asking the model and recorded like a model decision (``finish_reason:

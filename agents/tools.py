@@ -18,7 +18,8 @@ whether a call left without a recorded result may simply be executed again.
 
 Handlers that read the bus use ``ctx.bus`` (read-only), ``ctx.trigger()`` (the event that
 started the run) and publish through ``ctx.publish`` / ``ctx.publish_many`` (so the events are
-part of the run's recording). ``reads`` declares the event types (globs) a handler reads beyond
+part of the run's recording); both refuse the loop's ``run`` / ``run.*`` types with a ToolError,
+so no tool (nor guest code in the sandbox) can forge a run event. ``reads`` declares the event types (globs) a handler reads beyond
 its trigger and its own run's events: ``loopbus export`` puts those events in the recording so
 that ``loopbus replay`` can serve the same reads without the original bus.
 """
