@@ -8,7 +8,7 @@ Public API (used by the CLI and by chains of agent processes)::
               max_turns: int = 12, budget: float = 0.4, elide: bool = False,
               run_id: str | None = None, caused_by: int | None = None,
               on_event: Callable[[Event], None] | None = None,
-              output: Path | None = None) -> Outcome
+              output: Path | None = None, refuse: str | None = None) -> Outcome
     resume_run(run_id, *, runtime, bus, workspace=None, on_event=None, output=None) -> Outcome
     unfinished_runs(bus, agent) -> list[str]
     Outcome(kind: "done" | "budget_exceeded" | "max_turns" | "failed", run_id, summary, reason)
@@ -21,6 +21,9 @@ Public API (used by the CLI and by chains of agent processes)::
   writing tools write to (a chain's ``output``).
 * ``run_agent`` with the ``run_id`` of a run already on the bus resumes it instead of starting
   a second one, so a deterministic run id per trigger makes redelivery safe.
+* A run event the bus refuses to store (over its payload limit, not valid UTF-8) ends the run
+  ``failed`` with the reason; a run read back with a malformed event (forged, corrupt) ends
+  ``failed`` saying what is malformed; ``refuse`` records a run that fails at once.
 * ``resume_run`` continues from the first step without a recorded result: recorded decisions are
   not asked of the model again; a ``run.tool_call`` without a result is re-run when the tool is
   idempotent, else reported to the model as "outcome unknown after crash"; a run that already
