@@ -61,10 +61,12 @@ def test_hostile_replies_take_linear_time(name: str) -> None:
 def test_time_grows_linearly_with_the_input() -> None:
     def cost(repeat: int) -> float:
         text = "```python\nx\n" * repeat
-        started = time.perf_counter()
-        for _ in range(3):
+        times = []
+        for _ in range(3):  # the best of three: a preempted run says nothing about the code
+            started = time.perf_counter()
             extract_code(text)
-        return time.perf_counter() - started
+            times.append(time.perf_counter() - started)
+        return min(times)
 
     small, large = cost(2_000), cost(16_000)
     # 8x the input: linear is ~8x, quadratic ~64x; generous for timer noise.
