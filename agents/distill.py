@@ -377,6 +377,9 @@ class _Losses:
     def on_val_loss_report(self, info: dict[str, Any]) -> None:
         self.valid.append((int(info["iteration"]), round(float(info["val_loss"]), 4)))
 
+    def report(self, kind: str, iteration: int, loss: float) -> None:
+        (self.train if kind == "train" else self.valid).append((iteration, round(loss, 4)))
+
 
 def train_adapter(
     data: Path,
@@ -386,12 +389,17 @@ def train_adapter(
     options: TrainOptions | None = None,
 ) -> dict[str, Any]:
     """Train a LoRA adapter for ``model`` (a spec without adapter) on the chat JSONL in ``data``
-    and write it to ``out``; returns the ``loopbus`` part of its ``adapter_config.json``."""
+    and write it to ``out``; returns the ``loopbus`` part of its ``adapter_config.json``.
+
+    The loss covers each record's last (assistant) message only. Llama-style models train with
+    :class:`agents.distill_train.SharedPrefixTrainer` (the prompt prefix all records share is
+    computed once); others with mlx-lm's ``train_model``. Records longer than
+    ``max_seq_length`` tokens are left out (truncating would cut off the decision).
+    """
     import mlx.core as mx
     import numpy as np
-    from mlx_lm.lora import CONFIG_DEFAULTS, train_model
-    from mlx_lm.tuner.datasets import create_dataset
 
+    from agents import distill_train
     from models.adapters import BASE_KEY, CONFIG_FILE, base_identity
     from models.mlx_backend import load_fresh
     from models.runtime import model_dir
@@ -412,33 +420,109 @@ def train_adapter(
             f"--layers {opts.layers}: the model has only {len(net.layers)} transformer blocks"
         )
     identity = base_identity(net, config, name=model or "default")
-
-    def fits(record: dict[str, Any]) -> bool:
-        # mlx-lm would truncate a longer one, cutting off the decision it is trained on.
-        tokens = tokenizer.apply_chat_template(record["messages"], return_dict=False)
-        return len(tokens) <= opts.max_seq_length
-
-    train_records = [r for r in records["train"] if fits(r)]
-    valid_records = [r for r in records["valid"] if fits(r)]
-    if len(train_records) < opts.batch_size:
+    encoded = {
+        name: [
+            (r, e)
+            for r in recs
+            if len((e := distill_train.encode(tokenizer, r))[0]) <= opts.max_seq_length
+        ]
+        for name, recs in records.items()
+    }
+    train_set, valid_set = encoded["train"], encoded["valid"]
+    if len(train_set) < opts.batch_size:
         raise DistillError(
-            f"{data / 'train.jsonl'} has {len(train_records)} usable examples (at most "
+            f"{data / 'train.jsonl'} has {len(train_set)} usable examples (at most "
             f"{opts.max_seq_length} tokens), fewer than --batch-size {opts.batch_size}"
         )
-    if len(valid_records) < opts.batch_size:
-        valid_records = []  # mlx-lm needs a full batch to validate
+    if len(valid_set) < opts.batch_size:
+        valid_set = []  # a validation batch needs batch_size examples
+    lora = {"rank": opts.rank, "dropout": 0.0, "scale": opts.scale}
+    np.random.seed(opts.seed)
+    mx.random.seed(opts.seed)  # the LoRA matrices' initial values
+    losses = _Losses()
+    started = time.perf_counter()
+    if distill_train.supported(net):
+        trainer = distill_train.SharedPrefixTrainer(
+            net, [e for _, e in train_set + valid_set], layers=opts.layers, lora=lora
+        )
+        distill_train.train(
+            trainer,
+            [e for _, e in train_set],
+            [e for _, e in valid_set],
+            iters=opts.iters,
+            batch_size=opts.batch_size,
+            learning_rate=opts.learning_rate,
+            seed=opts.seed,
+            val_batches=opts.val_batches,
+            steps_per_report=opts.steps_per_report,
+            report=losses.report,
+        )
+        method = {"trainer": "shared-prefix", "shared_prefix_tokens": len(trainer.prefix)}
+    else:
+        _train_with_mlx_lm(
+            net,
+            tokenizer,
+            [r for r, _ in train_set],
+            [r for r, _ in valid_set],
+            opts,
+            lora,
+            out,
+            losses,
+        )
+        method = {"trainer": "mlx_lm.lora"}
+    manifest_path = data / MANIFEST
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+    info = {
+        **method,
+        "options": vars(opts),
+        "examples": {"train": len(train_set), "valid": len(valid_set)},
+        "train_loss": losses.train,
+        "valid_loss": losses.valid,
+        "seconds": round(time.perf_counter() - started, 1),
+        "dataset": manifest,
+        **source_commit(),
+    }
+    adapter_config = {
+        "model": model or "default",
+        "data": data.name,
+        "fine_tune_type": "lora",
+        "num_layers": opts.layers,
+        "lora_parameters": lora,
+        BASE_KEY: identity,
+        "loopbus_training": info,
+    }
+    if method["trainer"] == "shared-prefix":
+        distill_train.save(net, out, adapter_config)
+    else:
+        merged = json.loads((out / CONFIG_FILE).read_text())
+        (out / CONFIG_FILE).write_text(json.dumps({**merged, **adapter_config}, indent=2) + "\n")
+    return {BASE_KEY: identity, "loopbus_training": info}
+
+
+def _train_with_mlx_lm(
+    net: Any,
+    tokenizer: Any,
+    train_records: list[dict[str, Any]],
+    valid_records: list[dict[str, Any]],
+    opts: TrainOptions,
+    lora: dict[str, Any],
+    out: Path,
+    losses: _Losses,
+) -> None:
+    """mlx-lm's own LoRA training loop (for models the shared-prefix trainer does not cover)."""
+    from mlx_lm.lora import CONFIG_DEFAULTS, train_model
+    from mlx_lm.tuner.datasets import create_dataset
+
     args = types.SimpleNamespace(
         **{
             **CONFIG_DEFAULTS,
-            "model": model or "default",
-            "data": str(data),
             "train": True,
             "fine_tune_type": "lora",
             "num_layers": opts.layers,
             "batch_size": opts.batch_size,
             "iters": opts.iters,
             "learning_rate": opts.learning_rate,
-            "lora_parameters": {"rank": opts.rank, "dropout": 0.0, "scale": opts.scale},
+            "lora_parameters": lora,
             "mask_prompt": True,  # the loss covers the decision, not the prompt
             "adapter_path": str(out),
             "save_every": opts.iters + 1,  # no intermediate checkpoints
@@ -449,24 +533,6 @@ def train_adapter(
             "seed": opts.seed,
         }
     )
-    np.random.seed(opts.seed)  # mlx-lm shuffles batches with numpy's global generator
-    mx.random.seed(opts.seed)
     train_set = create_dataset(train_records, tokenizer, args)
     valid_set = create_dataset(valid_records, tokenizer, args) if valid_records else []
-    losses = _Losses()
-    started = time.perf_counter()
     train_model(args, net, train_set, valid_set, training_callback=losses)
-    manifest_path = data / MANIFEST
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
-    info = {
-        "examples": {"train": len(train_records), "valid": len(valid_records)},
-        "train_loss": losses.train,
-        "valid_loss": losses.valid,
-        "seconds": round(time.perf_counter() - started, 1),
-        "dataset": manifest,
-        **source_commit(),
-    }
-    adapter_config = json.loads((out / CONFIG_FILE).read_text())
-    adapter_config.update({"data": data.name, BASE_KEY: identity, "loopbus_training": info})
-    (out / CONFIG_FILE).write_text(json.dumps(adapter_config, indent=2) + "\n")
-    return {BASE_KEY: identity, "loopbus_training": info}
