@@ -293,6 +293,41 @@ class ChainConfig(BaseModel):
     imports: list[str] = Field(default_factory=list)
     agents: dict[str, AgentConfig]
 
+    @model_validator(mode="after")
+    def _no_emit_cycle(self) -> ChainConfig:
+        # Every run publishes its agent's `emit`, unconditionally: agents whose emits trigger
+        # each other in a cycle would circulate every event forever.
+        def triggered(agent: AgentConfig) -> list[AgentConfig]:
+            if agent.emit is None:
+                return []
+            return [
+                other
+                for other in self.agents.values()
+                if any(fnmatch.fnmatchcase(agent.emit, p) for p in other.subscribe)
+            ]
+
+        done: set[str] = set()  # agents no cycle passes through (DFS colours: O(V + E))
+        for root in self.agents.values():
+            if root.name in done:
+                continue
+            path, todo = [root], [iter(triggered(root))]
+            while todo:
+                nxt = next(todo[-1], None)
+                if nxt is None:
+                    done.add(path.pop().name)
+                    todo.pop()
+                elif nxt in path:
+                    cycle = path[path.index(nxt) :]
+                    steps = ", ".join(
+                        f"{a.name} emits {a.emit!r} which triggers {b.name}"
+                        for a, b in zip(cycle, [*cycle[1:], nxt], strict=True)
+                    )
+                    raise ValueError(f"emit cycle: {steps}; every event would circulate forever")
+                elif nxt.name not in done:
+                    path.append(nxt)
+                    todo.append(iter(triggered(nxt)))
+        return self
+
     def agent(self, name: str) -> AgentConfig:
         """The agent called ``name``; raises :class:`UnknownAgent` with the known names."""
         try:
@@ -364,7 +399,13 @@ def parse_config(
     for name, table in agents_raw.items():
         if not isinstance(table, dict):
             raise ConfigError(f"invalid chain config {source}: agents.{name} must be a table")
-        entry = {"name": name, **table}
+        if "name" in table and table["name"] != name:
+            # The table's key is the agent's name (its cursor): two tables must not share one.
+            raise ConfigError(
+                f"invalid chain config {source}: agents.{name} sets name = "
+                f"{str(table['name'])[:60]!r}; an agent is named by its table, [agents.NAME]"
+            )
+        entry = {**table, "name": name}
         entry.setdefault("kind", name)
         agents[name] = entry
     try:

@@ -122,3 +122,27 @@ def test_duration_options_refuse_nan_inf_and_negatives(tmp_path: Path, args: lis
     assert "Error: Invalid value for" in result.output
     assert "not a finite number" in result.output or "is not in the range" in result.output
     assert not (tmp_path / "bus.db").exists()  # refused before anything ran
+
+
+def test_an_emit_cycle_across_agents_is_refused(tmp_path: Path) -> None:
+    def agent(name: str, sub: str, emit: str) -> str:
+        return f'[agents.{name}]\nkind = "reviewer"\nsubscribe = ["{sub}"]\nemit = "{emit}"\n\n'
+
+    chain = agent("a", "x.*", "y.done") + agent("b", "y.*", "z.done")
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, chain + agent("c", "z.done", "x.again")))
+    assert (
+        "emit cycle: a emits 'y.done' which triggers b, b emits 'z.done' which triggers c, "
+        "c emits 'x.again' which triggers a; every event would circulate forever"
+    ) in str(info.value)
+    # The same chain without the edge back loads, and so does a long one.
+    assert load_config(write(tmp_path, chain + agent("c", "z.done", "w.done"))).agents
+    long = "".join(agent(f"a{i}", f"s{i}", f"s{i + 1}") for i in range(150))
+    assert len(load_config(write(tmp_path, long)).agents) == 150
+
+
+def test_an_agent_table_cannot_rename_its_agent(tmp_path: Path) -> None:
+    text = f'{AGENT}name = "other"\n'
+    with pytest.raises(ConfigError, match="agents.reviewer sets name = 'other'"):
+        load_config(write(tmp_path, text))
+    assert load_config(write(tmp_path, f'{AGENT}name = "reviewer"\n')).agent("reviewer")
