@@ -59,7 +59,9 @@ class ScriptedRuntime:
 
     Tokens are counted by ``counter`` (a real runtime, normally the base model the adapter is
     for), so a scripted run meets the same context budget the model would; nothing is generated.
-    Running out of answers raises a ModelError, which ends the run ``failed``.
+    An answer outside the turn's schema (which the agent's decoding policy narrows, so the model
+    could never emit it) or running out of answers raises a ModelError: the run ends ``failed``
+    and is no training data.
     """
 
     supports_schema = True
@@ -79,13 +81,23 @@ class ScriptedRuntime:
     def new_cache(self) -> None:
         return None
 
-    def generate(self, messages: list[dict[str, Any]], **_: Any) -> Any:
+    def generate(
+        self, messages: list[dict[str, Any]], *, schema: dict[str, Any] | None = None, **_: Any
+    ) -> Any:
+        from agents.policy import violation
         from models.errors import ModelError
         from models.runtime import Generation
 
         if not self.answers:
             raise ModelError("the script has no more decisions for this run")
         text = self.answers.pop(0)
+        try:
+            decision = json.loads(text)
+        except json.JSONDecodeError:
+            decision = None  # left to the loop's parser (a parse-error turn)
+        if schema is not None and isinstance(decision, dict):
+            if problem := violation(decision, schema):
+                raise ModelError(f"the scripted decision is outside this turn's schema: {problem}")
         return Generation(
             text=text,
             prompt_tokens=self.count_tokens(messages),
