@@ -66,7 +66,10 @@ EMIT_SUMMARY_ROOM = 16 * 1024
 
 
 def _short(value: Any, width: int = 70) -> str:
-    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    try:
+        text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    except (RecursionError, TypeError, ValueError):  # nested deeper than this stack allows
+        text = f"<{type(value).__name__} too deep to show>"
     text = " ".join(text.split())
     return text if len(text) <= width else text[: width - 1] + "…"
 
@@ -220,22 +223,36 @@ class AgentWorker:
             event_type=event.event_type,
             activity="",
         )
-        outcome = self._drive(run_id, event, refuse=self._refusal(event, run_id))
+        task, refusal = self._task(event, run_id)
+        outcome = self._drive(run_id, event, task=task, refuse=refusal)
         self._complete(event, run_id, outcome)
         self.handled += 1
         self.set_status(state="idle", run_id=None, event_id=None, activity=f"last: {outcome.kind}")
 
+    def _task(self, event: Any, run_id: str) -> tuple[str, str | None]:
+        """The run's task for ``event``, and why the event cannot be handled (None if it can:
+        else its run ends failed at once, without a model call)."""
+        try:
+            task = render_task(self.agent.task, event)
+        except (RecursionError, TypeError, ValueError) as exc:
+            # A payload the bus stored can still be nested too deep to re-encode here.
+            why = f"cannot build the task from the {event.event_type} event {event.id}: {exc}"
+            return f"[no task: {why}]", why
+        return task, self._refusal(event, run_id)
+
     def _refusal(self, event: Any, run_id: str) -> str | None:
-        """Why ``event`` cannot be handled (its run ends failed at once), or None."""
+        """Why ``event`` cannot be handled because of its ``emit``, or None."""
         if self.agent.emit is None:
             return None
-        from bus.errors import PayloadTooLarge
+        from bus.errors import InvalidPayload, PayloadTooLarge
         from bus.events import encode_payload
 
         limit = self._payload_limit()
         room = min(EMIT_SUMMARY_ROOM, limit // 4)  # a bus opened with a small limit
         try:
             encode_payload(self._emit_payload(event, run_id, "failed", None), limit - room)
+        except InvalidPayload as exc:
+            return f"the {event.event_type} event {event.id} cannot be handled: {exc}"
         except PayloadTooLarge:
             return (
                 f"the {event.event_type} event {event.id} is too large to handle: its payload "
@@ -250,7 +267,14 @@ class AgentWorker:
         inner = getattr(self.bus, "bus", self.bus)
         return int(getattr(inner, "max_payload_bytes", DEFAULT_MAX_PAYLOAD_BYTES))
 
-    def _drive(self, run_id: str, event: Any | None, refuse: str | None = None) -> Any:
+    def _drive(
+        self,
+        run_id: str,
+        event: Any | None,
+        *,
+        task: str | None = None,
+        refuse: str | None = None,
+    ) -> Any:
         """Start (``event`` given) or continue ``run_id`` until its terminal outcome.
 
         A run already on the bus is resumed by the loop (an ended one just returns its
@@ -275,7 +299,7 @@ class AgentWorker:
             )
         return loop.run_agent(
             self.agent.name,
-            render_task(self.agent.task, event),
+            render_task(self.agent.task, event) if task is None else task,
             runtime=runtime,
             bus=self.bus,
             workspace=self.workspace,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -186,3 +187,34 @@ def test_the_emit_room_follows_the_bus_limit(
         assert "too large to handle" in _outcome(bus, f"checker-e{poison}")["reason"]
         emits = {e.payload["trigger_id"]: e.payload for e in bus.events(types=["review.done"])}
         assert emits[fine]["blob"] == "b" * 4000 and emits[poison]["outcome"] == "failed"
+
+
+def test_a_payload_too_deep_to_re_encode_fails_its_run(
+    tmp_path: Path, tiny_model_path: Path, tiny_runtime: Any, bus_file: Path
+) -> None:
+    # The bus stores it (encoded near the top of a short stack), but the agent renders the
+    # task and encodes the emit deeper in its own stack, where json raises RecursionError.
+    text = DOUBLING.replace("{payload} and again {payload}", "{payload}")
+    config = _config(tmp_path, tiny_model_path, text)
+    with SyncBus(bus_file) as bus:
+        deep: Any = []
+        for _ in range(985):
+            deep = [deep]
+        ids: list[int] = []
+        # From a fresh thread (a fresh stack), like a publisher in another process.
+        publisher = threading.Thread(
+            target=lambda: ids.append(bus.publish("file.found", {"path": "mod00.py", "d": deep}))
+        )
+        publisher.start()
+        publisher.join()
+        [poison] = ids
+        fine = bus.publish("file.found", {"path": "mod01.py"})
+        worker = AgentWorker(config, "checker", bus, runtime=tiny_runtime)
+        assert worker.serve(idle_exit=0.3, poll=0.1) == 2
+        failed = _outcome(bus, f"checker-e{poison}")
+        assert failed["kind"] == "failed"
+        assert f"cannot build the task from the file.found event {poison}" in failed["reason"]
+        assert _outcome(bus, f"checker-e{fine}")["kind"] in ("done", "max_turns")
+        emits = {e.payload["trigger_id"]: e.payload for e in bus.events(types=["review.done"])}
+        assert set(emits) == {poison, fine} and "d" not in emits[poison]
+        assert _cursor(bus, "checker") >= fine
