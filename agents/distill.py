@@ -28,6 +28,7 @@ import random
 import subprocess
 import time
 import types
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -379,9 +380,11 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 class _Losses:
     """An mlx-lm TrainingCallback that keeps the reported losses."""
 
-    def __init__(self) -> None:
+    def __init__(self, progress: Callable[[str], None] | None = None) -> None:
         self.train: list[tuple[int, float]] = []
         self.valid: list[tuple[int, float]] = []
+        self.progress = progress
+        self.started = time.perf_counter()
 
     def on_train_loss_report(self, info: dict[str, Any]) -> None:
         self.train.append((int(info["iteration"]), round(float(info["train_loss"]), 4)))
@@ -391,6 +394,9 @@ class _Losses:
 
     def report(self, kind: str, iteration: int, loss: float) -> None:
         (self.train if kind == "train" else self.valid).append((iteration, round(loss, 4)))
+        if self.progress is not None:
+            elapsed = time.perf_counter() - self.started
+            self.progress(f"iter {iteration:>4}  {kind} loss {loss:.4f}  ({elapsed:.0f}s)")
 
 
 def train_adapter(
@@ -399,9 +405,11 @@ def train_adapter(
     *,
     model: str | None = "default",
     options: TrainOptions | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Train a LoRA adapter for ``model`` (a spec without adapter) on the chat JSONL in ``data``
     and write it to ``out``; returns the ``loopbus`` part of its ``adapter_config.json``.
+    ``progress`` gets a line per reported loss.
 
     The loss covers each record's last (assistant) message only. Llama-style models train with
     :class:`agents.distill_train.SharedPrefixTrainer` (the prompt prefix all records share is
@@ -451,7 +459,7 @@ def train_adapter(
     lora = {"rank": opts.rank, "dropout": 0.0, "scale": opts.scale}
     np.random.seed(opts.seed)
     mx.random.seed(opts.seed)  # the LoRA matrices' initial values
-    losses = _Losses()
+    losses = _Losses(progress)
     started = time.perf_counter()
     if distill_train.supported(net):
         trainer = distill_train.SharedPrefixTrainer(

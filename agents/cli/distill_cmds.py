@@ -163,7 +163,7 @@ def train_cmd(
         max_seq_length=max_seq_length,
         seed=seed,
     )
-    info = train_adapter(data, out, model=model_spec, options=options)
+    info = train_adapter(data, out, model=model_spec, options=options, progress=click.echo)
     training = info["loopbus_training"]
     last = training["train_loss"][-1][1] if training["train_loss"] else None
     click.echo(f"{out}: trained in {training['seconds']}s, last train loss {last}")
