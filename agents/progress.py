@@ -87,7 +87,10 @@ class ChainProgress:
         every: float = 15.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.bus_path = Path(bus_path)
+        from bus.store import sqlite_path
+
+        self.bus_path = Path(sqlite_path(bus_path))
+        self._bus_url = str(bus_path)  # a bus on a server is opened by its URL
         self.echo = echo
         self.every = every
         self.clock = clock
@@ -136,11 +139,15 @@ class ChainProgress:
 
     def _print_outcomes(self) -> None:
         if self._bus is None:
-            if not self.bus_path.exists():  # the supervisor creates it when it starts
-                return
-            from bus import SyncBus
+            import bus as loopbus
+            from bus.store import backend_of
 
-            self._bus = SyncBus(self.bus_path, create=False)
+            if backend_of(self._bus_url) == "sqlite":
+                if not self.bus_path.exists():  # the supervisor creates it when it starts
+                    return
+                self._bus = loopbus.open(self.bus_path, create=False)
+            else:
+                self._bus = loopbus.open(self._bus_url, create=False)
         for event in self._bus.events(since_id=self._seen, types=["run.outcome"], limit=1000):
             self._seen = event.id
             p = event.payload if isinstance(event.payload, dict) else {}

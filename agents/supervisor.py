@@ -14,6 +14,12 @@ Each agent instance (``parallelism`` processes per agent) is a child process run
 * optionally returns once the chain is idle: every process is waiting and no consumer of
   the chain has a matching event beyond its cursor (``until_idle``).
 
+One live process per instance: each worker holds a lease named after its consumer
+(:mod:`bus.lease`), and :meth:`Supervisor.start` refuses to start when one of its instances
+already runs on the bus (a second ``up``). To spread a chain over hosts sharing one bus
+(``--bus postgresql://...``), give each supervisor a ``share=(K, M)``: it runs every M-th
+instance of the chain, starting at K.
+
 Children run in their own session so that a Ctrl-C in the terminal reaches only the
 supervisor, which then stops them in order; a watchdog in each worker makes it exit if the
 supervisor dies without stopping it.
@@ -23,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import hashlib
 import importlib.util
 import json
 import os
@@ -39,7 +46,7 @@ from typing import Any
 from agents.config import AgentConfig, ChainConfig, consumer_name
 from agents.errors import AgentError
 
-__all__ = ["ChainGaveUp", "Slot", "Supervisor", "state_dir_for", "worker_command"]
+__all__ = ["ChainGaveUp", "Slot", "Supervisor", "parse_share", "state_dir_for", "worker_command"]
 
 # Exit code a worker uses for errors a restart cannot fix (bad config, unknown agent).
 FATAL_EXIT = 3
@@ -51,8 +58,28 @@ class ChainGaveUp(AgentError):
 
 
 def state_dir_for(bus_path: str | Path) -> Path:
-    """Where status files and per-process logs of the chain on ``bus_path`` live."""
-    return Path(f"{Path(bus_path).resolve()}.agents")
+    """Where status files and per-process logs of the chain on ``bus_path`` live: next to a
+    bus file; for a bus on a server (a URL), ``./loopbus-<schema>-<digest>.agents`` here."""
+    from bus.store import backend_of, is_url, sqlite_path
+
+    if is_url(str(bus_path)) and backend_of(str(bus_path)) != "sqlite":
+        from bus.postgres.connect import parse_url
+
+        schema = parse_url(str(bus_path)).schema
+        digest = hashlib.sha256(str(bus_path).encode()).hexdigest()[:8]
+        return Path.cwd() / f"loopbus-{schema}-{digest}.agents"
+    return Path(f"{Path(sqlite_path(str(bus_path))).resolve()}.agents")
+
+
+def parse_share(text: str) -> tuple[int, int]:
+    """``K/M`` (this supervisor's share of a chain split over M supervisors) as ``(K, M)``."""
+    try:
+        k, m = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise ValueError(f"share {text!r} must look like K/M, e.g. 0/2") from None
+    if m < 1 or not 0 <= k < m:
+        raise ValueError(f"share {text!r}: need 0 <= K < M")
+    return k, m
 
 
 def _file_stem(consumer: str) -> str:
@@ -149,12 +176,23 @@ class Supervisor:
         max_backoff: float = 8.0,
         grace: float = 5.0,
         log: Callable[[str], None] | None = None,
+        share: tuple[int, int] | None = None,
     ) -> None:
+        from bus.store import backend_of, is_url, sqlite_path
+
         if config.path is None:
             raise AgentError("the supervisor needs a config loaded from a file (load_config)")
         self.config = config
-        self.bus_path = Path(bus_path).resolve()
+        # A bus on a server is passed on as its URL; a file as its absolute path.
+        self.bus_path: str | Path = (
+            str(bus_path)
+            if is_url(str(bus_path)) and backend_of(str(bus_path)) != "sqlite"
+            else Path(sqlite_path(str(bus_path))).resolve()
+        )
         self.state_dir = state_dir or state_dir_for(self.bus_path)
+        # Several supervisors (hosts) on one bus each run a share of the instances: every
+        # M-th one of the chain's instances, in config order, starting at K.
+        self.share = share or (0, 1)
         self.max_crashes = max_crashes
         self.crash_window = crash_window
         self.backoff = backoff
@@ -162,8 +200,12 @@ class Supervisor:
         self.grace = grace
         self.log = log or (lambda line: None)
         self.slots: list[Slot] = []
+        number = -1
         for agent in config.agents.values():
             for i in range(agent.parallelism):
+                number += 1
+                if number % self.share[1] != self.share[0]:
+                    continue
                 stem = _file_stem(consumer_name(agent.name, i, agent.parallelism))
                 self.slots.append(
                     Slot(
@@ -184,12 +226,25 @@ class Supervisor:
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
-        """Create the bus (so children never race on migrations) and start every process."""
-        from bus import SyncBus
+        """Create the bus (so children never race on migrations) and start every process.
+
+        Raises AgentError when an instance already runs on the bus (another `loopbus up` or
+        `loopbus agent`): each instance takes a lease, so a second one would only crash-loop.
+        """
+        import bus as loopbus
+        from bus.lease import held_message
 
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        self._bus = SyncBus(self.bus_path)
-        self._bus.__enter__()
+        self._bus = loopbus.open(self.bus_path)
+        try:
+            for slot in self.slots:
+                holder = self._bus.lease_holder(slot.consumer)
+                if holder is not None:
+                    raise AgentError(held_message(slot.consumer, str(self._bus.path), holder))
+        except BaseException:
+            self._bus.close()
+            self._bus = None
+            raise
         for slot in self.slots:
             self._spawn(slot)
 

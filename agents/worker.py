@@ -161,7 +161,7 @@ class AgentWorker:
         self.log = log or (lambda line: None)
         self.handled = 0
         self.workspace = config.workspace_for(self.agent)
-        self.output = output or config.output or Path(bus.path).resolve().parent
+        self.output = output or config.output or default_output(bus.path)
         self._status: dict[str, Any] = {"state": "starting"}
         self.stop = threading.Event()
 
@@ -385,6 +385,16 @@ class AgentWorker:
         return self.handled
 
 
+def default_output(bus_path: str | Path) -> Path:
+    """Where chain agents write files by default: the bus file's folder; for a bus on a
+    server (a URL), the current directory."""
+    from bus.store import backend_of, is_url, sqlite_path
+
+    if is_url(str(bus_path)) and backend_of(str(bus_path)) != "sqlite":
+        return Path.cwd()
+    return Path(sqlite_path(str(bus_path))).resolve().parent
+
+
 def _watch_parent(parent_pid: int) -> None:
     """Exit when the supervisor is gone (children run in their own session)."""
 
@@ -408,9 +418,9 @@ def serve_agent(
     idle_exit: float | None = None,
 ) -> int:
     """Entry point of `loopbus agent`: validate, open the bus, load the model, serve."""
+    import bus as loopbus
     from agents.builtin import get_agent, register_agent
     from agents.config import check_registry
-    from bus import SyncBus
     from models import load_runtime
 
     if parent_pid is not None:
@@ -431,8 +441,13 @@ def serve_agent(
     def log(line: str) -> None:
         print(line, flush=True)
 
-    output = config.output or Path(bus_path).resolve().parent
-    with SyncBus(bus_path) as bus:
+    output = config.output or default_output(bus_path)
+    # One live process per instance (the lease ends with this process, even on SIGKILL):
+    # taken before the model loads and before resuming, so a second one changes nothing.
+    with (
+        loopbus.open(bus_path) as bus,
+        bus.lease(consumer_name(agent.name, index, count)),
+    ):
         worker = AgentWorker(
             config,
             name,

@@ -63,6 +63,8 @@ class Store(Protocol):
       fnmatch globs on the type; ``get``; ``last_id`` is the head (never lowered).
     * **cursors**: ``ack`` never moves a cursor backwards and refuses ids above the head;
       ``cursors()`` lists consumers with their lag; ``unregister`` drops one.
+    * **leases**: ``lease(name)`` holds ``name`` for one live process at a time (LeaseHeld
+      for the next, naming the holder); a killed holder frees it at once (:mod:`bus.lease`).
     * **retention**: ``prune`` deletes what every registered consumer acknowledged (with
       ``max_age_s``, older events too, naming the consumers it overtakes).
     * **open runs**: ``unfinished_runs(agent)``: runs with a ``run.task``, no ``run.outcome``.
@@ -90,6 +92,19 @@ class Store(Protocol):
     def publish_many(self, events: Iterable[NewEvent | Mapping[str, Any]]) -> list[int]: ...
 
     def transaction(self) -> AbstractContextManager[Any]: ...
+
+    def append(
+        self,
+        events: Iterable[NewEvent | Mapping[str, Any]],
+        *,
+        ack: tuple[str, int] | None = None,
+    ) -> list[int]: ...
+
+    def lease(self, name: str) -> Any: ...
+
+    def lease_holder(self, name: str) -> str | None: ...
+
+    def check_writable(self) -> None: ...
 
     def ack(self, consumer: str, event_id: int) -> None: ...
 

@@ -136,6 +136,33 @@ class SyncBus:
         """Whether the bus was opened read-only (see Bus.open): writes raise BusReadOnly."""
         return self._bus.read_only
 
+    def lease(self, name: str) -> Any:
+        """Take lease ``name`` (one live process per name, e.g. an agent instance) or raise
+        LeaseHeld naming the holder; it ends with ``release()``, ``with`` or the process."""
+        from bus.lease import file_lease
+
+        self._bus._check_usable()
+        return file_lease(self._abs_path, name)
+
+    def lease_holder(self, name: str) -> str | None:
+        """Who holds lease ``name`` (a JSON description), or None when nobody does."""
+        from bus.lease import file_lease_holder
+
+        return file_lease_holder(self._abs_path, name)
+
+    def append(
+        self,
+        events: Iterable[NewEvent | Mapping[str, Any]],
+        *,
+        ack: tuple[str, int] | None = None,
+    ) -> list[int]:
+        """Publish ``events`` and, in the same transaction, ack ``(consumer, event_id)``."""
+        with self.transaction() as tx:
+            ids = tx.publish_many(events)
+            if ack is not None:
+                tx.ack(*ack)
+        return ids
+
     def check_writable(self) -> None:
         """BusReadOnly if the bus was opened read-only (see Bus.check_writable)."""
         self._bus.check_writable()

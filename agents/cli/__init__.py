@@ -105,9 +105,10 @@ def entry() -> None:
 @click.option(
     "--bus",
     "bus_path",
-    type=click.Path(dir_okay=False),
     default=None,
-    help="Bus file (default: $LOOPBUS_BUS, else ./loopbus.db).",
+    metavar="PATH|URL",
+    help="Bus file or URL: PATH, sqlite:///PATH or postgresql://user@host/db?schema=NAME "
+    "(default: $LOOPBUS_BUS, else ./loopbus.db).",
 )
 @click.version_option(package_name="loopbus")
 @click.pass_context

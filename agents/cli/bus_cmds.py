@@ -256,13 +256,14 @@ def publish(ctx: click.Context, event_type: str, payload_json: str, agent: str) 
       loopbus publish file.found '{"path": "README.md"}'
       echo '{"n": 1}' | loopbus publish tick - --agent clock
     """
-    from bus import NewEvent, SyncBus
+    from bus import NewEvent
+    from bus import open as open_bus
 
     text = sys.stdin.read() if payload_json == "-" else payload_json
     payload = parse_payload(text)
     # Validate type and size before opening, so a bad event never creates or touches a file.
     event = NewEvent(event_type=event_type, payload=payload, agent=agent)
-    with SyncBus(bus_path(ctx)) as bus:
+    with open_bus(bus_path(ctx)) as bus:
         event_id = bus.publish(event.event_type, event.payload, agent=event.agent)
     click.echo(event_id)
 
@@ -314,11 +315,11 @@ def tail(
       loopbus tail --type 'run.*' --since 120 --json
       loopbus tail --follow --type 'file.*'
     """
-    from bus import SyncBus
+    from bus import open as open_bus
 
     type_list = list(types) or None
     try:
-        with SyncBus(bus_path(ctx), create=False) as bus:
+        with open_bus(bus_path(ctx), create=False) as bus:
             if since_id is None:
                 events = _last_events(bus, type_list, _DEFAULT_TAIL if limit is None else limit)
                 position = events[-1].id if events else bus.last_id()
@@ -437,9 +438,9 @@ def cursors(ctx: click.Context, as_json: bool, drop: tuple[str, ...]) -> None:
       loopbus cursors --json
       loopbus cursors --drop 'checker#1/2'
     """
-    from bus import SyncBus
+    from bus import open as open_bus
 
-    with SyncBus(bus_path(ctx), create=False) as bus:
+    with open_bus(bus_path(ctx), create=False) as bus:
         infos = list(bus.cursors())
         if drop:
             known = {info.consumer for info in infos}
@@ -487,10 +488,10 @@ def prune(ctx: click.Context, dry_run: bool, max_age: float | None) -> None:
       loopbus prune --dry-run
       loopbus prune --max-age 7d
     """
-    from bus import SyncBus
+    from bus import open as open_bus
     from bus.errors import PruneWarning
 
-    with SyncBus(bus_path(ctx), create=False) as bus, warnings.catch_warnings():
+    with open_bus(bus_path(ctx), create=False) as bus, warnings.catch_warnings():
         # The report's warnings are printed below, once; the library's own PruneWarning
         # and log record would repeat them (Python prints both to stderr by default).
         warnings.simplefilter("ignore", PruneWarning)

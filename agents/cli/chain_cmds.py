@@ -186,6 +186,13 @@ def _on_sigterm(signum: int, frame: object) -> None:
     metavar="SECONDS",
     help="Without the live view: print every process's status this often.",
 )
+@click.option(
+    "--share",
+    default=None,
+    metavar="K/M",
+    help="Run only share K of M of the chain's instances (every M-th, from K): one `up` "
+    "per host on a shared bus (--bus postgresql://...).",
+)
 @click.pass_context
 @handle_errors
 def up(
@@ -199,6 +206,7 @@ def up(
     max_crashes: int,
     live: bool | None,
     status_every: float,
+    share: str | None,
 ) -> None:
     """Start every agent of a chain as its own process and supervise them.
 
@@ -219,6 +227,12 @@ def up(
 
     from agents.config import check_registry, load_config
     from agents.progress import is_terminal
+    from agents.supervisor import parse_share
+
+    try:
+        split = parse_share(share) if share else None
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--share") from None
 
     config = load_config(config_path or _config_default()).with_overrides(
         workspace=Path(workspace) if workspace else None,
@@ -229,9 +243,9 @@ def up(
     # Like Ctrl-C, SIGTERM unwinds through the supervisor's cleanup; unlike it, it exits 0.
     signal.signal(signal.SIGTERM, _on_sigterm)
     path = bus_path(ctx)
-    from bus import SyncBus
+    import bus as loopbus
 
-    with SyncBus(path) as bus:  # a bus the agents could not write fails here, not in a crash loop
+    with loopbus.open(path) as bus:  # a bus the agents cannot write fails here, not in a loop
         bus.check_writable()
     show_live = is_terminal() if live is None else live
     try:
@@ -243,6 +257,7 @@ def up(
             max_crashes=max_crashes,
             live=show_live,
             status_every=status_every,
+            share=split,
         )
     except _Terminated:
         click.echo("stopped all agents")
@@ -269,6 +284,7 @@ def supervise(
     live: bool = True,
     title: str = "",
     status_every: float = STATUS_EVERY,
+    share: tuple[int, int] | None = None,
 ) -> bool:
     """Run a Supervisor with a live rich view, or plain timestamped lines (`agents.progress`:
     supervisor messages, one line per run outcome, a status line every ``status_every`` s);
@@ -279,7 +295,7 @@ def supervise(
         from agents.progress import ChainProgress
 
         progress = ChainProgress(path, click.echo, every=status_every)
-        plain = Supervisor(config, path, max_crashes=max_crashes, log=progress.log)  # type: ignore[arg-type]
+        plain = Supervisor(config, path, max_crashes=max_crashes, log=progress.log, share=share)  # type: ignore[arg-type]
         try:
             return plain.run(until_idle=until_idle, timeout=timeout, tick=progress)
         finally:
@@ -295,7 +311,7 @@ def supervise(
     console = Console()
     started = time.monotonic()
     lines: list[str] = []
-    sup = Supervisor(config, path, max_crashes=max_crashes, log=lines.append)  # type: ignore[arg-type]
+    sup = Supervisor(config, path, max_crashes=max_crashes, log=lines.append, share=share)  # type: ignore[arg-type]
     with Live(console=console, refresh_per_second=4, transient=False) as view:
 
         def tick(s: Supervisor) -> None:

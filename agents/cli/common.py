@@ -83,7 +83,8 @@ def exit_code_for(exc: BaseException) -> int:
 
 
 def bus_path(ctx: click.Context) -> str:
-    """The bus file chosen by --bus, else $LOOPBUS_BUS, else ./loopbus.db."""
+    """The bus chosen by --bus, else $LOOPBUS_BUS, else ./loopbus.db: a file path or a URL
+    (``sqlite:///PATH``, ``postgresql://...``; :func:`bus.open` picks the backend)."""
     explicit = (ctx.find_root().obj or {}).get("bus_path")
     return explicit or os.environ.get("LOOPBUS_BUS") or "loopbus.db"
 

@@ -199,6 +199,16 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         WHERE event_type = 'run.outcome' AND {_json("payload", "kind")} <> 'done'
         """,
     ),
+    # 3: who holds each lease (bus.lease); the lease itself is a session advisory lock.
+    (
+        f"""
+        CREATE TABLE leases (
+            name         text PRIMARY KEY,
+            holder       text NOT NULL,
+            acquired_at  text NOT NULL DEFAULT ({NOW_SQL})
+        )
+        """,
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

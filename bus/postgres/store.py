@@ -501,6 +501,25 @@ class PgBus:
 
         return query(self.target, sql, params, timeout_s=timeout_s)
 
+    def check_writable(self) -> None:
+        """Nothing to check: a PostgreSQL bus is never opened read-only (SyncBus has it)."""
+        self._check_usable()
+
+    # ------------------------------------------------------------------ leases
+
+    def lease(self, name: str) -> Any:
+        """Take lease ``name`` (one live process per name) or raise LeaseHeld."""
+        from bus.postgres.lease import take
+
+        self._check_usable()
+        return take(self.target, name)
+
+    def lease_holder(self, name: str) -> str | None:
+        """Who holds lease ``name`` (a JSON description), or None when nobody does."""
+        from bus.postgres.lease import holder
+
+        return holder(self.target, name)
+
     # ------------------------------------------------------------------ waiting
 
     def _ensure_waker(self) -> Any:

@@ -66,13 +66,15 @@ def one_bus(open_bus: Callable[..., Any]) -> Any:
 
 @pytest.fixture
 def spawn_writer(target: str) -> Callable[..., subprocess.Popen[str]]:
-    """``spawn_writer(name, count)``: a real process publishing ``count`` events."""
+    """``spawn_writer(name, count)``: a real process publishing ``count`` events;
+    ``spawn_writer(name, 0, "lease_proc.py")``: one holding lease ``name`` until killed."""
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
 
-    def spawn(name: str, count: int) -> subprocess.Popen[str]:
+    def spawn(name: str, count: int, script: str = "writer_proc.py") -> subprocess.Popen[str]:
+        args = [name] if script == "lease_proc.py" else [name, str(count)]
         return subprocess.Popen(
-            [sys.executable, str(HERE / "writer_proc.py"), target, name, str(count)],
+            [sys.executable, str(HERE / script), target, *args],
             env=env,
             cwd=REPO,
             text=True,

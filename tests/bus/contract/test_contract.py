@@ -6,6 +6,8 @@ Each test runs once per backend (see conftest.BACKENDS) through the public bus A
 from __future__ import annotations
 
 import json
+import os
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -25,6 +27,7 @@ from bus.errors import (
     QueryTimeout,
     ReadOnlyViolation,
 )
+from bus.lease import LeaseHeld
 
 OpenBus = Callable[..., Any]
 
@@ -145,6 +148,48 @@ def test_append_and_ack_commit_together_or_not_at_all(open_bus: OpenBus) -> None
         tx.ack("worker", trigger)
     assert [e.id for e in other.events()] == [trigger, out]
     assert [(c.consumer, c.last_seen_id) for c in other.cursors()] == [("worker", trigger)]
+
+
+def test_append_with_ack(open_bus: OpenBus) -> None:
+    b = open_bus()
+    trigger = b.publish("contract.in", {"n": 1})
+    ids = b.append([{"event_type": "contract.out", "payload": {"n": 2}}], ack=("app", trigger))
+    assert [e.id for e in b.events()] == [trigger, *ids]
+    assert [(c.consumer, c.last_seen_id) for c in b.cursors()] == [("app", trigger)]
+    with pytest.raises(BusError, match="last event id"):
+        b.append([{"event_type": "contract.out", "payload": {"n": 3}}], ack=("app", 999))
+    assert len(b.events()) == 2  # the failed ack took its event with it
+
+
+def test_lease_is_exclusive_and_freed_when_its_holder_is_killed(
+    open_bus: OpenBus, spawn_writer: Callable[..., Any]
+) -> None:
+    a, b = open_bus(), open_bus()
+    lease = a.lease("agent#0/2")
+    with pytest.raises(LeaseHeld, match=rf"agent#0/2 is already running .*pid {os.getpid()}"):
+        b.lease("agent#0/2")
+    assert json.loads(b.lease_holder("agent#0/2"))["pid"] == os.getpid()
+    b.lease("agent#1/2").release()  # another name is another lease
+    lease.release()
+    assert b.lease_holder("agent#0/2") is None
+    b.lease("agent#0/2").release()
+
+    proc = spawn_writer("agent#1/2", 0, "lease_proc.py")
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+        with pytest.raises(LeaseHeld, match=f"pid {proc.pid}"):
+            a.lease("agent#1/2")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    deadline = time.monotonic() + 5
+    while True:  # the server notices the dead connection within moments
+        try:
+            a.lease("agent#1/2").release()
+            break
+        except LeaseHeld:
+            assert time.monotonic() < deadline, "a SIGKILLed holder kept its lease"
+            time.sleep(0.05)
 
 
 def test_subscriber_wakes_for_another_connections_commit(open_bus: OpenBus) -> None:
