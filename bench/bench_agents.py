@@ -96,7 +96,17 @@ def run_task(agent: str, task: Any, runtime: Any, bus: Any) -> TaskResult:
         if e.event_type == "run.decision"
     ]
     correct = outcome.kind == "done" and task.check(outcome.summary or "")
-    return TaskResult(task.id, task.kind, correct, outcome.kind, len(calls), prefill, wall, actions)
+    return TaskResult(
+        task.id,
+        task.kind,
+        correct,
+        outcome.kind,
+        len(calls),
+        prefill,
+        wall,
+        actions,
+        outcome.summary or outcome.reason or "",
+    )
 
 
 def run_arm(agent: str, tasks: list[Any], runtime: Any, bus_path: Path) -> list[TaskResult]:
