@@ -5,9 +5,11 @@
 2. many concurrent publishers in one process (group commit) at FULL vs the raw single-commit
    rate;
 3. publish -> consume latency across processes (p50/p99) and the idle consumer's CPU;
-4. consume + ack throughput vs a raw cursor loop.
+4. consume + ack throughput vs a raw cursor loop;
+5. the backends side by side through ``bus.open`` (the blocking Store API): publish,
+   consume + ack and cross-process latency on SQLite and on PostgreSQL, in one run.
 
-Run: ``python -m bench bus``. Numbers are noisy on a shared machine: each comparison
+Run: ``python -m bench bus`` (``python -m bench.bench_bus backends`` runs only #5). Numbers are noisy on a shared machine: each comparison
 alternates short rounds of both sides and reports medians (and the median of the per-round
 ratios).
 """
@@ -25,6 +27,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from bus import Bus, NewEvent, SyncBus
 
@@ -314,6 +317,125 @@ def bus_consume(path: Path, n: int, batch: int, consumer: str) -> float:
     return asyncio.run(run())
 
 
+# --------------------------------------------------------------------------- backends
+
+_STORE_CONSUMER = r"""
+import json, sys, time
+import bus as loopbus
+
+with loopbus.open(sys.argv[1]) as store:
+    lat = []
+    print("ready", flush=True)
+    for ev in store.subscribe("bench-latency", ["bench.lat", "bench.end"]):
+        now = time.time()
+        if ev.event_type == "bench.end":
+            break
+        lat.append((now - ev.payload["t"]) * 1000)
+        store.ack("bench-latency", ev.id)
+print(json.dumps(lat), flush=True)
+"""
+
+
+def store_publish(target: str, n: int) -> float:
+    """Events/s for ``n`` single publishes (one durable commit each) through ``bus.open``."""
+    import bus as loopbus
+
+    with loopbus.open(target) as store:
+        started = time.perf_counter()
+        for i in range(n):
+            store.publish("bench.pub", {"i": i, "pad": "x" * 64})
+        return n / (time.perf_counter() - started)
+
+
+def store_consume(target: str, n: int, batch: int, consumer: str) -> float:
+    """Events/s for ``store.subscribe(...)`` with an ack per batch (events prefilled)."""
+    import bus as loopbus
+
+    with loopbus.open(target) as store:
+        seen = 0
+        started = time.perf_counter()
+        for event in store.subscribe(consumer, ["bench.pub"], timeout=5, batch_size=batch):
+            seen += 1
+            if seen % batch == 0 or seen == n:
+                store.ack(consumer, event.id)
+            if seen >= n:
+                break
+        return seen / (time.perf_counter() - started)
+
+
+def store_latency(target: str, count: int, gap_s: float) -> dict[str, float]:
+    """publish() call -> another process has the event (it acks each one), p50/p99 in ms."""
+    import bus as loopbus
+
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _STORE_CONSUMER, target],
+        stdout=subprocess.PIPE,
+        env=env,
+        text=True,
+    )
+    assert proc.stdout is not None
+    if proc.stdout.readline().strip() != "ready":
+        raise RuntimeError("latency consumer did not start")
+    with loopbus.open(target) as store:
+        time.sleep(0.5)  # its subscription registered and waiting
+        for _ in range(count):
+            store.publish("bench.lat", {"t": time.time()})
+            time.sleep(gap_s)
+        store.publish("bench.end", {})
+    out, _ = proc.communicate(timeout=60)
+    lat = sorted(json.loads(out.strip().splitlines()[-1]))
+    return {"p50_ms": statistics.median(lat), "p99_ms": lat[int(len(lat) * 0.99) - 1]}
+
+
+def backends(quick: bool = False) -> None:
+    """#5: SQLite and PostgreSQL through the same Store API, one after the other."""
+    import bus as loopbus
+
+    n_pub, n_consume, n_lat = (300, 2000, 100) if quick else (2000, 10_000, 250)
+    print(
+        f"5. backends through bus.open (blocking Store API, FULL / synchronous_commit on): "
+        f"{n_pub} publishes, consume + ack of {n_consume} (batches of 100), {n_lat} events "
+        "across processes"
+    )
+    targets: list[tuple[str, str, Any]] = []
+    tmp = tempfile.TemporaryDirectory(prefix="loopbus-bench-")
+    targets.append(("sqlite", str(Path(tmp.name) / "store.db"), None))
+    try:
+        import psycopg
+
+        from bus.postgres.testing import fresh_schema, server_url
+
+        psycopg.connect(server_url(), connect_timeout=3).close()
+        pg = fresh_schema("bench")
+        url = pg.__enter__()
+        targets.append(("postgres", url, pg))
+    except Exception as exc:  # no server: report it, measure SQLite alone
+        print(f"   postgres: skipped ({type(exc).__name__}: {exc})".splitlines()[0])
+    try:
+        for name, target, _ in targets:
+            pub = statistics.median(store_publish(target, n_pub) for _ in range(3))
+            with loopbus.open(target) as store:  # top the backlog up for the consume rounds
+                store.publish_many(
+                    [{"event_type": "bench.pub", "payload": {"i": i}} for i in range(n_consume)]
+                )
+            rounds = iter(range(100))
+            consume = statistics.median(
+                store_consume(target, n_consume, 100, f"c{next(rounds)}") for _ in range(3)
+            )
+            lat = store_latency(target, n_lat, 0.005)
+            print(
+                f"   {name:<8} publish {pub:>8,.0f} ev/s   consume + ack {consume:>9,.0f} ev/s"
+                f"   publish() -> other process p50 {lat['p50_ms']:.2f} ms"
+                f"  p99 {lat['p99_ms']:.2f} ms"
+            )
+    finally:
+        for _, _, cleanup in targets:
+            if cleanup is not None:
+                cleanup.__exit__(None, None, None)
+        tmp.cleanup()
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -389,6 +511,11 @@ def main() -> None:
             f"   ratio {ratio:.0%}   (target >= 70%)"
         )
 
+    backends()
+
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["backends"]:
+        backends(quick="--quick" in sys.argv)
+    else:
+        main()
