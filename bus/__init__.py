@@ -1,4 +1,5 @@
-"""loopbus's SQLite event bus: durable, ordered, multi-process, with per-consumer cursors.
+"""loopbus's event bus: durable, ordered, multi-process, with per-consumer cursors, on SQLite
+(one host, :mod:`bus.sqlite`) or PostgreSQL (many hosts, :mod:`bus.postgres`).
 
 Public API::
 
@@ -18,19 +19,19 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from bus.core import Bus, Transaction, default_bus_path
     from bus.events import CursorInfo, Event, NewEvent, PruneReport
-    from bus.readonly import QueryResult
+    from bus.sqlite.core import Bus, Transaction, default_bus_path
+    from bus.sqlite.readonly import QueryResult
+    from bus.sqlite.sync import SyncBus
     from bus.store import Store, open, query
-    from bus.sync import SyncBus
 
 # A library logs but never configures output: the application (CLI, agent process) decides.
 logging.getLogger("loopbus").addHandler(logging.NullHandler())
 
 _LAZY = {
-    "Bus": "bus.core",
-    "Transaction": "bus.core",
-    "default_bus_path": "bus.core",
+    "Bus": "bus.sqlite.core",
+    "Transaction": "bus.sqlite.core",
+    "default_bus_path": "bus.sqlite.core",
     "Event": "bus.events",
     "NewEvent": "bus.events",
     "CursorInfo": "bus.events",
@@ -38,8 +39,8 @@ _LAZY = {
     "query": "bus.store",
     "open": "bus.store",
     "Store": "bus.store",
-    "QueryResult": "bus.readonly",
-    "SyncBus": "bus.sync",
+    "QueryResult": "bus.sqlite.readonly",
+    "SyncBus": "bus.sqlite.sync",
 }
 
 __all__ = [

@@ -277,7 +277,7 @@ class CursorInfo:
 
     ``lag`` counts every stored event after the cursor, whatever its type. A consumer that
     subscribes to some types only still reaches 0 when caught up: its subscription commits
-    the cursor past the events it skips while it waits idle (see :mod:`bus.subscription`).
+    the cursor past the events it skips while it waits idle (see :mod:`bus.sqlite.subscription`).
     A consumer that is not running keeps the lag it had when it stopped.
     """
 

@@ -25,7 +25,7 @@ from bus.errors import BusError
 
 if TYPE_CHECKING:
     from bus.events import CursorInfo, Event, NewEvent, PruneReport
-    from bus.readonly import QueryResult
+    from bus.sqlite.readonly import QueryResult
 
 _URL_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 SQLITE_PREFIX = "sqlite://"
@@ -195,7 +195,7 @@ def open(target: str | os.PathLike[str] | None = None, **options: Any) -> Store:
         from bus.postgres.store import PgBus
 
         return PgBus(str(target), **options)
-    from bus.sync import SyncBus
+    from bus.sqlite.sync import SyncBus
 
     return SyncBus(sqlite_path(target), **options)
 
@@ -209,14 +209,14 @@ def query(
     interrupt: Any = None,
 ) -> QueryResult:
     """Run one read-only SQL statement on the bus at ``target`` (a path or URL); see
-    :func:`bus.readonly.query` (SQLite) and :func:`bus.postgres.query.query`."""
+    :func:`bus.sqlite.readonly.query` (SQLite) and :func:`bus.postgres.query.query`."""
     if target is None:
         target = os.environ.get("LOOPBUS_BUS") or "loopbus.db"
     if backend_of(target) == "postgres":
         from bus.postgres.query import query as pg_query
 
         return pg_query(str(target), sql, params, timeout_s=timeout_s, interrupt=interrupt)
-    from bus.readonly import query as sqlite_query
+    from bus.sqlite.readonly import query as sqlite_query
 
     return sqlite_query(sqlite_path(target), sql, params, timeout_s=timeout_s, interrupt=interrupt)
 

@@ -1,6 +1,6 @@
 """Numbered schema migrations of a PostgreSQL bus (one schema per bus).
 
-The same tables, columns and views as the SQLite bus (:mod:`bus.migrations`), in
+The same tables, columns and views as the SQLite bus (:mod:`bus.sqlite.migrations`), in
 PostgreSQL's dialect. The version lives in ``loopbus_meta``; a migration runs in one
 transaction under an advisory lock, so processes opening a fresh bus at once migrate it
 exactly once. Append new migrations at the end; never edit one that has shipped.

@@ -49,7 +49,7 @@ def query(
     timeout_s: float | None = None,
     interrupt: Any = None,
 ) -> Any:
-    """Run one statement read-only and return a :class:`bus.readonly.QueryResult`.
+    """Run one statement read-only and return a :class:`bus.sqlite.readonly.QueryResult`.
 
     Raises ReadOnlyViolation for a statement that would write, QueryTimeout after
     ``timeout_s``, QueryInterrupted once ``interrupt`` (a flag with ``is_set()``) is set,
@@ -57,7 +57,7 @@ def query(
     """
     import psycopg
 
-    from bus.readonly import QueryResult
+    from bus.sqlite.readonly import QueryResult
 
     if timeout_s is not None and not timeout_s > 0:
         raise BusError(f"timeout must be a positive number of seconds, not {timeout_s!r}")

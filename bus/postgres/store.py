@@ -326,7 +326,7 @@ class PgBus:
 
     def advance(self, consumer: str, delivered: int, scanned: int) -> int:
         """Move the cursor to ``scanned`` if it is at or past ``delivered`` (see
-        :func:`bus.sqlops.advance_cursor`); the cursor after."""
+        :func:`bus.sqlite.sqlops.advance_cursor`); the cursor after."""
 
         def run(conn: Any) -> int:
             conn.execute(

@@ -6,7 +6,7 @@ every notification (or reconnects after losing it). A waiting subscription re-qu
 notification is only a hint (it may be lost with a connection), the query is the truth.
 
 Skipped events (other types or partitions) are committed past while idle, once every
-delivered event is acknowledged, as on SQLite (see :mod:`bus.subscription`).
+delivered event is acknowledged, as on SQLite (see :mod:`bus.sqlite.subscription`).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The async bus's fast path: lone writes commit on the loop thread (bus/inline.py)."""
+"""The async bus's fast path: lone writes commit on the loop thread (bus/sqlite/inline.py)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from bus import Bus, inline
+from bus import Bus
 from bus.errors import BusClosed, BusError
+from bus.sqlite import inline
 
 
 @pytest.fixture(autouse=True)

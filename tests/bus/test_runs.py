@@ -9,7 +9,7 @@ import pytest
 
 from bus import SyncBus
 from bus.errors import BusError
-from bus.sqlops import _UNFINISHED_RUNS
+from bus.sqlite.sqlops import _UNFINISHED_RUNS
 
 
 def test_unfinished_runs(bus_path: Path) -> None:
