@@ -11,6 +11,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -315,3 +316,48 @@ def test_read_only_sql(open_bus: OpenBus, target: str) -> None:
         bus.query(target, forever, timeout_s=0.3)
     assert time.monotonic() - started < 5
     assert len(b.events()) == 1 and b.cursors()[0].last_seen_id == 1
+
+
+def _plain(value: Any) -> Any:
+    # SQLite's json_extract gives ints/floats where PostgreSQL's numeric gives Decimals.
+    return float(value) if isinstance(value, int | float | Decimal) else value
+
+
+def test_views_of_runs(open_bus: OpenBus, target: str) -> None:
+    b = open_bus()
+    settings = {"model": "tiny", "context_window": 1000, "budget": 0.5}
+    b.publish("run.task", {"task": "sum", "settings": settings}, agent="a", run_id="r1")
+    b.publish(
+        "run.model_call",
+        {"turn": 1, "prompt_tokens": 250, "completion_tokens": 5, "prefill_s": 0.5},
+        agent="a",
+        run_id="r1",
+    )
+    b.publish(
+        "run.decision", {"turn": 1, "decision": {"action": "ReadFile"}}, agent="a", run_id="r1"
+    )
+    call = b.publish(
+        "run.tool_call",
+        {"turn": 1, "tool": "read_file", "args": {"path": "x"}},
+        agent="a",
+        run_id="r1",
+    )
+    b.publish("run.tool_result", {"result": "text"}, agent="a", run_id="r1", caused_by=call)
+    b.publish(
+        "run.outcome", {"kind": "failed", "turns": 1, "reason": "boom"}, agent="a", run_id="r1"
+    )
+
+    def rows(sql: str) -> list[tuple[Any, ...]]:
+        return [tuple(_plain(v) for v in row) for row in bus.query(target, sql).rows]
+
+    assert rows("SELECT run_id, agent, task, outcome, turns, detail, model FROM runs") == [
+        ("r1", "a", "sum", "failed", 1.0, "boom", "tiny")
+    ]
+    assert rows("SELECT turn, prompt_tokens, model_s, context_fill, budget FROM model_calls") == [
+        (1.0, 250.0, 0.5, 0.25, 0.5)
+    ]
+    assert rows("SELECT turn, action FROM decisions") == [(1.0, "ReadFile")]
+    assert rows("SELECT tool, args, status, result, result_id FROM tool_calls") == [
+        ("read_file", '{"path":"x"}', "ok", "text", float(call + 1))
+    ]
+    assert rows("SELECT run_id, kind, error FROM errors") == [("r1", "outcome.failed", "boom")]
