@@ -190,7 +190,7 @@ def run(
     """
     from agents.builtin import get_agent
     from agents.loop import run_agent
-    from bus import SyncBus
+    from bus import open as open_bus
 
     get_agent(agent)  # fail fast, before loading a model
     limits = {"fuel": sandbox_fuel, "memory_bytes": sandbox_memory, "wall_clock_s": sandbox_timeout}
@@ -201,7 +201,7 @@ def run(
         set_sandbox_limits(
             agent, SandboxLimits(**{k: v for k, v in limits.items() if v is not None})
         )
-    with SyncBus(bus_path(ctx)) as bus:  # a bad bus path fails before the model loads
+    with open_bus(bus_path(ctx)) as bus:  # a bad bus path fails before the model loads
         bus.check_writable()  # so does a read-only bus: the run's events could not land
         runtime = _load_with_progress(model_spec, context_window, quiet=as_json)
         outcome = run_agent(
@@ -354,9 +354,9 @@ def export(ctx: click.Context, run_id: str, output: Path | None) -> None:
       loopbus export assistant-3f2a9c1d0b4e > tests/runs/my_run.xml
     """
     from agents.replay import export_run
-    from bus import SyncBus
+    from bus import open as open_bus
 
-    with SyncBus(bus_path(ctx), create=False) as bus:
+    with open_bus(bus_path(ctx), create=False) as bus:
         text = export_run(bus, run_id)
     if output is None:
         # Redirected, the recording is written as it is; on a terminal, escapes that recorded
