@@ -21,7 +21,14 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from agents.runs import Timeline, list_runs, load_timeline, load_timelines, seconds_between
+from agents.runs import (
+    Timeline,
+    list_runs,
+    load_timeline,
+    load_timelines,
+    parse_time,
+    seconds_between,
+)
 
 # Colours (also what the browser tests look for in the screenshots).
 OUTCOME_COLOURS = {
@@ -71,12 +78,7 @@ def _short(value: Any, limit: int = _MAX_CELL) -> str:
 
 
 def _time(ts: str | None) -> datetime | None:
-    if not ts:
-        return None
-    try:
-        return datetime.fromisoformat(ts.replace("Z", "+00:00"))
-    except ValueError:
-        return None
+    return parse_time(ts)
 
 
 def _badge(outcome: str | None) -> str:
@@ -177,7 +179,7 @@ def chain_timeline_svg(timelines: Sequence[Timeline], width: int = 1100) -> str:
             s, e = _time(t.started_at), _time(t.ended_at) or _time(_last_ts(t))
             x0 = axis.x(s)  # type: ignore[arg-type]
             x1 = max(axis.x(e or s), x0 + 3)  # type: ignore[arg-type]
-            kind = (t.outcome or {}).get("kind") or "running"
+            kind = t.kind
             colour = OUTCOME_COLOURS.get(kind, "#7f7f7f")
             tip = f"{t.run_id}: {kind}, {len(t.turns)} turns — {_short(t.task, 200)}"
             rows.append(
@@ -209,7 +211,10 @@ def run_timeline_svg(t: Timeline, width: int = 1100) -> str:
         if called is None:
             continue
         model_s = turn.model_s or 0.0
-        m0 = axis.x(called - timedelta(seconds=model_s))
+        try:
+            m0 = axis.x(called - timedelta(seconds=model_s))
+        except OverflowError:  # a forged timestamp near year 1
+            m0 = axis.x(called)
         m1 = max(axis.x(called), m0 + 2)
         parts.append(
             f'<text x="8" y="{y + 12}">turn {turn.number}</text>'
@@ -334,7 +339,7 @@ def _last_ts(t: Timeline) -> str | None:
 def _runs_table(timelines: Sequence[Timeline]) -> str:
     rows = []
     for t in timelines:
-        kind = (t.outcome or {}).get("kind")
+        kind = t.kind
         peak = max((turn.fill for turn in t.turns if turn.fill is not None), default=None)
         seconds = seconds_between(t.started_at, t.ended_at)
         rows.append(
@@ -375,17 +380,15 @@ def _turns_table(t: Timeline) -> str:
 
 def run_report(t: Timeline) -> str:
     """The HTML page of one run."""
-    outcome = t.outcome or {}
-    detail = outcome.get("summary") or outcome.get("reason") or ""
     window = t.context_window
     body = (
         f"<h1>Run <code>{_e(t.run_id)}</code></h1>"
         f'<p class="meta">agent <b>{_e(t.agent)}</b> · model {_e(t.settings.get("model"))} · '
-        f"{_badge(outcome.get('kind'))} after {len(t.turns)} turns · started {_e(t.started_at)}"
+        f"{_badge(t.kind)} after {len(t.turns)} turns · started {_e(t.started_at)}"
         f" · context window {window or '?'} tokens, budget {t.budget:.0%}"
         f"{f' ({int(window * t.budget)} tokens)' if window else ''}</p>"
         f"<p><b>Task:</b> {_e(_short(t.task, 2000))}</p>"
-        f"<p><b>Outcome:</b> {_e(_short(detail, 2000))}</p>"
+        f"<p><b>Outcome:</b> {_e(_short(t.detail, 2000))}</p>"
         f"<h2>Turns on a time axis</h2>{run_timeline_svg(t)}"
         f"<h2>Context fill per turn</h2>{fill_plot_svg([t])}"
         f"<h2>Turns</h2>{_turns_table(t)}"

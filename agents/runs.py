@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from agents.errors import AgentError
@@ -95,7 +97,9 @@ def _message_sha(messages: list[dict[str, Any]]) -> str:
 
 @dataclass
 class RunSummary:
-    """One run as ``loopbus runs`` lists it (``outcome`` None: no outcome yet)."""
+    """One run as ``loopbus runs`` lists it (``outcome`` None: no outcome yet; ``?``: an
+    outcome without a kind). A malformed field of the outcome (a kind, turns or summary that
+    is not of its type) is given as its JSON text."""
 
     run_id: str
     agent: str
@@ -103,7 +107,7 @@ class RunSummary:
     started_at: str
     ended_at: str | None
     outcome: str | None
-    turns: int | None
+    turns: int | str | None
     detail: str | None
     caused_by: int | None
 
@@ -122,20 +126,24 @@ def list_runs(
     from bus.runs_queries import runs
 
     rows = runs(bus_path, agent=agent, outcome=outcome, limit=limit)
-    return [
-        RunSummary(
+    found: dict[str, RunSummary] = {}
+    for r in rows:
+        if r["run_id"] in found:  # a second run.task or run.outcome with this run id
+            continue
+        kind = as_text(r["outcome"])
+        turns = r["turns"]
+        found[r["run_id"]] = RunSummary(
             run_id=r["run_id"],
             agent=r["agent"],
             task=r["task"] if isinstance(r["task"], str) else json.dumps(r["task"]),
             started_at=r["started_at"],
             ended_at=r["ended_at"],
-            outcome=r["outcome"],
-            turns=r["turns"],
-            detail=r["detail"],
+            outcome=kind if kind is not None or r["ended_at"] is None else "?",
+            turns=turns if turns is None or _count(turns) is not None else as_text(turns),
+            detail=as_text(r["detail"]),
             caused_by=r["caused_by"],
         )
-        for r in rows
-    ]
+    return list(found.values())
 
 
 @dataclass
@@ -176,7 +184,7 @@ class Timeline:
     settings: dict[str, Any]
     started_at: str
     ended_at: str | None = None
-    outcome: dict[str, Any] | None = None
+    outcome: Any = None  # the run.outcome payload (a dict, unless malformed)
     turns: list[Turn] = field(default_factory=list)
     # A run that ended budget_exceeded: the size of the prompt that did not fit.
     over_budget_tokens: int | None = None
@@ -184,11 +192,35 @@ class Timeline:
 
     @property
     def context_window(self) -> int:
-        return int(self.settings.get("context_window") or 0)
+        """The model's context window in tokens (0: unknown or malformed)."""
+        return _count(self.settings.get("context_window")) or 0
 
     @property
     def budget(self) -> float:
-        return float(self.settings.get("budget") or 0.4)
+        """The run's budget, a share of the window (0.4 when unknown or malformed)."""
+        budget = self.settings.get("budget")
+        if isinstance(budget, int | float) and not isinstance(budget, bool):
+            if math.isfinite(budget) and 0 < budget <= 1:
+                return float(budget)
+        return 0.4
+
+    @property
+    def kind(self) -> str:
+        """The outcome's kind: ``running`` without one, ``?`` for an outcome without a kind,
+        a malformed kind as its JSON text."""
+        if self.outcome is None:
+            return "running"
+        kind = self.outcome.get("kind") if isinstance(self.outcome, dict) else None
+        return as_text(kind) or "?"
+
+    @property
+    def detail(self) -> str:
+        """The outcome's summary or reason (an outcome that is not an object: its JSON text)."""
+        if self.outcome is None:
+            return ""
+        if not isinstance(self.outcome, dict):
+            return as_text(self.outcome) or ""
+        return as_text(self.outcome.get("summary") or self.outcome.get("reason")) or ""
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -197,16 +229,22 @@ class Timeline:
         return data
 
 
-def seconds_between(start: str | None, end: str | None) -> float | None:
-    """Seconds from one ISO-8601 UTC timestamp (the bus's format) to another."""
-    from datetime import datetime
-
-    if not start or not end:
+def parse_time(ts: Any) -> datetime | None:
+    """An ISO-8601 timestamp (the bus's format) as an aware datetime (UTC when it names no
+    zone); None for anything else, so a forged ``ts`` never breaks arithmetic."""
+    if not isinstance(ts, str) or not ts:
         return None
     try:
-        a = datetime.fromisoformat(start.replace("Z", "+00:00"))
-        b = datetime.fromisoformat(end.replace("Z", "+00:00"))
+        when = datetime.fromisoformat(ts.replace("Z", "+00:00"))
     except ValueError:
+        return None
+    return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
+def seconds_between(start: str | None, end: str | None) -> float | None:
+    """Seconds from one ISO-8601 UTC timestamp (the bus's format) to another."""
+    a, b = parse_time(start), parse_time(end)
+    if a is None or b is None:
         return None
     return (b - a).total_seconds()
 
@@ -214,21 +252,59 @@ def seconds_between(start: str | None, end: str | None) -> float | None:
 def _ts(event: Any) -> str:
     payload = event.payload if isinstance(event.payload, dict) else {}
     ts = payload.get("ts")
-    return ts if isinstance(ts, str) else event.created_at
+    return ts if parse_time(ts) is not None else event.created_at
+
+
+# Payload fields come from the bus: any agent (or a hand-written publish) can put any JSON
+# there, so each field is checked here once and the renderers (runs, show, report, serve)
+# only ever see text, sane counts and finite seconds.
+_MAX_COUNT = 1 << 53
+
+
+def as_text(value: Any) -> str | None:
+    """``value`` as text: a string as it is, None as None, anything else (a malformed field)
+    as its JSON text, so it is shown rather than breaking what renders it."""
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value, ensure_ascii=False)
+
+
+def _count(value: Any) -> int | None:
+    """A token count or turn number: an int in [0, 2**53), else None."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < _MAX_COUNT:
+        return value
+    return None
+
+
+def _seconds(value: Any) -> float | None:
+    """A duration: a finite number of seconds in [0, 10**7], else None."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        number = float(value)
+        if math.isfinite(number) and 0 <= number <= 1e7:
+            return number
+    return None
 
 
 def build_timeline(run_id: str, events: list[Any]) -> Timeline:
-    """The :class:`Timeline` of a run from its events (id order); RunNotFound without a task."""
-    if not events or events[0].event_type != "run.task" or not isinstance(events[0].payload, dict):
+    """The :class:`Timeline` of a run from its events (id order); RunNotFound without a task.
+
+    Malformed events (wrong types, payloads that are not objects) never raise: a field of
+    the wrong type is left out (counts, seconds) or kept as text (kinds, tools, errors).
+    """
+    first = next((e for e in events if e.event_type == "run.task"), None)
+    if first is None:
         raise RunNotFound(f"no run {run_id!r} on this bus; `loopbus runs` lists the run ids")
-    first = events[0]
-    settings = first.payload.get("settings")
-    settings = settings if isinstance(settings, dict) else {}
+    task = first.payload
+    if isinstance(task, dict):
+        settings = task.get("settings")
+        task = task.get("task")
+    else:
+        settings = None
     timeline = Timeline(
         run_id=run_id,
         agent=first.agent,
-        task=str(first.payload.get("task")),
-        settings=settings,
+        task=as_text(task) or "",
+        settings=settings if isinstance(settings, dict) else {},
         started_at=_ts(first),
         events=events,
     )
@@ -236,31 +312,37 @@ def build_timeline(run_id: str, events: list[Any]) -> Timeline:
     turn: Turn | None = None
     calls: dict[int, Turn] = {}  # tool_call id -> its turn
     call_ts: dict[int, str] = {}
-    for event in events[1:]:
-        p = event.payload if isinstance(event.payload, dict) else {}
+    for event in events:
+        if event is first:
+            continue
+        raw = event.payload
+        p = raw if isinstance(raw, dict) else {}
         kind = event.event_type
         if kind == "run.model_call":
-            number = p.get("turn") if isinstance(p.get("turn"), int) else len(timeline.turns) + 1
-            tokens = p.get("prompt_tokens")
-            model_s = (p.get("prefill_s") or 0) + (p.get("decode_s") or 0)
+            number = _count(p.get("turn"))
+            tokens = _count(p.get("prompt_tokens"))
+            prefill, decode = _seconds(p.get("prefill_s")), _seconds(p.get("decode_s"))
+            parse_error = as_text(p.get("parse_error"))
             turn = Turn(
-                number=number,
+                number=len(timeline.turns) + 1 if number is None else number,
                 started_at=_ts(event),
                 prompt_tokens=tokens,
-                completion_tokens=p.get("completion_tokens"),
-                cached_tokens=p.get("cached_tokens"),
-                model_s=model_s if ("prefill_s" in p or "decode_s" in p) else None,
-                fill=(tokens / window) if isinstance(tokens, int) and window else None,
-                elided=p.get("elided") or 0,
-                parse_error=p.get("parse_error"),
-                raw=p.get("raw") if p.get("parse_error") else None,
+                completion_tokens=_count(p.get("completion_tokens")),
+                cached_tokens=_count(p.get("cached_tokens")),
+                model_s=None
+                if prefill is None and decode is None
+                else (prefill or 0) + (decode or 0),
+                fill=(tokens / window) if tokens is not None and window else None,
+                elided=_count(p.get("elided")) or 0,
+                parse_error=parse_error,
+                raw=as_text(p.get("raw")) if parse_error else None,
                 model_call_id=event.id,
             )
             timeline.turns.append(turn)
         elif kind == "run.decision" and turn is not None:
-            turn.decision = p.get("decision")
+            turn.decision = p.get("decision") if isinstance(raw, dict) else raw
         elif kind == "run.tool_call" and turn is not None:
-            turn.tool, turn.args = p.get("tool"), p.get("args")
+            turn.tool, turn.args = as_text(p.get("tool")) or "?", p.get("args")
             calls[event.id], call_ts[event.id] = turn, _ts(event)
         elif kind in ("run.tool_result", "run.error"):
             owner = calls.get(event.caused_by) if event.caused_by is not None else None
@@ -268,18 +350,18 @@ def build_timeline(run_id: str, events: list[Any]) -> Timeline:
             if target is None:
                 continue
             if kind == "run.tool_result":
-                target.result = p.get("result")
+                target.result = p.get("result") if isinstance(raw, dict) else raw
             else:
-                target.error = str(p.get("error"))
+                target.error = as_text(p.get("error") if isinstance(raw, dict) else raw) or "?"
             if owner is not None:
                 target.tool_s = seconds_between(call_ts.get(event.caused_by), _ts(event))
         elif kind == "run.llm_call" and turn is not None:
             turn.llm_calls += 1
         elif kind == "run.outcome":
-            timeline.outcome = p
+            timeline.outcome = raw
             counts = p.get("counts")
             if p.get("kind") == "budget_exceeded" and isinstance(counts, dict) and counts:
-                sizes = [n for n in counts.values() if isinstance(n, int)]
+                sizes = [n for n in map(_count, counts.values()) if n is not None]
                 timeline.over_budget_tokens = max(sizes) if sizes else None
             timeline.ended_at = _ts(event)
     return timeline
@@ -324,32 +406,33 @@ def rebuild_prompt(timeline: Timeline, turn: int) -> list[dict[str, Any]]:
     for event in timeline.events:
         if event.id > call.id:
             break
-        if event.event_type == "run.model_call" and "prompt_template" in event.payload:
-            template = event.payload["prompt_template"]
+        if event.event_type == "run.model_call" and isinstance(event.payload, dict):
+            template = event.payload.get("prompt_template", template)
     payload = call.payload
     if "prompt_messages" in payload:
-        messages = payload["prompt_messages"]
+        messages = _messages(timeline, turn, payload["prompt_messages"])
     elif template is None:
         raise PromptUnavailable(
             f"run {timeline.run_id} recorded no prompt template (it predates prompt recording); "
             "only the prompt's sha256 is on the bus"
         )
     else:
+        template = _messages(timeline, turn, template)
         log = EventLog()
         for event in timeline.events:
             if event.id >= call.id:
                 break
             try:
                 view = context_view(event.event_type, event.payload)
-            except (KeyError, TypeError) as exc:
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
                 raise PromptUnavailable(
                     f"event {event.id} of run {timeline.run_id} is malformed ({exc!r})"
                 ) from None
             if view is not None:
                 pinned = event.event_type == "run.task"
                 log.append(LogEvent(event.event_type, _ts(event), view), pinned=pinned)
-        if payload.get("elided"):
-            log.elide_oldest(int(payload["elided"]))
+        if _count(payload.get("elided")):
+            log.elide_oldest(payload["elided"])
         events = log.render()
         messages = [
             {"role": m["role"], "content": m["content"].replace(EVENTS_PLACEHOLDER, events)}
@@ -363,6 +446,20 @@ def rebuild_prompt(timeline: Timeline, turn: int) -> list[dict[str, Any]]:
             f"recorded hash (recorded {expected}, rebuilt {actual})"
         )
     return messages
+
+
+def _messages(timeline: Timeline, turn: int, value: Any) -> list[dict[str, Any]]:
+    """A recorded prompt (or template): a list of ``{role, content}`` strings, or
+    PromptUnavailable."""
+    if isinstance(value, list) and all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+        for m in value
+    ):
+        return value
+    raise PromptUnavailable(
+        f"the prompt recorded for turn {turn} of run {timeline.run_id} is malformed "
+        "(not a list of role/content messages)"
+    )
 
 
 def _is_call(event: Any, turn: int) -> bool:

@@ -232,6 +232,9 @@ class _Handler(BaseHTTPRequestHandler):
 
             status = HTTPStatus.NOT_FOUND if isinstance(exc, RunNotFound) else 500
             self._json(status, {"error": str(exc)})
+        except Exception as exc:  # noqa: BLE001 - a bug must not leave the browser hanging
+            log.exception("error serving %s", url.path)
+            self._json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": f"internal error: {exc!r}"})
 
 
 class BusServer(ThreadingHTTPServer):

@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from agents.cli.common import bus_path, handle_errors
-from agents.termsafe import printable
+from agents.termsafe import printable, safe_json
 
 OUTCOMES = ("done", "budget_exceeded", "max_turns", "failed", "running")
 _STYLE = {
@@ -97,7 +97,7 @@ def runs(
     found = list_runs(bus_path(ctx), agent=agent, outcome=outcome, limit=limit or None)
     if as_json:
         for run in found:
-            click.echo(json.dumps(run.to_dict(), ensure_ascii=False))
+            click.echo(safe_json(run.to_dict()))
         return
     if not found:
         click.echo("(no runs)")
@@ -115,10 +115,10 @@ def runs(
         table.add_row(
             Text(printable(run.run_id)),
             Text(printable(run.agent)),
-            Text(kind, style=_STYLE.get(kind, "")),
-            Text("" if run.turns is None else str(run.turns)),
+            Text(_short(kind, 40), style=_STYLE.get(kind, "")),
+            Text("" if run.turns is None else _short(run.turns, 20)),
             Text("" if seconds is None else f"{seconds:.2f}s"),
-            Text(run.started_at),
+            Text(printable(run.started_at)),
             Text(_short(run.task, 80)),
         )
     _console().print(table)
@@ -139,14 +139,15 @@ def _print_timeline(timeline: Any) -> None:
 
     console = _console()
     t = timeline
-    kind = (t.outcome or {}).get("kind") or "running"
+    kind = t.kind
     window = t.context_window
+    model = _short(t.settings.get("model") or "?", 200)
     console.print(
         Text.assemble(
             ("run ", "bold"),
             (printable(t.run_id), "bold"),
-            f"  agent {printable(t.agent)}  model {printable(t.settings.get('model') or '?')}  ",
-            (kind, _STYLE.get(kind, "")),
+            f"  agent {printable(t.agent)}  model {model}  ",
+            (_short(kind, 60), _STYLE.get(kind, "")),
             f"  ({len(t.turns)} turns)",
         )
     )
@@ -162,7 +163,7 @@ def _print_timeline(timeline: Any) -> None:
         console.print(
             Text.assemble(
                 (f"turn {turn.number}", "bold"),
-                f"  {turn.started_at}  prompt {turn.prompt_tokens} tokens{fill}"
+                f"  {printable(turn.started_at)}  prompt {turn.prompt_tokens} tokens{fill}"
                 f"  -> {turn.completion_tokens} tokens{model}{elided}",
             )
         )
@@ -173,21 +174,23 @@ def _print_timeline(timeline: Any) -> None:
             console.print(Text(f"  decision: {_short(turn.decision, 300)}", style="green"))
         if turn.tool is not None:
             took = "" if turn.tool_s is None else f" ({turn.tool_s:.2f}s)"
+            tool = _short(turn.tool, 80)
             if turn.error is not None:
-                console.print(Text(f"  {turn.tool} error{took}: {_short(turn.error)}", style="red"))
+                console.print(Text(f"  {tool} error{took}: {_short(turn.error)}", style="red"))
             elif turn.result is not None:
-                console.print(Text(f"  {turn.tool} result{took}: {_short(turn.result)}"))
+                console.print(Text(f"  {tool} result{took}: {_short(turn.result)}"))
             else:
-                console.print(Text(f"  {turn.tool}: no result recorded", style="yellow"))
+                console.print(Text(f"  {tool}: no result recorded", style="yellow"))
         elif turn.error is not None and not turn.parse_error:
             console.print(Text(f"  error: {_short(turn.error)}", style="red"))
         if turn.llm_calls:
             console.print(Text(f"  the tool asked the model {turn.llm_calls} times", style="dim"))
     if t.outcome is not None:
-        detail = t.outcome.get("summary") or t.outcome.get("reason") or ""
         console.print(
             Text.assemble(
-                ("outcome: ", "bold"), (kind, _STYLE.get(kind, "")), f"  {_short(detail, 600)}"
+                ("outcome: ", "bold"),
+                (_short(kind, 60), _STYLE.get(kind, "")),
+                f"  {_short(t.detail, 600)}",
             )
         )
 
@@ -223,14 +226,14 @@ def show(ctx: click.Context, run_id: str, prompt_turn: int | None, as_json: bool
     if prompt_turn is not None:
         messages = rebuild_prompt(timeline, prompt_turn)
         if as_json:
-            click.echo(json.dumps(messages, ensure_ascii=False))
+            click.echo(safe_json(messages))
             return
         for message in messages:
             click.secho(f"--- {message['role']} ---", bold=True)
             click.echo(printable(message["content"], keep_newlines=True))
         return
     if as_json:
-        click.echo(json.dumps(timeline.to_dict(), ensure_ascii=False))
+        click.echo(safe_json(timeline.to_dict()))
         return
     _print_timeline(timeline)
 
