@@ -235,7 +235,15 @@ def query(
         from bus.sqlite.core import default_bus_path
 
         path = default_bus_path()
-    file = Path(path).expanduser()
+    from bus.store import backend_of, sqlite_path
+
+    if backend_of(path) != "sqlite":
+        # runs/show/report/serve read run queries written for SQLite files (bus.runs_queries).
+        raise BusError(
+            f"{path!r} is not a SQLite bus file: this command reads SQLite buses only; on "
+            "PostgreSQL, query the runs, tool_calls and errors views with `loopbus sql`"
+        )
+    file = Path(sqlite_path(path)).expanduser()
     check_bus_path(file)  # a FIFO would block the read-only open below forever
     if not file.exists():
         raise BusNotFound(f"no bus file at {file}; pass an existing bus with --bus / $LOOPBUS_BUS")
