@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
 import sys
 
 import click
@@ -25,9 +27,39 @@ def _parse_bytes(ctx: click.Context, param: click.Parameter, value: str | None) 
     return int(match.group(1)) * _UNITS[match.group(2).lower()]
 
 
+def _read_script(path: str) -> str:
+    """The text of script ``path``; `Error: ...` for anything but a readable regular file
+    (a FIFO or a device is refused before it is read: reading one can block forever)."""
+    try:
+        # O_NONBLOCK: even opening a FIFO with no writer blocks; fstat then decides on the
+        # opened file (no race with a file swapped after a check by name).
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+    except OSError as exc:
+        fail(f"cannot read {path}: {exc.strerror or exc}")
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        if stat.S_ISDIR(mode):
+            fail(f"{path} is a directory; give a script file, -c CODE or - for stdin")
+        fail(
+            f"{path} is not a regular file (a FIFO, socket or device); give a script file, "
+            "or pipe it in with - for stdin"
+        )
+    with os.fdopen(fd, "rb") as fh:
+        try:
+            data = fh.read()
+        except OSError as exc:
+            fail(f"cannot read {path}: {exc.strerror or exc}")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        fail(f"{path} is not UTF-8 text")
+
+
 @click.command("sandbox")
 @click.option("-c", "code", metavar="CODE", help="Code to run (instead of FILE).")
-@click.argument("file", type=click.File("r"), required=False)
+# A path, not click.File: click opens the file while parsing, and opening a FIFO blocks.
+@click.argument("file", type=click.Path(dir_okay=True, allow_dash=True), required=False)
 @click.option(
     "--mount",
     type=click.Path(exists=True, file_okay=False),
@@ -44,7 +76,7 @@ def _parse_bytes(ctx: click.Context, param: click.Parameter, value: str | None) 
 @handle_errors
 def sandbox(
     code: str | None,
-    file: click.utils.LazyFile | None,
+    file: str | None,
     mount: str | None,
     fuel: int | None,
     memory: int | None,
@@ -66,10 +98,15 @@ def sandbox(
     """
     if (code is None) == (file is None):
         fail("give either -c CODE or a FILE (use - for stdin)")
-    try:
-        source = code if code is not None else file.read()  # type: ignore[union-attr]
-    except UnicodeDecodeError:
-        fail(f"{file.name} is not UTF-8 text")  # type: ignore[union-attr]
+    if code is not None:
+        source = code
+    elif file == "-":
+        try:
+            source = sys.stdin.read()
+        except UnicodeDecodeError:
+            fail("stdin is not UTF-8 text")
+    else:
+        source = _read_script(str(file))
 
     from agents.sandbox import Sandbox, SandboxLimits
 
