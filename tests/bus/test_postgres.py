@@ -1,0 +1,96 @@
+"""PostgreSQL-only behaviour of the bus (the shared contract is in tests/bus/contract)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import bus
+from bus.errors import BusError, BusNotFound, NotABus, QueryTimeout, SchemaTooNew
+from bus.postgres import migrations
+
+
+@pytest.fixture
+def url() -> Iterator[str]:
+    """A fresh schema on the test server (skipped locally without one, failing under CI)."""
+    from bus.postgres.testing import fresh_schema
+
+    with fresh_schema() as target:
+        yield target
+
+
+def _raw(url: str) -> Any:
+    import psycopg
+
+    from bus.postgres.connect import connect, parse_url
+
+    conn = connect(parse_url(url), autocommit=True)
+    assert isinstance(conn, psycopg.Connection)
+    return conn
+
+
+def test_safety_poll_delivers_without_a_notification(url: str) -> None:
+    with bus.open(url, safety_poll_s=0.3) as store:
+        it = store.subscribe("c", timeout=5)
+        conn = _raw(url)
+        # A foreign writer that sends no NOTIFY: only the safety poll can find its event.
+        timer = threading.Timer(
+            0.2,
+            lambda: conn.execute(
+                "INSERT INTO outbox (agent, event_type, payload) VALUES ('x', 'raw.insert', '{}')"
+            ),
+        )
+        started = time.monotonic()
+        timer.start()
+        event = next(it)
+        assert event.event_type == "raw.insert"
+        assert time.monotonic() - started < 2
+        timer.join()
+        conn.close()
+
+
+def test_open_refuses_foreign_newer_and_missing_buses(url: str) -> None:
+    with pytest.raises(BusNotFound, match="no bus in schema"):
+        bus.open(url, create=False)
+    with pytest.raises(BusNotFound):
+        bus.query(url, "SELECT 1")
+    with bus.open(url) as store:
+        store.publish("a.b", {})
+    conn = _raw(url)
+    conn.execute("UPDATE loopbus_meta SET schema_version = %s", (migrations.SCHEMA_VERSION + 1,))
+    with pytest.raises(SchemaTooNew, match="upgrade loopbus"):
+        bus.open(url)
+    conn.execute("DROP TABLE loopbus_meta")
+    with pytest.raises(NotABus, match="not a loopbus bus"):
+        bus.open(url)
+    conn.close()
+
+
+def test_outbox_is_append_only_and_ids_follow_commits(url: str) -> None:
+    with bus.open(url) as store:
+        first = store.publish("a.b", {"n": 1})
+    conn = _raw(url)
+    import psycopg
+
+    with pytest.raises(psycopg.errors.RaiseException, match="append-only"):
+        conn.execute("UPDATE outbox SET payload = '{}' WHERE id = %s", (first,))
+    conn.close()
+
+
+def test_query_runs_alone_and_leaves_nothing_behind(url: str) -> None:
+    with bus.open(url) as store:
+        store.publish("a.b", {})
+        # An advisory lock taken by a query ends with its connection: it cannot block writers.
+        bus.query(url, "SELECT pg_advisory_lock(42)")
+        conn = _raw(url)
+        assert conn.execute("SELECT pg_try_advisory_lock(42)").fetchone()[0] is True
+        conn.close()
+        with pytest.raises(QueryTimeout):
+            bus.query(url, "SELECT pg_sleep(5)", timeout_s=0.2)
+        with pytest.raises(BusError):
+            bus.query(url, "SELECT nextval('outbox_id_seq')")  # a write, even in a SELECT
+        assert store.publish("a.b", {}) == 2  # the refused nextval drew no id
