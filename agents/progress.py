@@ -14,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
+from agents.termsafe import printable
+
 __all__ = [
     "ChainProgress",
     "is_terminal",
@@ -62,8 +64,6 @@ def model_call_rates(payload: dict[str, Any]) -> tuple[float | None, float | Non
 
 
 def _short(value: Any, width: int = 120) -> str:
-    from agents.termsafe import printable
-
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
     # One line per event in a log; terminal escapes are shown, not run (before the cut, so a
     # cut never leaves half an escape).
@@ -102,7 +102,8 @@ class ChainProgress:
 
     def log(self, line: str) -> None:
         """A supervisor message (process started, crashed, restarting...)."""
-        self.echo(stamped(f"[up] {line}"))
+        # It can quote a process's stderr, an agent name or a run id: escapes are shown.
+        self.echo(stamped(f"[up] {printable(line)}"))
 
     def __call__(self, sup: Any) -> None:
         """One supervisor tick: new run outcomes, and the status line when it is due."""
@@ -116,14 +117,15 @@ class ChainProgress:
         """Every agent process's state in one line, with the elapsed time and outcome counts."""
         parts = []
         for slot in sup.slots:
-            part = f"{slot.consumer} {slot.state}"
+            part = f"{printable(slot.consumer)} {printable(slot.state)}"
             run_id = slot.status.get("run_id")
             if run_id:
-                part += f" {run_id}"
+                part += f" {_short(run_id, 200)}"
             part += f" ({slot.handled} handled"
             part += f", {slot.restarts} restarts)" if slot.restarts else ")"
             parts.append(part)
-        outcomes = ", ".join(f"{k} {n}" for k, n in sorted(self.outcomes.items())) or "none"
+        outcomes = ", ".join(f"{printable(k)} {n}" for k, n in sorted(self.outcomes.items()))
+        outcomes = outcomes or "none"
         elapsed = self.clock() - self.started
         return f"[status] {elapsed:.0f}s: " + "; ".join(parts) + f" | outcomes: {outcomes}"
 
@@ -154,6 +156,6 @@ class ChainProgress:
             kind = str(p.get("kind", "?"))
             self.outcomes[kind] = self.outcomes.get(kind, 0) + 1
             detail = p.get("summary") or p.get("reason") or ""
-            self.echo(
-                stamped(f"[run] {event.agent} {event.run_id} {_short(kind, 40)}: {_short(detail)}")
-            )
+            # The agent and run id are the bus's too: anyone publishing can choose them.
+            who = f"{_short(event.agent, 100)} {_short(event.run_id or '-', 200)}"
+            self.echo(stamped(f"[run] {who} {_short(kind, 40)}: {_short(detail)}"))
