@@ -36,7 +36,8 @@ _RECORDED_MAX = 256
 
 
 class RunNotFound(AgentError):
-    """The bus has no run with this id."""
+    """The bus has no run with this id (no ``run.task`` event). The one class for it: also
+    importable as ``agents.turn.RunNotFound``."""
 
 
 class PromptUnavailable(AgentError):

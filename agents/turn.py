@@ -16,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 from agents.decide import Decider, DecisionParseError, PolicyViolation, get_decider, prompt_hash
 from agents.errors import AgentError
 from agents.policy import schema_sha, turn_schema, violation
-from agents.runs import prompt_record
+from agents.runs import RunNotFound, prompt_record
 from agents.runstate import (
     Outcome,
     PendingCall,
@@ -34,10 +34,6 @@ UNKNOWN_OUTCOME = (
     "outcome unknown after crash: the {tool} call was started but its result was never "
     "recorded, so it may or may not have happened; check before repeating it"
 )
-
-
-class RunNotFound(AgentError):
-    """The bus has no ``run.task`` event for this run id."""
 
 
 def finish(
