@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import weakref
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -29,9 +30,10 @@ from agents.errors import AgentError
 
 # Stands for the event log inside a recorded prompt template.
 EVENTS_PLACEHOLDER = "\u27e6loopbus:events\u27e7"
-# The last template each run recorded, keyed by run id and the RunState's id(): a new state (a
-# resumed run, a replay) records it again. Bounded: a long-lived agent process runs many runs.
-_recorded: OrderedDict[str, tuple[int, str]] = OrderedDict()
+# The last template each run recorded, keyed by run id, with a weak reference to its RunState:
+# a new state (a resumed run, a replay) records it again, even one that reuses a dead state's
+# address (an id() would match it). Bounded: a long-lived agent process runs many runs.
+_recorded: OrderedDict[str, tuple[Any, str]] = OrderedDict()
 _RECORDED_MAX = 256
 
 
@@ -73,10 +75,11 @@ def prompt_record(state: Any, messages: list[dict[str, Any]]) -> dict[str, Any]:
         for m, c in zip(messages, contents, strict=True)
     ]
     sha = _template_sha(template)
-    key, mark = state.run_id, (id(state), sha)
-    if _recorded.get(key) == mark:
+    key = state.run_id
+    last = _recorded.get(key)
+    if last is not None and last[0]() is state and last[1] == sha:
         return {"prompt_template_sha256": sha}
-    _recorded[key] = mark
+    _recorded[key] = (weakref.ref(state), sha)
     _recorded.move_to_end(key)
     while len(_recorded) > _RECORDED_MAX:
         _recorded.popitem(last=False)
