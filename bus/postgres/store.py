@@ -14,11 +14,12 @@ used under its own lock, so a PgBus may be shared by threads (like SyncBus).
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
+import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from types import TracebackType
 from typing import Any
 
 from bus.errors import BusClosed, BusError, BusNotFound, PayloadTooLarge, PruneWarning
@@ -36,6 +37,9 @@ from bus.events import (
 from bus.postgres import migrations
 from bus.postgres.connect import PgTarget, connect, parse_url, wrap
 from bus.postgres.sqlbits import HEAD_SQL, SELECT_EVENTS, type_filter
+from bus.postgres.transaction import PgTransaction
+
+log = logging.getLogger("loopbus.bus")
 
 INSERT_EVENT = (
     "INSERT INTO outbox (agent, event_type, payload, run_id, caused_by) "
@@ -353,12 +357,9 @@ class PgBus:
         report: PruneReport = self._write(self._prune, dry_run, max_age_s)
         if dry_run:
             self.stats.transactions -= 1
-        import logging
-        import warnings
-
         for consumer in report.overtaken:
             message = next(w for w in report.warnings if repr(consumer) in w)
-            logging.getLogger("loopbus.bus").warning(message)
+            log.warning(message)
             warnings.warn(message, PruneWarning, stacklevel=2)
         return report
 
@@ -563,87 +564,6 @@ class PgBus:
         check_id("since_id", since_id)
         sub = PgSubscription(self, None, types, batch_size, since_id=since_id)
         return sub.iterate(timeout)
-
-
-class PgTransaction:
-    """``with bus.transaction() as tx:`` on a :class:`PgBus`: publishes and acks commit
-    together or not at all (rolled back when the block raises)."""
-
-    def __init__(self, bus: PgBus) -> None:
-        self._bus = bus
-        self._open = False
-        self._published = 0
-
-    def __enter__(self) -> PgTransaction:
-        bus = self._bus
-        bus._wlock.acquire()
-        if bus._closed:
-            bus._wlock.release()
-            raise BusClosed(f"the bus {bus.target} is closed")
-        self._open = True
-        bus._tx_threads.add(threading.get_ident())
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        bus = self._bus
-        bus._tx_threads.discard(threading.get_ident())
-        self._open = False
-        conn = bus._wconn
-        try:
-            if exc_type is None:
-                try:
-                    conn.commit()
-                except Exception as err:
-                    with contextlib.suppress(Exception):
-                        conn.rollback()
-                    raise bus._wrap(err) from err
-                bus.stats.transactions += 1
-            else:
-                with contextlib.suppress(Exception):
-                    conn.rollback()
-        finally:
-            bus._wlock.release()
-
-    def _run(self, fn: Any, *args: Any) -> Any:
-        if not self._open:
-            raise BusError("the transaction is finished; open a new one with bus.transaction()")
-        try:
-            return fn(self._bus._wconn, *args)
-        except Exception as exc:
-            wrapped = self._bus._wrap(exc)
-            if wrapped is exc:
-                raise
-            raise wrapped from exc
-
-    def publish(
-        self,
-        event_type: str,
-        payload: Any,
-        *,
-        agent: str = "cli",
-        run_id: str | None = None,
-        caused_by: int | None = None,
-    ) -> int:
-        """Publish inside the transaction; the id is final, visible to others at commit."""
-        bus = self._bus
-        row = prepare_row(event_type, payload, agent, run_id, caused_by, bus.max_payload_bytes)
-        return self._run(bus._insert, [row])[0]
-
-    def publish_many(self, events: Iterable[NewEvent | Mapping[str, Any]]) -> list[int]:
-        """Publish several events inside the transaction; their ids in order."""
-        rows = self._bus._rows(events)
-        return self._run(self._bus._insert, rows) if rows else []
-
-    def ack(self, consumer: str, event_id: int) -> None:
-        """Move ``consumer``'s cursor as part of the transaction."""
-        check_name("consumer", consumer)
-        check_id("event id", event_id)
-        self._run(self._bus._ack, consumer, event_id)
 
 
 __all__ = ["PgBus", "PgStats", "PgTransaction"]

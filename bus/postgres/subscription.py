@@ -76,9 +76,11 @@ class Waker:
             return self._cond.wait_for(lambda: self.generation != generation, timeout)
 
     def close(self) -> None:
-        """Stop the thread (it notices within half a second) and drop the connection."""
+        """Stop the thread: it notices within half a second and closes its connection.
+
+        Not joined: closing a bus (Ctrl-C on ``tail --follow``) must not wait for that.
+        """
         self._stop.set()
-        self._thread.join(2)
 
 
 class PgSubscription:
