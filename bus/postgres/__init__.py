@@ -7,8 +7,8 @@ Open it with ``bus.open("postgresql://user@host/db?schema=NAME")`` (``schema`` d
 * id order = commit order: a statement-level ``BEFORE INSERT`` trigger on ``outbox`` takes a
   transaction-scoped advisory lock, so ids are drawn from the sequence only while no other
   inserting transaction is open; a reader that saw id N never misses an id below N later.
-* LISTEN/NOTIFY is a wake-up hint (``pg_notify`` in the publishing transaction, delivered at
-  commit); subscribers re-query ``id > position`` and poll every ``safety_poll_s`` anyway.
+* LISTEN/NOTIFY is a wake-up hint (the same trigger's ``pg_notify``, delivered at commit);
+  subscribers re-query ``id > position`` and poll every ``safety_poll_s`` anyway.
 * Read-only SQL runs in a ``READ ONLY`` transaction with a ``statement_timeout`` on a
   connection of its own (closed after, so nothing it does outlives it).
 """

@@ -209,6 +209,18 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )
         """,
     ),
+    # 4: the wake-up hint comes from the same trigger, so every INSERT statement (a foreign
+    # writer's too) notifies the bus's channel at commit, and a publish saves a round trip.
+    (
+        f"""
+        CREATE OR REPLACE FUNCTION loopbus_order_inserts() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            PERFORM pg_advisory_xact_lock({ORDER_LOCK_SQL});
+            PERFORM pg_notify('loopbus_' || TG_TABLE_SCHEMA, '');
+            RETURN NULL;
+        END $$
+        """,
+    ),
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -4,8 +4,8 @@ Connections: a writer (transactions: publish, ack, prune), a reader (autocommit 
 once something subscribes, a listener thread that LISTENs for the bus's channel. Each is
 used under its own lock, so a PgBus may be shared by threads (like SyncBus).
 
-* Publishing: ``INSERT ... RETURNING id`` plus ``pg_notify`` in one transaction; the
-  statement-level trigger of migration 1 orders ids by commit (see :mod:`bus.postgres`).
+* Publishing: ``INSERT ... RETURNING id`` and COMMIT (two round trips); the statement-level
+  trigger orders ids by commit and sends the NOTIFY (see :mod:`bus.postgres`).
 * ``synchronous="NORMAL"`` maps to ``synchronous_commit = off`` (the last commits may be lost
   on a server crash, never on a client crash), like SQLite's opt-in.
 * ``busy_timeout_s`` becomes ``lock_timeout``: how long a write waits for another writer.
@@ -216,10 +216,6 @@ class PgBus:
             self.stats.transactions += 1
         return result
 
-    def _notify(self, conn: Any) -> None:
-        # Delivered at commit (and only then): a wake-up hint for subscribers.
-        conn.execute("SELECT pg_notify(%s, '')", (self.target.channel,))
-
     def _insert(self, conn: Any, rows: list[tuple[Any, ...]]) -> list[int]:
         if len(rows) == 1:
             ids = [conn.execute(INSERT_EVENT, rows[0]).fetchone()[0]]
@@ -231,7 +227,6 @@ class PgBus:
                 ids.append(cur.fetchone()[0])
                 if not cur.nextset():
                     break
-        self._notify(conn)
         self.stats.events += len(ids)
         return ids
 

@@ -33,24 +33,31 @@ def _raw(url: str) -> Any:
     return conn
 
 
-def test_safety_poll_delivers_without_a_notification(url: str) -> None:
-    with bus.open(url, safety_poll_s=0.3) as store:
+def test_foreign_inserts_notify_and_the_safety_poll_covers_lost_notifications(url: str) -> None:
+    conn = _raw(url)
+    insert = "INSERT INTO outbox (agent, event_type, payload) VALUES ('x', 'raw.insert', '{}')"
+    with bus.open(url, safety_poll_s=30) as store:
+        # A foreign writer's INSERT notifies too (the trigger does it): woken at once.
         it = store.subscribe("c", timeout=5)
-        conn = _raw(url)
-        # A foreign writer that sends no NOTIFY: only the safety poll can find its event.
-        timer = threading.Timer(
-            0.2,
-            lambda: conn.execute(
-                "INSERT INTO outbox (agent, event_type, payload) VALUES ('x', 'raw.insert', '{}')"
-            ),
-        )
+        timer = threading.Timer(0.2, lambda: conn.execute(insert))
         started = time.monotonic()
         timer.start()
-        event = next(it)
-        assert event.event_type == "raw.insert"
+        assert next(it).event_type == "raw.insert"
+        assert time.monotonic() - started < 2  # not the 30 s safety poll
+        timer.join()
+    with bus.open(url, safety_poll_s=0.3) as store:
+        store._ensure_waker().close()  # its notifications are lost from now on
+        time.sleep(0.7)
+        it = store.subscribe("d", ["raw.*"], timeout=5)
+        assert next(it).id == 1
+        store.ack("d", 1)
+        timer = threading.Timer(0.2, lambda: conn.execute(insert))
+        started = time.monotonic()
+        timer.start()
+        assert next(it).id == 2  # found by the safety poll alone
         assert time.monotonic() - started < 2
         timer.join()
-        conn.close()
+    conn.close()
 
 
 def test_open_refuses_foreign_newer_and_missing_buses(url: str) -> None:
