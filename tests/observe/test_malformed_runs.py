@@ -104,7 +104,7 @@ def server_url(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     path = tmp_path / "bus.db"
     _publish(path, HOSTILE)
     server = make_server(path, port=0)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}", path
@@ -150,7 +150,7 @@ _TYPES = st.sampled_from(
 )  # fmt: skip
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(_PAYLOADS, st.lists(st.tuples(_TYPES, _PAYLOADS), max_size=6))
 def test_any_json_payloads_never_break_runs_show_report(
     task: Any, events: list[tuple[str, Any]]
