@@ -54,8 +54,10 @@ class AgentDef:
         return self.function
 
 
-#: The budget (in tokens) from which `assistant` uses its worked-examples prompt.
+#: The budget (in tokens) the worked-examples prompt `AssistantTurns` needs (with a few turns).
 ASSISTANT_TURNS_MIN_TOKENS = 2048
+#: The `assistant`'s prompt variants (see AgentDef.variants and the note where it registers).
+ASSISTANT_VARIANTS: tuple[tuple[str, int], ...] = ()
 _AGENTS: dict[str, AgentDef] = {}
 #: ``module:function`` hooks that register more agents, loaded with the built-ins when present
 #: (so `loopbus agents`, `loopbus run NAME` and resume in a fresh process know them).
@@ -139,9 +141,12 @@ def _ensure_builtin_agents() -> None:
         "answers a question about the files of a workspace (lists and reads files)",
         max_tokens=160,
         replace=False,
-        # Worked runs as chat turns (~1,000 tokens) when the budget has room for them and a
-        # few turns; the tiny test models (2,048-token windows) keep the compact prompt.
-        variants=(("AssistantTurns", ASSISTANT_TURNS_MIN_TOKENS),),
+        # No prompt variant: with its decoding policy the compact prompt answered 8/20 of the
+        # held-out suite with SmolLM2-135M, the worked-runs `AssistantTurns` 3/20 (it lists
+        # compulsively, then reads README.md); the same on a development seed (3/12 vs 1/12).
+        # Add ("AssistantTurns", ASSISTANT_TURNS_MIN_TOKENS) here for a model measured better
+        # with it (`make bench BENCH=agents`).
+        variants=ASSISTANT_VARIANTS,
     )
     register_agent(
         "coder",

@@ -6,16 +6,18 @@ half the questions need listing a folder, some need two reads. Each model answer
 four arms, in the same run, so the unconstrained baseline is printed beside the rest:
 
 * ``baseline``: the compact ``Assistant`` prompt (whole log in one message), static schema;
-* ``+prompt``: the ``AssistantTurns`` prompt (worked runs, history as alternating turns);
-* ``+policy``: the compact prompt with the ``assistant`` decoding policy (agents.policy);
-* ``shipped``: both, which is what ``loopbus run assistant`` uses on a model with room.
+* ``turns``: the ``AssistantTurns`` prompt (worked runs, history as alternating turns);
+* ``policy``: the compact prompt with the ``assistant`` decoding policy (agents.policy), which
+  is what ``loopbus run assistant`` ships (measured best with SmolLM2);
+* ``turns+policy``: both.
 
 Per arm: correct answers (the Done summary contains the expected value), median turns, prefill
 tokens per task (prompt tokens not served by the prefix cache) and wall time per task.
 
 Environment: ``LOOPBUS_BENCH_AGENT_MODELS`` (comma-separated model specs, default ``default``),
-``LOOPBUS_BENCH_AGENT_TASKS`` (default 24), ``LOOPBUS_BENCH_AGENT_ARMS`` (a subset of the
-arms above, comma-separated). Targets: SmolLM2-135M (+ adapter) >= 60% and a Qwen-class 0.5B
+``LOOPBUS_BENCH_AGENT_TASKS`` (default 20), ``LOOPBUS_BENCH_AGENT_ARMS`` (a subset of the
+arms above, comma-separated), ``LOOPBUS_BENCH_AGENT_SEED`` (another suite, for development),
+``LOOPBUS_BENCH_AGENT_VERBOSE=1`` (every run's actions and answer). Targets: SmolLM2-135M (+ adapter) >= 60% and a Qwen-class 0.5B
 >= 80% correct, median <= 4 turns.
 """
 
@@ -32,9 +34,9 @@ from typing import Any
 MAX_TURNS = 6
 ARMS: dict[str, tuple[str, bool]] = {  # arm -> (BAML function, policy on)
     "baseline": ("Assistant", False),
-    "+prompt": ("AssistantTurns", False),
-    "+policy": ("Assistant", True),
-    "shipped": ("AssistantTurns", True),
+    "turns": ("AssistantTurns", False),
+    "policy": ("Assistant", True),
+    "turns+policy": ("AssistantTurns", True),
 }
 
 
@@ -60,7 +62,7 @@ def _register_arms() -> dict[str, str]:
 
     names = {}
     for arm, (function, policy_on) in ARMS.items():
-        name = "bench-" + arm.strip("+")
+        name = "bench-" + arm.replace("+", "-")
         register_agent(
             name,
             function,
@@ -143,30 +145,33 @@ def main() -> None:
     from models import load_runtime
 
     models = os.environ.get("LOOPBUS_BENCH_AGENT_MODELS", "default").split(",")
-    n = int(os.environ.get("LOOPBUS_BENCH_AGENT_TASKS", "24"))
+    n = int(os.environ.get("LOOPBUS_BENCH_AGENT_TASKS", "20"))
+    # Another seed for development (choosing prompts); report on the held-out EVAL_SEED.
+    seed = int(os.environ.get("LOOPBUS_BENCH_AGENT_SEED", str(EVAL_SEED)))
     arms = os.environ.get("LOOPBUS_BENCH_AGENT_ARMS", ",".join(ARMS)).split(",")
     names = _register_arms()
     verbose = bool(os.environ.get("LOOPBUS_BENCH_AGENT_VERBOSE"))
     with tempfile.TemporaryDirectory(prefix="loopbus-bench-agents-") as tmp:
-        tasks = generate_suite(Path(tmp) / "suite", seed=EVAL_SEED, n=n)
+        tasks = generate_suite(Path(tmp) / "suite", seed=seed, n=n)
         print(
-            f"{n} generated tasks (seed {EVAL_SEED}): "
+            f"{n} generated tasks (seed {seed}): "
             f"{sum(any(s['action'] == 'list_dir' for s in t.oracle) for t in tasks)} need a "
             f"listing, {sum(sum(s['action'] == 'read_file' for s in t.oracle) > 1 for t in tasks)}"
             f" two reads; max {MAX_TURNS} turns"
         )
-        for spec in models:
+        for number, spec in enumerate(models):
             runtime = load_runtime(spec.strip())
             print(f"\nmodel {spec} (context window {runtime.context_window})")
             print(
-                f"  {'arm':<9} {'correct':>9} {'rate':>6} {'turns p50':>9} {'prefill/task':>12} "
+                f"  {'arm':<12} {'correct':>9} {'rate':>6} {'turns p50':>9} {'prefill/task':>12} "
                 f"{'wall/task':>9} {'listed':>6}  by kind"
             )
             for arm in arms:
-                results = run_arm(names[arm], tasks, runtime, Path(tmp) / f"{arm}-{spec}.db")
+                bus_file = Path(tmp) / f"{names[arm]}-{number}.db"
+                results = run_arm(names[arm], tasks, runtime, bus_file)
                 s = summarize(results)
                 print(
-                    f"  {arm:<9} {s['correct']:>4}/{s['n']:<4} {s['rate']:>6.0%} "
+                    f"  {arm:<12} {s['correct']:>4}/{s['n']:<4} {s['rate']:>6.0%} "
                     f"{s['median_turns']:>9} {s['prefill']:>12.0f} {s['wall_s']:>8.1f}s "
                     f"{s['list_dir']:>6}  {_kinds(results)}",
                     flush=True,

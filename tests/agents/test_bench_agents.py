@@ -18,7 +18,7 @@ def test_every_arm_runs_and_is_scored(tiny_runtime: Any, tmp_path: Path) -> None
     names = _register_arms()
     assert set(names) == set(ARMS)
     for arm, name in names.items():
-        results = run_arm(name, tasks, runtime, tmp_path / f"{arm.strip('+')}.db")
+        results = run_arm(name, tasks, runtime, tmp_path / f"{name}.db")
         assert [r.task_id for r in results] == [t.id for t in tasks]
         for result, task in zip(results, tasks, strict=True):
             assert result.turns >= 1 and result.prefill_tokens > 0

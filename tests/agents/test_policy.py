@@ -245,3 +245,21 @@ def test_review_chain_agents_pick_their_tool_without_first_tool(
     done = bus.publish("review.done", {"path": found[0].payload["path"]})
     assert run("reporter", "A file was reviewed.", done) == ["write_report", "done"]
     assert (tmp_path / "report.md").exists()
+
+
+def test_resume_rebuilds_the_policy_facts(tiny_runtime: Any, bus: Any, tmp_path: Path) -> None:
+    """A resumed run narrows its schema from the same facts as the live run did."""
+    from agents import turn
+    from agents.loop import run_agent
+    from agents.policy import call_key
+
+    ws = _workspace(tmp_path / "ws")
+    outcome = run_agent(
+        "assistant", "Find secret.txt.", runtime=tiny_runtime, bus=bus, workspace=ws, max_turns=3
+    )
+    calls = bus.events(run_id=outcome.run_id, types="run.tool_call")
+    state, _ = turn.rebuild(bus, outcome.run_id, runtime=tiny_runtime)
+    assert state.facts.made == {call_key(c.payload["tool"], c.payload["args"]) for c in calls}
+    results = bus.events(run_id=outcome.run_id, types="run.tool_result")
+    assert state.facts.succeeded == {r.payload["tool"] for r in results}
+    assert calls and state.settings.policy == EXPLORE  # the policy comes from run.task

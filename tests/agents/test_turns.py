@@ -49,22 +49,35 @@ def test_turn_prompt_is_rendered_by_baml_and_extends_the_previous_turn() -> None
     assert get_decider("Assistant").messages(full)[-1]["content"] == full
 
 
-def test_assistant_uses_worked_examples_when_the_budget_has_room(
+def test_a_prompt_variant_is_chosen_by_room_and_recorded(
     tiny_runtime: Any, bus: Any, tmp_path: Path
 ) -> None:
-    from agents.builtin import ASSISTANT_TURNS_MIN_TOKENS, get_agent
+    from agents.builtin import ASSISTANT_TURNS_MIN_TOKENS, get_agent, register_agent
     from agents.loop import run_agent
+    from agents.policy import EXPLORE
+    from agents.replay import Recording, replay
 
-    spec = get_agent("assistant")
-    assert spec.function_for(2048, 0.4) == "Assistant"  # the tiny test model: compact
-    assert spec.function_for(8192, 0.4) == "AssistantTurns"  # SmolLM2's window
+    # The shipped assistant keeps the compact prompt (measured better with SmolLM2).
+    assert get_agent("assistant").function_for(8192, 0.4) == "Assistant"
+    spec = register_agent(
+        "assistant-variants",
+        "Assistant",
+        "test agent",
+        policy=EXPLORE,
+        variants=(("AssistantTurns", ASSISTANT_TURNS_MIN_TOKENS),),
+    )
+    assert spec.function_for(2048, 0.4) == "Assistant"  # the tiny test model: no room
+    assert spec.function_for(8192, 0.4) == "AssistantTurns"
     (tmp_path / "a.txt").write_text("alpha\n")
     roomy = CountingRuntime(tiny_runtime, context_window=ASSISTANT_TURNS_MIN_TOKENS * 3)
     outcome = run_agent(
-        "assistant", "Read a.txt.", runtime=roomy, bus=bus, workspace=tmp_path, max_turns=3
+        "assistant-variants",
+        "Read a.txt.",
+        runtime=roomy,
+        bus=bus,
+        workspace=tmp_path,
+        max_turns=3,
     )
     settings = bus.events(run_id=outcome.run_id, types="run.task")[0].payload["settings"]
     assert settings["function"] == "AssistantTurns"  # recorded, so replay renders the same
-    from agents.replay import Recording, replay
-
     assert replay(Recording.from_bus(bus, outcome.run_id)).ok
