@@ -50,6 +50,8 @@ __all__ = ["ChainGaveUp", "Slot", "Supervisor", "parse_share", "state_dir_for", 
 
 # Exit code a worker uses for errors a restart cannot fix (bad config, unknown agent).
 FATAL_EXIT = 3
+# How long start() waits for an instance's lease to be freed before refusing to start.
+LEASE_WAIT_S = 2.0
 
 
 class ChainGaveUp(AgentError):
@@ -237,10 +239,18 @@ class Supervisor:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self._bus = loopbus.open(self.bus_path)
         try:
-            for slot in self.slots:
-                holder = self._bus.lease_holder(slot.consumer)
-                if holder is not None:
+            # The workers of a supervisor that was just killed exit within half a second (their
+            # watchdog) and free their leases: a restart right after it must not fail.
+            deadline = time.monotonic() + LEASE_WAIT_S
+            while held := [
+                (slot, holder)
+                for slot in self.slots
+                if (holder := self._bus.lease_holder(slot.consumer)) is not None
+            ]:
+                if time.monotonic() >= deadline:
+                    slot, holder = held[0]
                     raise AgentError(held_message(slot.consumer, str(self._bus.path), holder))
+                time.sleep(0.1)
         except BaseException:
             self._bus.close()
             self._bus = None

@@ -1,6 +1,6 @@
 """Chains across hosts: two `loopbus up` supervisors on one PostgreSQL bus, each running half
 of a chain's instances (`--share 0/2`, `--share 1/2`), while agent processes of both are
-SIGKILLed at random. Every input reaches its terminal outcome once: no event is lost, no
+SIGKILLed at random and one supervisor is SIGKILLed and started again (a host failure). Every input reaches its terminal outcome once: no event is lost, no
 outcome, emitted event or finding is duplicated, and the final report is complete."""
 
 from __future__ import annotations
@@ -138,6 +138,12 @@ def test_two_supervisors_split_a_chain_and_survive_sigkills(
                 killed.add(victim["pid"])
                 kills.append((victim["consumer"], victim.get("state", "?")))
                 mid_run += victim.get("state") == "running"
+                if len(kills) == 6:
+                    # A host fails: its supervisor dies by SIGKILL too (its workers follow
+                    # within half a second, freeing their leases) and is started again at once.
+                    ups[1].kill()
+                    ups[1].wait()
+                    ups[1] = _up(url, cfg, "1/2", hosts[1], tmp_path / "up1-restarted.log")
             assert _done(bus, inputs), [p.read_text()[-2000:] for p in tmp_path.glob("up*.log")]
             # Idle a moment: a duplicate would show up now if anything were redone.
             time.sleep(2)
@@ -151,6 +157,11 @@ def test_two_supervisors_split_a_chain_and_survive_sigkills(
                 except subprocess.TimeoutExpired:
                     up.kill()
         assert len(kills) >= 8 and mid_run >= 2, kills  # the chain must not finish first
+        # The restarted supervisor got its instances back (the leases of the dead one's
+        # workers were free) rather than refusing to start.
+        host1 = (tmp_path / "up1-restarted.log").read_text()
+        assert "checker#1/2: started pid" in host1 and "tally: started pid" in host1, host1
+        assert "already running" not in host1
         assert resumed_so_far() >= 1  # a killed run was resumed by a restarted process
         consumers_by_host = [
             {s["consumer"] for f in d.glob("*.status.json") if (s := read_status(f))}
