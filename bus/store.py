@@ -70,8 +70,8 @@ class Store(Protocol):
     * **open runs**: ``unfinished_runs(agent)``: runs with a ``run.task``, no ``run.outcome``.
     * **wake hint**: ``subscribe``/``follow`` wait for new events, woken by the backend's hint
       (a datagram doorbell, LISTEN/NOTIFY) and re-checking every ``safety_poll_s``.
-    * **read-only query**: :func:`query` runs one statement that cannot change the bus, with
-      a timeout; the views of migration 5 (``runs``, ``tool_calls``, ...) exist everywhere.
+    * **read-only query**: ``query`` (and :func:`query` by URL) runs one statement that cannot
+      change the bus, with a timeout; the views of migration 5 (``runs``, ``tool_calls``, ...) exist everywhere.
     """
 
     max_payload_bytes: int
@@ -101,6 +101,10 @@ class Store(Protocol):
     ) -> list[int]: ...
 
     def lease(self, name: str) -> Any: ...
+
+    def query(
+        self, sql: str, params: Any = (), *, timeout_s: float | None = None
+    ) -> QueryResult: ...
 
     def lease_holder(self, name: str) -> str | None: ...
 

@@ -22,6 +22,10 @@ from bus.errors import (
 from bus.postgres import migrations
 from bus.postgres.connect import PgTarget, connect, parse_url
 
+# Without a timeout of its own a statement still stops after this long: the server is shared
+# (other hosts' agents write to it), so a runaway query must not hold a backend forever.
+DEFAULT_STATEMENT_TIMEOUT_S = 300.0
+
 
 def _placeholders(sql: str) -> str:
     """``?`` placeholders (SQLite's, what ``loopbus sql -p`` documents) as psycopg's ``%s``,
@@ -52,7 +56,7 @@ def query(
     """Run one statement read-only and return a :class:`bus.sqlite.readonly.QueryResult`.
 
     Raises ReadOnlyViolation for a statement that would write, QueryTimeout after
-    ``timeout_s``, QueryInterrupted once ``interrupt`` (a flag with ``is_set()``) is set,
+    ``timeout_s`` (default :data:`DEFAULT_STATEMENT_TIMEOUT_S`), QueryInterrupted once ``interrupt`` (a flag with ``is_set()``) is set,
     InvalidQuery for anything the server refuses, BusNotFound when there is no bus.
     """
     import psycopg
@@ -80,8 +84,8 @@ def query(
 
             raise BusNotFound(f"no bus in schema {pg.schema!r} of {pg}")
         conn.execute("SET TRANSACTION READ ONLY")
-        if timeout_s is not None:
-            conn.execute(f"SET LOCAL statement_timeout = {max(1, int(timeout_s * 1000))}")
+        limit_s = DEFAULT_STATEMENT_TIMEOUT_S if timeout_s is None else timeout_s
+        conn.execute(f"SET LOCAL statement_timeout = {max(1, int(limit_s * 1000))}")
         if watcher is not None:
             watcher.start()
         try:
@@ -101,7 +105,7 @@ def query(
         except psycopg.errors.QueryCanceled:
             if cancelled:
                 raise cancelled[0] from None
-            raise QueryTimeout(f"query timed out after {timeout_s:g} s") from None
+            raise QueryTimeout(f"query timed out after {limit_s:g} s") from None
         except psycopg.errors.InsufficientPrivilege as exc:
             raise ReadOnlyViolation(f"refused: {str(exc).splitlines()[0]}") from None
         except (psycopg.ProgrammingError, psycopg.DataError, psycopg.errors.SyntaxError) as exc:

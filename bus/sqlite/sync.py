@@ -163,6 +163,12 @@ class SyncBus:
                 tx.ack(*ack)
         return ids
 
+    def query(self, sql: str, params: Any = (), *, timeout_s: float | None = None) -> Any:
+        """Run one read-only statement on this bus (see :func:`bus.sqlite.readonly.query`)."""
+        from bus.sqlite.readonly import query
+
+        return query(self._abs_path, sql, params, timeout_s=timeout_s)
+
     def check_writable(self) -> None:
         """BusReadOnly if the bus was opened read-only (see Bus.check_writable)."""
         self._bus.check_writable()

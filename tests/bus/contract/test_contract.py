@@ -315,6 +315,9 @@ def test_read_only_sql(open_bus: OpenBus, target: str) -> None:
     with pytest.raises(QueryTimeout):
         bus.query(target, forever, timeout_s=0.3)
     assert time.monotonic() - started < 5
+    assert b.query("SELECT event_type FROM outbox WHERE id = ?", (1,)).rows == [("contract.q",)]
+    with pytest.raises(ReadOnlyViolation):
+        b.query("DELETE FROM outbox")
     assert len(b.events()) == 1 and b.cursors()[0].last_seen_id == 1
 
 
