@@ -21,6 +21,22 @@ def test_smollm2_todo_question_replays() -> None:
     assert_replays(RUNS / "smollm2_todo.xml", workspace=FIXTURE)
 
 
+def test_smollm2_runs_with_the_decoding_policy_replay(tmp_path: Path) -> None:
+    """Recorded with the assistant's policy: replay rebuilds each turn's schema from the
+    workspace and checks it (and the recorded decision) against the recording."""
+    import shutil
+
+    launch = RUNS / "workspaces" / "launch"
+    assert_replays(RUNS / "smollm2_launch.xml", workspace=launch)
+    assert_replays(RUNS / "smollm2_todo_policy.xml", workspace=FIXTURE)
+    # Another tree is another first-turn schema: the replay says so.
+    changed = tmp_path / "launch"
+    shutil.copytree(launch, changed)
+    (changed / "extra.txt").write_text("x")
+    with pytest.raises(AssertionError, match="the decoding schema changed"):
+        assert_replays(RUNS / "smollm2_launch.xml", workspace=changed)
+
+
 @pytest.mark.slow
 def test_live_smollm2_turn_replays(smollm2_path: Path, bus: Any, tmp_path: Path) -> None:
     from agents.loop import run_agent
