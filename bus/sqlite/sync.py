@@ -174,6 +174,11 @@ class SyncBus:
         self._bus.check_writable()
 
     @property
+    def max_payload_bytes(self) -> int:
+        """The payload limit (bytes of JSON) this bus was opened with."""
+        return self._bus.max_payload_bytes
+
+    @property
     def stats(self) -> BusStats:
         """Counters of the underlying bus (transactions, events, batches)."""
         return self._bus.stats

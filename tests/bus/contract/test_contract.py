@@ -91,6 +91,12 @@ def test_concurrent_writer_processes_keep_commit_order(
     assert per_writer == {f"w{i}": list(range(count)) for i in range(writers)}
 
 
+def test_every_backend_is_a_store(open_bus: OpenBus) -> None:
+    store = open_bus(max_payload_bytes=1234)
+    assert isinstance(store, bus.Store)  # every method and property of the protocol
+    assert store.max_payload_bytes == 1234
+
+
 def test_ids_are_never_reused(open_bus: OpenBus) -> None:
     b = open_bus()
     ids = [b.publish("contract.a", {"i": i}) for i in range(3)]
