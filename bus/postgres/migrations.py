@@ -253,9 +253,15 @@ def read_version(conn: Any, where: str) -> int:
 def migrate(conn: Any, schema: str, where: str) -> int:
     """Create the schema if needed and bring the bus up to :data:`SCHEMA_VERSION`; return the
     version it had. ``conn`` is a non-autocommit connection with ``search_path`` set."""
+    exists = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", (schema,)).fetchone()
+    if exists and (current := read_version(conn, where)) == SCHEMA_VERSION:
+        # The common case writes nothing and needs no privilege beyond using the schema.
+        conn.commit()
+        return current
     conn.execute(f"SELECT pg_advisory_xact_lock({MIGRATE_LOCK_SQL})", (schema,))
-    conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
-    before = read_version(conn, where)
+    if not exists:
+        conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+    before = read_version(conn, where)  # again, under the lock
     for number in range(before, SCHEMA_VERSION):
         for statement in MIGRATIONS[number]:
             conn.execute(statement)

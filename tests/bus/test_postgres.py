@@ -101,3 +101,30 @@ def test_query_runs_alone_and_leaves_nothing_behind(url: str) -> None:
         with pytest.raises(BusError):
             bus.query(url, "SELECT nextval('outbox_id_seq')")  # a write, even in a SELECT
         assert store.publish("a.b", {}) == 2  # the refused nextval drew no id
+
+
+def test_concurrent_opens_of_a_fresh_bus_migrate_it_once(url: str) -> None:
+    errors: list[BaseException] = []
+    stores: list[Any] = []
+
+    def opener() -> None:
+        try:
+            stores.append(bus.open(url))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=opener) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert errors == [] and len(stores) == 4
+    ids = [store.publish("a.b", {}) for store in stores]
+    assert ids == [1, 2, 3, 4]
+    conn = _raw(url)
+    assert conn.execute("SELECT schema_version FROM loopbus_meta").fetchall() == [
+        (migrations.SCHEMA_VERSION,)
+    ]
+    conn.close()
+    for store in stores:
+        store.close()
