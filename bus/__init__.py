@@ -8,6 +8,7 @@ Public API::
     from bus.errors import BusError, InvalidEventType, PayloadTooLarge, InvalidPayload
     from bus.errors import BusNotFound, SchemaTooNew, ReadOnlyViolation
     from bus.errors import QueryInterrupted, QueryTimeout
+    from bus.lease import LeaseHeld  # store.lease(name): one live process per name
 
 Names are imported lazily so that ``import bus.errors`` (the CLI's error mapping) stays cheap.
 """
