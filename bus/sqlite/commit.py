@@ -128,6 +128,9 @@ class CommitQueue:
                         fut.set_exception(result)
                     else:
                         fut.set_result(result)
+                # A transaction or prune that queued while the writer was busy is woken only
+                # by a batch ending or an exclusive holder leaving: none will come now.
+                self._schedule(prefer_exclusive=True)
                 return
         self._start_batch()
 

@@ -237,3 +237,30 @@ async def test_mixed_writers_lose_and_duplicate_nothing(
         stored = {e.id: e.payload for e in await bus.events()}
     assert stored == published
     assert len(published) > 100
+
+
+async def test_a_prune_queued_behind_a_transaction_runs_after_a_lone_inline_write(
+    bus_path: Path,
+) -> None:
+    """A transaction ends with one publish and one prune queued behind it: the publish commits
+    on the fast path, and the prune must still be woken (it once waited forever)."""
+    async with Bus.connect(bus_path) as bus:
+        go = asyncio.Event()
+
+        async def publish() -> int:
+            await go.wait()
+            return await bus.publish("a.b", 1)
+
+        async def prune() -> None:
+            await go.wait()
+            await asyncio.sleep(0)  # queue behind the publish
+            await bus.prune(dry_run=True)
+
+        tasks = [asyncio.create_task(publish()), asyncio.create_task(prune())]
+        async with bus.transaction() as tx:
+            await tx.publish("a.b", 0)
+            go.set()
+            for _ in range(5):  # both are now waiting for the transaction
+                await asyncio.sleep(0)
+        await asyncio.wait_for(asyncio.gather(*tasks), 5)
+        assert [e.payload for e in await bus.events()] == [0, 1]
