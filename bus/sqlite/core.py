@@ -177,8 +177,8 @@ class Bus(CommitQueue, ReadAPI):
         if path is not None and backend_of(path) != "sqlite":
             # Bus/SyncBus are the SQLite backend; bus.open(url) picks any backend.
             raise BusError(
-                f"{path!r} is not a SQLite bus: open it with bus.open(url), which picks the "
-                "backend from the URL"
+                f"{path!r} is not a SQLite bus file, and this command (or Bus/SyncBus) opens "
+                "SQLite buses only; bus.open(url) opens any backend"
             )
         bus_path = Path(sqlite_path(path) if path is not None else default_bus_path()).expanduser()
         mode = str(synchronous).upper()
