@@ -104,6 +104,14 @@ def test_act_first_agents_can_only_act_on_their_first_turn() -> None:
     call = {"turn": 1, "tool": "check_file", "args": {"action": "check_file"}}
     _feed(facts, ("run.tool_call", call, 3, None), ("run.tool_result", {"result": "ok"}, 4, 3))
     assert set(_members(turn_schema(base, AGENT_POLICIES["reviewer"], facts, None))) == {"done"}
+    for agent, tool in [
+        ("scanner", "scan_files"),
+        ("reporter", "write_report"),
+        ("writer", "assemble_result"),
+    ]:
+        function = get_agent(agent).function
+        first = turn_schema(get_decider(function).schema, get_agent(agent).policy, RunFacts(), None)
+        assert set(_members(first)) == {tool}, agent  # no first_tool needed
     assert get_agent("assistant").policy == EXPLORE
     assert get_agent("answer").policy == Policy()
 
