@@ -58,13 +58,18 @@ class ScriptedRuntime:
 
 def craft_recording(turns: int = 50) -> str:
     """The XML recording of a ``turns``-turn assistant run over tests/fixtures/workspace."""
+    from agents.builtin import register_agent
     from agents.loop import run_agent
+    from agents.policy import Policy
     from agents.replay import export_run
     from bus import SyncBus
 
+    # The script repeats its 5 calls on purpose: the assistant's decoding policy would refuse
+    # a repeated call (agents/policy.py), so the crafted run uses the assistant without one.
+    register_agent("assistant-scripted", "Assistant", "assistant, no policy", policy=Policy())
     with tempfile.TemporaryDirectory() as tmp, SyncBus(Path(tmp) / "b.db") as bus:
         outcome = run_agent(
-            "assistant",
+            "assistant-scripted",
             "What version is Pebble, and where is the TODO?",
             runtime=ScriptedRuntime(turns),
             bus=bus,
