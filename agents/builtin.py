@@ -1,6 +1,7 @@
-"""The agent registry: an agent is a BAML decision function plus the tools of its return union.
+"""Agents by name: the built-ins, users' :class:`agents.agent.Agent` objects and references.
 
-Built-in agents:
+Built-in agents (``Agent`` objects below, on loopbus's own ``baml_client``; also published as
+entry points in the ``loopbus.agents`` group):
 
 * ``assistant`` (``Assistant``: ListDir | ReadFile | Done) answers a question about a workspace;
 * ``coder`` (``Coder``: RunPython | Done) solves a task with small MicroPython programs;
@@ -8,23 +9,31 @@ Built-in agents:
   publishes what it finds as events on the bus for other agents;
 * ``answer`` (``Answer``: Done) answers the task directly, without tools (one model call).
 
-Other modules add agents the same way (their ``baml_src/<agent>.baml`` defines the function)::
+:func:`get_agent` also takes a reference to a user's agent: ``module:attr`` (an ``Agent``; the
+current directory is importable, as with ``python -m``) or the name of an entry point in the
+``loopbus.agents`` group. The reference is the run's recorded agent name, so resume and replay
+in a fresh process resolve it again.
 
-    from agents.builtin import register_agent
-    register_agent("reviewer", "Reviewer", "reads a file and publishes findings")
-
-The tool names are derived from the function's return type in ``baml_client`` so the registry
-cannot disagree with the prompt; every member except Done must have a registered tool.
+:func:`register_agent` (a name bound to a function of loopbus's own client) is a compatibility
+shim kept for the chain agents, chain configs' ``kind`` and the benchmarks.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib
+import os
+import sys
 from dataclasses import dataclass
+from importlib import metadata
+from typing import Any
 
+from agents.agent import Agent
 from agents.errors import AgentError
 from agents.policy import AGENT_POLICIES, Policy
+
+#: The entry-point group where packages publish their agents (``name = "module:attr"``).
+ENTRY_POINT_GROUP = "loopbus.agents"
 
 
 class UnknownAgent(AgentError):
@@ -45,6 +54,8 @@ class AgentDef:
     #: Prompt variants: ``(function, min_tokens)``, the first whose ``min_tokens`` the run's
     #: budget (``context_window * budget``) holds replaces ``function`` (recorded per run).
     variants: tuple[tuple[str, int], ...] = ()
+    #: Default sandbox limits (``SandboxLimits``) of its RunPython tool; None: the defaults.
+    sandbox: Any = None
 
     def function_for(self, context_window: int, budget: float) -> str:
         """The BAML function a run with this much room uses (see ``variants``)."""
@@ -110,11 +121,50 @@ def register_agent(
 def get_agent(name: str) -> AgentDef:
     """The agent registered under ``name`` (built-ins are registered on first use)."""
     _ensure_builtin_agents()
-    try:
+    if name in _AGENTS:
         return _AGENTS[name]
-    except KeyError:
+    agent = resolve_reference(name) if ":" in name else _entry_point(name)
+    if agent is None:
         known = ", ".join(sorted(_AGENTS))
-        raise UnknownAgent(f"unknown agent {name!r}; available agents: {known}") from None
+        raise UnknownAgent(
+            f"unknown agent {name!r}; available agents: {known} (or module:attr of an Agent)"
+        )
+    _AGENTS[name] = agent.definition(name)
+    return _AGENTS[name]
+
+
+def resolve_reference(reference: str) -> Agent:
+    """The :class:`~agents.agent.Agent` that ``module:attr`` names (UnknownAgent if none).
+
+    The current directory is importable (as with ``python -m``), so ``loopbus run
+    my_agents:summarizer`` finds ``./my_agents.py``.
+    """
+    module_name, _, attr = reference.partition(":")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.append(os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise UnknownAgent(
+            f"cannot import {module_name!r} for agent {reference!r}: {exc}"
+        ) from None
+    agent: Any = module
+    for part in attr.split("."):
+        agent = getattr(agent, part, None)
+    if not isinstance(agent, Agent):
+        raise UnknownAgent(
+            f"{reference!r} is not an agent: {module_name} has no Agent named {attr!r}"
+        )
+    return agent
+
+
+def _entry_point(name: str) -> Agent | None:
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP, name=name):
+        agent = ep.load()
+        if not isinstance(agent, Agent):
+            raise UnknownAgent(f"entry point {name!r} ({ep.value}) is not an agent")
+        return agent
+    return None
 
 
 def list_agents() -> list[AgentDef]:
@@ -130,45 +180,57 @@ def _ensure_builtin_tools() -> None:
     register_builtins()
 
 
+assistant = Agent(
+    "assistant",
+    "baml_client",
+    "Assistant",
+    "answers a question about the files of a workspace (lists and reads files)",
+    max_tokens=160,
+    policy=AGENT_POLICIES["assistant"],
+    # No prompt variant: with its decoding policy the compact prompt answered 8/20 of the
+    # held-out suite with SmolLM2-135M, the worked-runs `AssistantTurns` 3/20 (it lists
+    # compulsively, then reads README.md); the same on a development seed (3/12 vs 1/12).
+    # Add ("AssistantTurns", ASSISTANT_TURNS_MIN_TOKENS) here for a model measured better
+    # with it (`make bench BENCH=agents`).
+    variants=ASSISTANT_VARIANTS,
+)
+coder = Agent(
+    "coder",
+    "baml_client",
+    "Coder",
+    "solves a task by running small MicroPython programs in the sandbox",
+    max_tokens=384,
+    policy=AGENT_POLICIES.get("coder", Policy()),
+)
+watcher = Agent(
+    "watcher",
+    "baml_client",
+    "Watcher",
+    "reads workspace files and publishes what it finds as events for other agents",
+    max_tokens=384,
+    policy=AGENT_POLICIES.get("watcher", Policy()),
+)
+answer = Agent(
+    "answer",
+    "baml_client",
+    "Answer",
+    "answers the task directly, without tools (one model call)",
+    max_tokens=256,
+    policy=AGENT_POLICIES.get("answer", Policy()),
+)
+#: The built-in agents (their tools are loopbus's built-in tools, agents.tools).
+BUILTINS: tuple[Agent, ...] = (assistant, coder, watcher, answer)
+
+
 def _ensure_builtin_agents() -> None:
     global _loaded
     if _loaded:
         return
     _loaded = True  # set first: plugins call list_agents() while registering
-    register_agent(
-        "assistant",
-        "Assistant",
-        "answers a question about the files of a workspace (lists and reads files)",
-        max_tokens=160,
-        replace=False,
-        # No prompt variant: with its decoding policy the compact prompt answered 8/20 of the
-        # held-out suite with SmolLM2-135M, the worked-runs `AssistantTurns` 3/20 (it lists
-        # compulsively, then reads README.md); the same on a development seed (3/12 vs 1/12).
-        # Add ("AssistantTurns", ASSISTANT_TURNS_MIN_TOKENS) here for a model measured better
-        # with it (`make bench BENCH=agents`).
-        variants=ASSISTANT_VARIANTS,
-    )
-    register_agent(
-        "coder",
-        "Coder",
-        "solves a task by running small MicroPython programs in the sandbox",
-        max_tokens=384,
-        replace=False,
-    )
-    register_agent(
-        "watcher",
-        "Watcher",
-        "reads workspace files and publishes what it finds as events for other agents",
-        max_tokens=384,
-        replace=False,
-    )
-    register_agent(
-        "answer",
-        "Answer",
-        "answers the task directly, without tools (one model call)",
-        max_tokens=256,
-        replace=False,
-    )
+    _ensure_builtin_tools()
+    for agent in BUILTINS:
+        if agent.name not in _AGENTS:
+            _AGENTS[agent.name] = agent.definition()
     for plugin in AGENT_PLUGINS:
         module_name, attr = plugin.split(":")
         try:

@@ -72,6 +72,8 @@ def step(state: RunState, runtime: Any, decider: Decider) -> Outcome | None:
     match state.pending:
         case Done(summary=summary):
             return turn.finish(state, "done", summary=summary)
+        case decision if getattr(decision, "action", None) == "done":  # a user client's Done
+            return turn.finish(state, "done", summary=str(getattr(decision, "summary", "")))
         case decision:
             turn.call_tool(state, decision)
             return None

@@ -253,6 +253,16 @@ def _is_decision_function(name: str) -> bool:
 def check_function(recording: Recording) -> None:
     """AgentError unless the recording's BAML function is a decision function of baml_client."""
     name = recording.settings.function
+    if ":" in name:  # a user's client (agents.agent): only the recorded agent's own function
+        from agents.builtin import get_agent
+
+        spec = get_agent(recording.settings.agent)
+        if name != spec.function and name not in dict(spec.variants):
+            raise AgentError(
+                f"malformed recording of run {recording.run_id!r}: {name!r} is not a function "
+                f"of agent {recording.settings.agent!r} ({spec.function})"
+            )
+        return
     if not _is_decision_function(name):
         known = ", ".join(decision_functions())
         raise AgentError(

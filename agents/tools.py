@@ -275,6 +275,27 @@ def register_tool(
     return tool
 
 
+def register_scoped_tool(
+    cls: type[BaseModel],
+    handler: Handler | None,
+    *,
+    idempotent: bool,
+    description: str = "",
+    reads: Iterable[str] = (),
+) -> Tool:
+    """Register an :class:`agents.agent.Agent`'s tool: found by its class (:func:`tool_for`)
+    always, and by name (:func:`get_tool`) only when no other class holds the name, so a
+    user's ``Done`` or ``read_file`` never displaces a built-in one."""
+    tool = Tool(
+        action_name(cls), cls, handler, idempotent, description or cls.__doc__ or "", tuple(reads)
+    )
+    _BY_CLASS[cls] = tool
+    existing = _BY_NAME.get(tool.name)
+    if existing is None or existing.cls is cls:
+        _BY_NAME[tool.name] = tool
+    return tool
+
+
 def get_tool(name: str) -> Tool:
     """The tool registered under ``name``."""
     try:

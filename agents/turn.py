@@ -26,7 +26,7 @@ from agents.runstate import (
     clip,
     malformed,
 )
-from agents.tools import BusReads, ToolContext, get_tool, shape_result, tool_for
+from agents.tools import BusReads, ToolContext, shape_result, tool_for
 
 log = logging.getLogger("loopbus.agents")
 
@@ -240,7 +240,8 @@ def recover_call(state: RunState, decider: Decider) -> None:
 def _run_handler(state: RunState, decision: BaseModel) -> None:
     call = state.pending_call
     assert call is not None
-    tool = get_tool(call.tool)
+    # By class: a user agent's tool may share its name with a built-in one (agents.agent).
+    tool = tool_for(decision)
     base = {"turn": state.turn, "tool": tool.name}
     try:
         if tool.handler is None:

@@ -241,6 +241,75 @@ def openblas_loaded() -> bool:
     return "libopenblas" in maps
 
 
+def _gfortran_by_soname(shim: Path) -> Path:
+    """A copy of the wheel's ``libgfortran-<hash>.so.5.0.0`` whose SONAME is ``libgfortran.so.5``.
+
+    Why: ``LD_LIBRARY_PATH`` is read once at process start, so a running process can only
+    satisfy OpenBLAS's ``NEEDED libgfortran.so.5`` with a library already loaded under that
+    SONAME; the wheel's copy is renamed (auditwheel). The SONAME string is overwritten in place
+    (same length, NUL-padded), nothing else changes; the copy lives in the loopbus cache.
+    """
+    source = (shim / "libgfortran.so.5").resolve()
+    target = shim / f"soname-{source.stat().st_mtime_ns}-libgfortran.so.5"
+    if target.is_file():
+        return target
+    data = bytearray(source.read_bytes())
+    old = b"\0" + source.name.encode() + b"\0"
+    if data.count(old) != 1 or len(source.name) < len("libgfortran.so.5"):
+        raise ValueError(f"no unique SONAME string in {source}")
+    index = data.index(old)
+    data[index : index + len(old)] = (
+        b"\0" + b"libgfortran.so.5".ljust(len(source.name), b"\0") + b"\0"
+    )
+    tmp = shim / f".{target.name}.{os.getpid()}"
+    tmp.write_bytes(bytes(data))
+    os.replace(tmp, target)
+    return target
+
+
+def load_in_process() -> bool:
+    """Load OpenBLAS into this process before MLX is first imported; True when it is loaded.
+
+    Library users (``import agents.loop; load_runtime(...)`` in plain ``python``) get the fast
+    BLAS too: the library is opened with ``RTLD_GLOBAL`` (after the ``libgfortran`` it needs),
+    so when MLX's own library is loaded later, the dynamic linker binds its ``cblas_sgemm`` to
+    OpenBLAS, as ``LD_PRELOAD`` would. Once MLX is loaded without it, it is too late: a
+    warning says so (and how to fix it). ``OPENBLAS_NUM_THREADS`` defaults as in
+    :func:`blas_env`.
+    """
+    if openblas_loaded():
+        return True
+    if "mlx.core" in sys.modules:
+        if sys.platform.startswith("linux") and _find() is not None:
+            import warnings
+
+            warnings.warn(
+                "mlx was imported before loopbus could load OpenBLAS: float32 matmuls use the "
+                "mlx[cpu] wheel's reference BLAS (prefill ~15x slower). Import models or agents "
+                "before mlx, or start Python with `python -m models.blas exec python ...`.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        return False
+    found = _find()
+    if found is None:
+        return False
+    import ctypes
+
+    lib, lib_dirs = found
+    if "OPENBLAS_NUM_THREADS" not in os.environ:
+        os.environ["OPENBLAS_NUM_THREADS"] = os.environ.get(THREADS_ENV) or "1"
+    try:
+        for directory in lib_dirs:  # the gfortran of the mlx[cpu] wheel (see _gfortran_by_soname)
+            for dep in sorted(Path(directory).glob("libquadmath*")):
+                ctypes.CDLL(str(dep.resolve()), mode=ctypes.RTLD_GLOBAL)
+            ctypes.CDLL(str(_gfortran_by_soname(Path(directory))), mode=ctypes.RTLD_GLOBAL)
+        ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)
+    except (OSError, ValueError):
+        return False
+    return openblas_loaded()
+
+
 def reexec_with_openblas() -> None:
     """Restart the current program once with OpenBLAS preloaded, when that would help.
 

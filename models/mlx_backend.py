@@ -31,13 +31,18 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import mlx.core as mx
+from models.blas import load_in_process
+
+# Before MLX's library is loaded: the fast BLAS for library users too (see models/blas.py).
+load_in_process()
+
+import mlx.core as mx  # noqa: E402
 
 # transformers (imported by mlx-lm) warns on every start that PyTorch is missing; we never need it.
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
-from models.errors import ModelError, ModelNotFound
-from models.runtime import Generation, Message, normalize_messages
+from models.errors import ModelError, ModelNotFound  # noqa: E402
+from models.runtime import Generation, Message, normalize_messages  # noqa: E402
 
 _FALLBACK_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
