@@ -6,7 +6,9 @@ Example (``agents/examples/review.toml``)::
     name = "review"
     model = "default"                 # model spec for every agent ("default" = embedded SmolLM2)
     workspace = "fixture_project"     # relative to this file; `loopbus up --workspace` overrides
-    output = "out"                    # where writing tools (WriteReport) put files
+    output = "out"                    # where writing tools put files: relative to the
+                                      # current directory (never the config's, which may be
+                                      # installed in site-packages); default: the bus file's folder
 
     [agents.reviewer]
     kind = "reviewer"                 # a registered agent (`loopbus agents`); default: table name
@@ -437,8 +439,16 @@ def _resolve_paths(config: ChainConfig, base: Path) -> ChainConfig:
         name: a.model_copy(update={"workspace": fix(a.workspace)})
         for name, a in config.agents.items()
     }
+    # Outputs are the user's, so relative to where they run loopbus: a config shipped in the
+    # package (agents/examples, in site-packages once installed) must not write next to itself.
+    output = config.output
+    output = None if output is None else (output if output.is_absolute() else Path.cwd() / output)
     return config.model_copy(
-        update={"workspace": fix(config.workspace), "output": fix(config.output), "agents": agents}
+        update={
+            "workspace": fix(config.workspace),
+            "output": None if output is None else output.resolve(),
+            "agents": agents,
+        }
     )
 
 

@@ -132,3 +132,23 @@ def test_loopbus_run_and_replay_by_reference(project: Path, tiny_model_path: Pat
         timeout=180,
     )
     assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+
+
+def test_relative_output_is_the_current_directory(tmp_path: Path, monkeypatch) -> None:
+    """A config shipped in a package (site-packages once installed) never writes next to itself."""
+    from agents.config import load_config
+
+    installed = tmp_path / "site-packages" / "agents" / "examples"
+    installed.mkdir(parents=True)
+    (installed / "fixture").mkdir()
+    config = installed / "c.toml"
+    config.write_text(
+        '[chain]\nworkspace = "fixture"\noutput = "demo-out"\n\n'
+        '[agents.answer]\nsubscribe = ["q"]\ntask = "{payload[q]}"\n'
+    )
+    user = tmp_path / "user"
+    user.mkdir()
+    monkeypatch.chdir(user)
+    loaded = load_config(config)
+    assert loaded.output == user / "demo-out"
+    assert loaded.workspace == installed / "fixture"  # inputs stay relative to the file
