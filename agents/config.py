@@ -554,6 +554,14 @@ def check_registry(config: ChainConfig) -> None:
                 f"agent {agent.name!r} in {config.path}: workspace {workspace} is not a directory"
             )
         spec = known.get(agent.kind)
+        if spec is None and ":" in agent.kind:  # module:attr of a user's Agent (agents.agent)
+            from agents.builtin import UnknownAgent as NoSuchAgent
+            from agents.builtin import get_agent
+
+            try:
+                spec = get_agent(agent.kind)
+            except NoSuchAgent as exc:
+                raise UnknownAgent(f"agent {agent.name!r} in {config.path}: {exc}") from None
         if spec is None:
             raise UnknownAgent(
                 f"agent {agent.name!r} in {config.path}: unknown kind {agent.kind!r}; "

@@ -152,3 +152,19 @@ def test_relative_output_is_the_current_directory(tmp_path: Path, monkeypatch) -
     loaded = load_config(config)
     assert loaded.output == user / "demo-out"
     assert loaded.workspace == installed / "fixture"  # inputs stay relative to the file
+
+
+def test_a_chain_config_names_the_agent_by_reference(on_path: Path, tmp_path: Path) -> None:
+    from agents.config import ConfigError, check_registry, load_config
+
+    def config(kind: str) -> Path:
+        path = tmp_path / "chain.toml"
+        path.write_text(
+            f'[chain]\nworkspace = "."\n\n[agents.counter]\nkind = "{kind}"\n'
+            'subscribe = ["count"]\ntask = "Count {payload[path]}"\n'
+        )
+        return path
+
+    check_registry(load_config(config("my_agents.counter:counter")))
+    with pytest.raises(ConfigError, match="cannot import 'my_agents.nothing'"):
+        check_registry(load_config(config("my_agents.nothing:counter")))
