@@ -168,3 +168,16 @@ def test_a_chain_config_names_the_agent_by_reference(on_path: Path, tmp_path: Pa
     check_registry(load_config(config("my_agents.counter:counter")))
     with pytest.raises(ConfigError, match="cannot import 'my_agents.nothing'"):
         check_registry(load_config(config("my_agents.nothing:counter")))
+
+
+def test_an_entry_point_names_the_agent(on_path: Path, tmp_path: Path, monkeypatch) -> None:
+    """A package publishes an agent in the loopbus.agents group; the name resolves to it."""
+    dist = tmp_path / "my_agents_pkg-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: my-agents-pkg\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text(
+        "[loopbus.agents]\nline-counter = my_agents.counter:counter\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    spec = get_agent("line-counter")
+    assert (spec.name, spec.function) == ("line-counter", "my_agents.baml_client:Counter")
