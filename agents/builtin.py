@@ -130,6 +130,11 @@ def get_agent(name: str) -> AgentDef:
             f"unknown agent {name!r}; available agents: {known} (or module:attr of an Agent)"
         )
     _AGENTS[name] = agent.definition(name)
+    if agent.sandbox is not None:
+        from agents.pytool import sandbox_limits, set_sandbox_limits
+
+        if sandbox_limits(name) is None:  # limits set explicitly (loopbus run --sandbox-*) win
+            set_sandbox_limits(name, agent.sandbox)
     return _AGENTS[name]
 
 

@@ -249,17 +249,24 @@ def _load_with_progress(spec: str | None, context_window: int | None, *, quiet: 
 
 
 @click.command("agents")
+@click.argument("references", nargs=-1)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @handle_errors
-def agents_cmd(as_json: bool) -> None:
+def agents_cmd(references: tuple[str, ...], as_json: bool) -> None:
     """List the available agents, their BAML functions and tools.
+
+    REFERENCES (optional): your own agents to describe too, as module:attr of an Agent or an
+    entry-point name in the loopbus.agents group.
 
     \b
     Example:
       loopbus agents
+      loopbus agents my_agents.counter:counter
     """
-    from agents.builtin import list_agents
+    from agents.builtin import get_agent, list_agents
 
+    for reference in references:
+        get_agent(reference)  # an unknown reference is an Error: ... (exit 2)
     agents = list_agents()
     if as_json:
         click.echo(

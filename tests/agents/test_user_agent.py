@@ -181,3 +181,31 @@ def test_an_entry_point_names_the_agent(on_path: Path, tmp_path: Path, monkeypat
     monkeypatch.syspath_prepend(str(tmp_path))
     spec = get_agent("line-counter")
     assert (spec.name, spec.function) == ("line-counter", "my_agents.baml_client:Counter")
+
+
+def test_the_agents_sandbox_limits_are_its_default(on_path: Path) -> None:
+    from agents.pytool import sandbox_limits
+    from agents.sandbox_types import SandboxLimits
+
+    (on_path / "my_agents" / "limited.py").write_text(
+        "import dataclasses\n"
+        "from agents.sandbox_types import SandboxLimits\n"
+        "from my_agents.counter import counter\n"
+        "limited = dataclasses.replace(counter, sandbox=SandboxLimits(fuel=123_456_789))\n"
+    )
+    get_agent("my_agents.limited:limited")
+    assert sandbox_limits("my_agents.limited:limited") == SandboxLimits(fuel=123_456_789)
+
+
+def test_loopbus_agents_describes_a_reference(on_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from agents.cli import main
+
+    result = CliRunner().invoke(main, ["agents", "my_agents.counter:counter", "--json"])
+    assert result.exit_code == 0, result.output
+    listed = {a["name"]: a for a in json.loads(result.output)}
+    assert listed["my_agents.counter:counter"]["tools"] == ["count_lines", "done"]
+    assert "assistant" in listed
+    bad = CliRunner().invoke(main, ["agents", "my_agents.counter:nobody"])
+    assert bad.exit_code == 2 and "Error: " in bad.output and "nobody" in bad.output
