@@ -5,7 +5,11 @@
     def test_version_question():
         assert_replays("tests/runs/smollm2_version.xml", workspace="tests/fixtures/workspace")
 
-:class:`CountingRuntime` wraps a real runtime to count model calls (resume tests).
+:class:`CountingRuntime` wraps a real runtime to count model calls (resume tests);
+:class:`~models.scripted.ScriptedRuntime` (re-exported here) answers each model call with the
+next scripted decision, to test an agent's tools and flow without a model. In pytest, the
+``replay`` fixture of :mod:`agents.pytest_plugin` wraps :func:`assert_replays` and re-records
+with ``--loopbus-rerecord``.
 """
 
 from __future__ import annotations
@@ -14,6 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from agents.replay import Recording, ReplayReport, replay
+from models.scripted import ScriptedRuntime
+
+__all__ = ["CountingRuntime", "ScriptedRuntime", "assert_replays"]
 
 
 def assert_replays(recording: str | Path, *, workspace: str | Path | None = None) -> ReplayReport:

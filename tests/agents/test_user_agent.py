@@ -209,3 +209,31 @@ def test_loopbus_agents_describes_a_reference(on_path: Path) -> None:
     assert "assistant" in listed
     bad = CliRunner().invoke(main, ["agents", "my_agents.counter:nobody"])
     assert bad.exit_code == 2 and "Error: " in bad.output and "nobody" in bad.output
+
+
+@pytest.mark.parametrize(
+    ("script", "reason"),
+    [
+        # The assistant's policy allows done only after a read: a model could never emit it.
+        ([{"action": "done", "summary": "early"}], "outside the schema"),
+        ([{"action": "read_file", "path": "README.md"}], "no decision left for model call 2"),
+    ],
+)
+def test_scripted_runtime_fails_the_run_and_says_why(
+    tmp_path: Path, script: list, reason: str
+) -> None:
+    from agents.loop import run_agent
+    from agents.testing import ScriptedRuntime
+    from bus import SyncBus
+
+    runtime = ScriptedRuntime(script)
+    with SyncBus(tmp_path / "bus.db") as bus:
+        outcome = run_agent(
+            "assistant",
+            "What version is Pebble?",
+            runtime=runtime,
+            bus=bus,
+            workspace=REPO / "tests" / "fixtures" / "workspace",
+        )
+    assert outcome.kind == "failed" and reason in (outcome.reason or ""), outcome
+    assert runtime.calls == len(script) + (1 if "left" in reason else 0)
