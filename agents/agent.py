@@ -21,6 +21,7 @@ The return union's ``Done`` member (``action "done"``) ends the run and needs no
 
 from __future__ import annotations
 
+import inspect
 import typing
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -96,9 +97,8 @@ class Agent:
         def bind(fn: Handler) -> Handler:
             target = cls
             if target is None:
-                hints = typing.get_type_hints(fn)
-                params = [p for p in fn.__code__.co_varnames[: fn.__code__.co_argcount]]
-                target = hints.get(params[0]) if params else None
+                params = list(inspect.signature(fn).parameters)
+                target = typing.get_type_hints(fn).get(params[0]) if params else None
             if not isinstance(target, type):
                 raise AgentError(
                     f"tool {getattr(fn, '__name__', fn)!r} of agent {self.name!r}: annotate its "

@@ -237,3 +237,15 @@ def test_scripted_runtime_fails_the_run_and_says_why(
         )
     assert outcome.kind == "failed" and reason in (outcome.reason or ""), outcome
     assert runtime.calls == len(script) + (1 if "left" in reason else 0)
+
+
+def test_a_tool_without_its_decision_class_is_refused() -> None:
+    agent = Agent("x", "baml_client", "Answer")
+    with pytest.raises(Exception, match="annotate its first parameter"):
+        agent.tool(lambda call, ctx: "ok")
+
+    @agent.tool(idempotent=False, reads=["file.*"])
+    def bound(call: dict, ctx: object) -> str:
+        return "ok"
+
+    assert agent.tools[dict].idempotent is False and agent.tools[dict].reads == ("file.*",)
