@@ -441,14 +441,9 @@ def _resolve_paths(config: ChainConfig, base: Path) -> ChainConfig:
     }
     # Outputs are the user's, so relative to where they run loopbus: a config shipped in the
     # package (agents/examples, in site-packages once installed) must not write next to itself.
-    output = config.output
-    output = None if output is None else (output if output.is_absolute() else Path.cwd() / output)
+    output = None if config.output is None else (Path.cwd() / config.output).resolve()
     return config.model_copy(
-        update={
-            "workspace": fix(config.workspace),
-            "output": None if output is None else output.resolve(),
-            "agents": agents,
-        }
+        update={"workspace": fix(config.workspace), "output": output, "agents": agents}
     )
 
 
@@ -555,12 +550,11 @@ def check_registry(config: ChainConfig) -> None:
             )
         spec = known.get(agent.kind)
         if spec is None and ":" in agent.kind:  # module:attr of a user's Agent (agents.agent)
-            from agents.builtin import UnknownAgent as NoSuchAgent
-            from agents.builtin import get_agent
+            from agents import builtin
 
             try:
-                spec = get_agent(agent.kind)
-            except NoSuchAgent as exc:
+                spec = builtin.get_agent(agent.kind)
+            except builtin.UnknownAgent as exc:
                 raise UnknownAgent(f"agent {agent.name!r} in {config.path}: {exc}") from None
         if spec is None:
             raise UnknownAgent(
