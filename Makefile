@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 # Run with OpenBLAS preloaded when one is usable (Linux CPU: ~10x faster float32 matmuls).
 FAST   := $(BIN)/python -m models.blas exec
 
-.PHONY: install test demo bench lint generate clean
+.PHONY: install test demo bench lint generate clean adapter
 
 install: $(STAMP)
 
@@ -28,6 +28,22 @@ demo: install
 
 bench: install  # all benchmarks; one of them: make bench BENCH=agents
 	$(FAST) $(BIN)/python -m bench $(BENCH)
+
+# The shipped LoRA adapter for the built-in assistant (models/adapters/smollm2-agents/RECIPE.md):
+# gold runs of generated tasks (seed 7; the benchmark holds out seed 1000) -> chat JSONL -> LoRA.
+ADAPTER       ?= models/adapters/smollm2-agents
+DISTILL_WORK  ?= $(or $(TMPDIR),/tmp)/loopbus-distill
+DISTILL_TASKS ?= 90
+DISTILL_ITERS ?= 120
+LOOPBUS       := $(FAST) $(BIN)/python -m agents.cli
+
+adapter: install
+	rm -rf $(DISTILL_WORK) && mkdir -p $(DISTILL_WORK)
+	$(LOOPBUS) --bus $(DISTILL_WORK)/oracle.db distill oracle --seed 7 --n $(DISTILL_TASKS) \
+		--root $(DISTILL_WORK)/workspaces
+	$(LOOPBUS) distill data $(DISTILL_WORK)/data --from $(DISTILL_WORK)/oracle.db
+	$(LOOPBUS) distill train $(DISTILL_WORK)/data --out $(ADAPTER) --iters $(DISTILL_ITERS) \
+		--batch-size 2 --layers 4 --rank 16 --learning-rate 2e-4 --seed 0
 
 lint: install
 	$(BIN)/ruff check .

@@ -159,3 +159,27 @@ def test_model_dir_refuses_adapters_and_servers(tiny_model_path: Path) -> None:
         model_dir(f"{tiny_model_path}+adapter:x")
     with pytest.raises(InvalidModelSpec, match="not local"):
         model_dir("openai:http://127.0.0.1:1/v1")
+
+
+def test_shipped_adapter_fits_the_embedded_model(smollm2_path: Path) -> None:
+    from agents.builtin import get_agent
+    from agents.decide import get_decider
+    from models.adapters import arch_identity, resolve_adapter, shipped_adapters
+
+    assert "smollm2-agents" in shipped_adapters()
+    path = resolve_adapter("smollm2-agents")
+    assert (path / "adapters.safetensors").stat().st_size < 5_000_000  # small enough to commit
+    assert (path / "RECIPE.md").is_file()
+    config = json.loads((path / "adapter_config.json").read_text())
+    base = config[BASE_KEY]
+    ours = arch_identity(json.loads((smollm2_path / "config.json").read_text()))
+    assert {k: base[k] for k in ours} == ours
+    function = get_agent("assistant").function
+    assert config["loopbus_training"]["dataset"]["functions"][function]["prompt_sha256"]
+    # Loads on the embedded model (its weights hash is checked) and decides under the schema.
+    runtime = load_runtime("default+adapter:smollm2-agents")
+    decider = get_decider(function)
+    task = {"task": "Read owner.txt and tell me the owner."}
+    log = f'<event type="run.task" ts="2026-12-03T09:00:00.000Z">{json.dumps(task)}</event>'
+    gen = runtime.generate(decider.messages(log), schema=decider.schema, max_tokens=60)
+    assert decider.parse(gen.text).action in decider.actions()
