@@ -36,6 +36,9 @@ SKIP: dict[str, str] = {
     "up agents/examples/plan_fanout.toml --until-idle": "four SmolLM2 agent processes, about a "
     "minute on 2 cores; tests/chains runs chains of real processes",
     "cat demo-out/result.md": "written by the plan chain skipped above",
+    "distill train": "LoRA training, many minutes on 2 CPU cores; tests/agents/test_distill.py "
+    "trains a tiny adapter",
+    "--model default+adapter:my-adapter": "needs the adapter that the skipped training writes",
 }
 TIMEOUT_S = 300  # one block; a model-loading command takes several seconds
 
