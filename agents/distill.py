@@ -3,9 +3,10 @@
 Three steps, each a function (and a ``loopbus distill`` command):
 
 * :func:`oracle_runs` runs the real agent loop over a generated task suite
-  (:mod:`agents.tasksuite`) with :class:`ScriptedRuntime` answering each turn with the task's
-  gold decision, and records a ``distill.verdict`` event per run (whether the answer checked
-  out). The runs land on a bus like any other runs.
+  (:mod:`agents.tasksuite`) with :class:`models.scripted.ScriptedRuntime` answering each turn
+  with the task's gold decision (a decision the turn's policy-narrowed schema refuses ends the
+  run failed), and records a ``distill.verdict`` event per run (whether the answer checked out).
+  The runs land on a bus like any other runs.
 * :func:`examples_from_bus` turns every run whose outcome is ``done`` (and whose verdict, when
   it has one, is correct) into one training example per decision: the chat messages the model
   sees at that turn, rebuilt from the run's own events with the *current* BAML template of its
@@ -34,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from agents.errors import AgentError
+from models.scripted import ScriptedRuntime  # the oracle's "model" (re-exported here)
 
 #: The event recording whether a run's answer was correct (published by :func:`oracle_runs`).
 VERDICT = "distill.verdict"
@@ -53,61 +55,6 @@ class DistillError(AgentError):
 
 
 # --------------------------------------------------------------------------- oracle runs
-
-
-class ScriptedRuntime:
-    """A model runtime that answers each decision with the next scripted text (an oracle).
-
-    Tokens are counted by ``counter`` (a real runtime, normally the base model the adapter is
-    for), so a scripted run meets the same context budget the model would; nothing is generated.
-    An answer outside the turn's schema (which the agent's decoding policy narrows, so the model
-    could never emit it) or running out of answers raises a ModelError: the run ends ``failed``
-    and is no training data.
-    """
-
-    supports_schema = True
-
-    def __init__(self, answers: list[str], counter: Any, *, spec: str = "oracle") -> None:
-        self.answers = list(answers)
-        self.counter = counter
-        self.spec = spec
-        self.context_window = counter.context_window
-
-    def count_tokens(self, messages: list[dict[str, Any]]) -> int:
-        return self.counter.count_tokens(messages)
-
-    def count_text(self, text: str) -> int:
-        return self.counter.count_text(text)
-
-    def new_cache(self) -> None:
-        return None
-
-    def generate(
-        self, messages: list[dict[str, Any]], *, schema: dict[str, Any] | None = None, **_: Any
-    ) -> Any:
-        from agents.policy import violation
-        from models.errors import ModelError
-        from models.runtime import Generation
-
-        if not self.answers:
-            raise ModelError("the script has no more decisions for this run")
-        text = self.answers.pop(0)
-        try:
-            decision = json.loads(text)
-        except json.JSONDecodeError:
-            decision = None  # left to the loop's parser (a parse-error turn)
-        if schema is not None and isinstance(decision, dict):
-            if problem := violation(decision, schema):
-                raise ModelError(f"the scripted decision is outside this turn's schema: {problem}")
-        return Generation(
-            text=text,
-            prompt_tokens=self.count_tokens(messages),
-            cached_tokens=0,
-            completion_tokens=self.counter.count_text(text),
-            prefill_s=0.0,
-            decode_s=0.0,
-            finish_reason="stop",
-        )
 
 
 @dataclass
@@ -145,7 +92,7 @@ def oracle_runs(
         raise DistillError(f"--n must be at least 1 (got {n})")
     correct, failed = 0, []
     for task in generate_suite(Path(root), seed=seed, n=n):
-        runtime = ScriptedRuntime(oracle_json(task), counter)
+        runtime = ScriptedRuntime(oracle_json(task), counter=counter, spec="oracle")
         run_id = f"oracle-{task.id}"
         outcome = run_agent(
             agent,

@@ -32,18 +32,6 @@ from agents.tasksuite import EVAL_SEED, generate_suite, oracle_json
 from bus import SyncBus
 
 
-class Recording(ScriptedRuntime):
-    """The scripted runtime, keeping the exact messages of every model call."""
-
-    def __init__(self, answers: list[str], counter: Any) -> None:
-        super().__init__(answers, counter)
-        self.seen: list[list[dict[str, Any]]] = []
-
-    def generate(self, messages: list[dict[str, Any]], **kwargs: Any) -> Any:
-        self.seen.append(messages)
-        return super().generate(messages, **kwargs)
-
-
 def _short_tasks(root: Path, n: int = 12) -> list[Any]:
     # The tiny model's window is 2,048 tokens: keep tasks of at most two decisions, and those
     # the assistant's policy allows (it answers only after reading a file).
@@ -60,7 +48,7 @@ def test_examples_are_the_prompts_the_model_saw(
     with SyncBus(bus_file) as bus:
         for task in tasks:
             # A first answer that does not parse: skipped, its error stays in later contexts.
-            runtime = Recording(["not json", *oracle_json(task)], tiny_runtime)
+            runtime = ScriptedRuntime(["not json", *oracle_json(task)], counter=tiny_runtime)
             outcome = run_agent(
                 "assistant",
                 task.question,
@@ -71,7 +59,7 @@ def test_examples_are_the_prompts_the_model_saw(
                 budget=0.95,  # the parse error makes the context longer than usual
             )
             assert outcome.kind == "done", outcome
-            seen[outcome.run_id] = runtime.seen
+            seen[outcome.run_id] = runtime.prompts
     examples = examples_from_bus(bus_file)
     assert {e.run_id for e in examples} == set(seen)
     for run_id, prompts in seen.items():
@@ -95,7 +83,7 @@ def test_oracle_runs_keep_only_done_and_correct(
         bus.publish(VERDICT, {"run_id": correct[0], "correct": False}, agent="grader")
         # Nor is a run that did not end done (the script never says done).
         task = _short_tasks(tmp_path / "ws2")[0]
-        stuck = ScriptedRuntime(oracle_json(task)[:-1], tiny_runtime)
+        stuck = ScriptedRuntime(oracle_json(task)[:-1], counter=tiny_runtime)
         unfinished = run_agent(
             "assistant",
             task.question,
@@ -104,7 +92,7 @@ def test_oracle_runs_keep_only_done_and_correct(
             workspace=task.workspace,
             max_turns=2,
         )
-    assert unfinished.kind == "failed" and "no more decisions" in (unfinished.reason or "")
+    assert unfinished.kind == "failed" and "no decision left" in (unfinished.reason or "")
     assert report.runs == len(verdicts) == 6 and report.correct == len(correct) >= 2
     assert len(report.failed) == 6 - report.correct  # long tasks may exceed the tiny budget
     # The count task's gold answer comes straight after a listing, which the assistant's
