@@ -4,6 +4,8 @@ the address of a dead one (keying on id() skipped it, and its prompts could not 
 
 from __future__ import annotations
 
+import pytest
+
 from agents.decide import get_decider
 from agents.eventlog import EventLog, LogEvent
 from agents.runs import prompt_record
@@ -37,6 +39,17 @@ def test_a_new_state_at_a_dead_states_address_records_the_template() -> None:
             found = candidate
             break
         del candidate
-    assert found is not None, "no state reused the address: this test proved nothing"
+    if found is None:  # allocator-dependent (seen in a loaded full-suite run): say so
+        pytest.skip("no new state reused the dead one's address in 5000 tries")
     record = prompt_record(found, messages)
     assert "prompt_template" in record
+
+
+def test_every_new_state_of_a_run_records_the_template() -> None:
+    """The deterministic half: a second live state of the same run records it again."""
+    decider = get_decider("Assistant")
+    first, second = _State(), _State()
+    messages = decider.messages(first.log.render())
+    assert "prompt_template" in prompt_record(first, messages)
+    assert "prompt_template" in prompt_record(second, messages)
+    assert "prompt_template" not in prompt_record(second, messages)
