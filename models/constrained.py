@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections import OrderedDict
 from typing import Any
 
 import mlx.core as mx
@@ -24,6 +25,9 @@ from models.errors import SchemaRejected
 #: Compact JSON by default: no free whitespace, so a weak model cannot spin on spaces or
 #: newlines until max_tokens. A schema's own "x-guidance" options still take precedence.
 JSON_DEFAULTS: dict[str, Any] = {"whitespace_flexible": False}
+#: Compiled schemas kept per model. Decoding policies build a schema per turn from the run's
+#: state (agents/policy.py), so a long-lived agent process must not keep every one forever.
+MAX_COMPILED_SCHEMAS = 64
 
 
 # Only positions where "matches fewer documents" keeps the whole schema sound (not "not", "if").
@@ -75,7 +79,7 @@ class SchemaConstrainer:
         self._n_vocab = n_vocab
         self._eos = eos_token_ids
         self._lltok: Any = None
-        self._matchers: dict[str, Any] = {}
+        self._matchers: OrderedDict[str, Any] = OrderedDict()  # least recently used first
         self._lock = threading.Lock()
 
     @property
@@ -97,6 +101,8 @@ class SchemaConstrainer:
 
         key = json.dumps(schema, sort_keys=True)
         template = self._matchers.get(key)
+        if template is not None:
+            self._matchers.move_to_end(key)
         if template is None:
             try:
                 grammar = llguidance.LLMatcher.grammar_from_json_schema(
@@ -116,6 +122,8 @@ class SchemaConstrainer:
             if template.is_error():
                 raise SchemaRejected(f"JSON schema rejected: {template.get_error()}")
             self._matchers[key] = template
+            while len(self._matchers) > MAX_COMPILED_SCHEMAS:
+                self._matchers.popitem(last=False)
         return template.deep_copy()
 
     def processor(self, schema: dict[str, Any], logits_vocab: int) -> JsonLogitsProcessor:

@@ -169,3 +169,24 @@ def test_llguidance_tokenizer_is_built_once(tiny_rt: MLXRuntime) -> None:
     first = tiny_rt.constrainer.lltokenizer
     tiny_rt.generate(_chat("b"), schema=RunPython.model_json_schema(), max_tokens=50)
     assert tiny_rt.constrainer.lltokenizer is first
+
+
+def test_compiled_schemas_are_bounded_least_recently_used_first(
+    tiny_rt: MLXRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Per-turn schemas (decoding policies) must not pile up in a long-lived agent process."""
+    import models.constrained as constrained
+
+    monkeypatch.setattr(constrained, "MAX_COMPILED_SCHEMAS", 3)
+    constrainer = tiny_rt.constrainer
+    constrainer._matchers.clear()
+
+    def schema(i: int) -> dict[str, Any]:
+        return {"type": "object", "properties": {"p": {"enum": [f"f{i}.txt"]}}, "required": ["p"]}
+
+    for i in range(3):
+        constrainer.compile(schema(i))
+    constrainer.compile(schema(0))  # used again: now the most recent
+    constrainer.compile(schema(3))  # evicts schema 1, the least recently used
+    keys = [json.loads(k)["properties"]["p"]["enum"][0] for k in constrainer._matchers]
+    assert keys == ["f2.txt", "f0.txt", "f3.txt"]
