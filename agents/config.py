@@ -66,6 +66,7 @@ from pydantic import (
 
 from agents.errors import AgentError, SandboxConfigError
 from agents.sandbox_types import SandboxLimits
+from agents.tomlshape import shape_problem
 
 __all__ = [
     "AgentConfig",
@@ -460,49 +461,6 @@ def _check_model_spec(spec: str | None, agent: str, source: str) -> None:
         raise ModelMissing(f"agent {agent!r} in {source}: model {spec!r}: {exc}") from None
 
 
-#: Limits checked before the TOML parser runs: tomllib recurses per nesting level and is
-#: quadratic in the parts of a dotted key, so a hostile file could exhaust stack or memory.
-MAX_CONFIG_BYTES = 1 << 20
-MAX_NESTING = 32
-MAX_KEY_PARTS = 32
-# Strings and comments (their brackets and dots are text), and numbers/dates (one dot each).
-_TOML_TEXT_RE = re.compile(
-    r'"""(?:[^\\]|\\.)*?"""|\'\'\'.*?\'\'\'|"(?:[^"\\\n]|\\.)*"|\'[^\'\n]*\'|#[^\n]*',
-    re.S,
-)
-_TOML_NUMBER_RE = re.compile(r"[0-9][0-9_:T+-]*\.[0-9][0-9_eE+-]*")
-
-
-def _check_shape(text: str, file: Path) -> None:
-    """Refuse a config nested too deeply or with absurdly long dotted keys (ConfigError)."""
-    if len(text) > MAX_CONFIG_BYTES:
-        raise ConfigError(
-            f"chain config {file} is {len(text)} characters; a chain config is a small file "
-            f"(at most {MAX_CONFIG_BYTES} characters)"
-        )
-    bare = _TOML_TEXT_RE.sub('""', text)
-    depth = deepest = 0
-    for char in bare:
-        if char in "[{":
-            depth += 1
-            deepest = max(deepest, depth)
-        elif char in "]}":
-            depth -= 1
-    if deepest > MAX_NESTING:
-        raise ConfigError(
-            f"chain config {file} is nested too deeply ({deepest} levels of arrays or tables "
-            f"inside each other; at most {MAX_NESTING})"
-        )
-    for number, line in enumerate(bare.splitlines(), 1):
-        if line.count(".") > MAX_KEY_PARTS and (
-            _TOML_NUMBER_RE.sub("0", line).count(".") > MAX_KEY_PARTS
-        ):
-            raise ConfigError(
-                f"chain config {file} line {number}: a dotted key or table name with more "
-                f"than {MAX_KEY_PARTS} parts"
-            )
-
-
 def load_config(path: str | Path) -> ChainConfig:
     """Read and validate a chain TOML file (paths inside resolve relative to the file)."""
     file = Path(path)
@@ -510,7 +468,8 @@ def load_config(path: str | Path) -> ChainConfig:
         raise ConfigError(f"chain config {file} not found; pass an existing TOML file")
     try:
         text = file.read_text(encoding="utf-8")
-        _check_shape(text, file)
+        if (problem := shape_problem(text)) is not None:
+            raise ConfigError(f"chain config {file} {problem}")
         data = tomllib.loads(text)
         config = parse_config(data, base=file.resolve().parent, source=str(file))
     except tomllib.TOMLDecodeError as exc:
