@@ -49,6 +49,27 @@ class StoreTransaction(Protocol):
     def ack(self, consumer: str, event_id: int) -> None: ...
 
 
+class AppendMixin:
+    """``Store.append`` for a backend, from its ``transaction()`` (one implementation)."""
+
+    if TYPE_CHECKING:
+
+        def transaction(self) -> AbstractContextManager[Any]: ...
+
+    def append(
+        self,
+        events: Iterable[NewEvent | Mapping[str, Any]],
+        *,
+        ack: tuple[str, int] | None = None,
+    ) -> list[int]:
+        """Publish ``events`` and, in the same transaction, ack ``(consumer, event_id)``."""
+        with self.transaction() as tx:
+            ids = tx.publish_many(events)
+            if ack is not None:
+                tx.ack(*ack)
+        return ids
+
+
 @runtime_checkable
 class Store(Protocol):
     """What a bus backend provides (blocking; safe to share between threads).

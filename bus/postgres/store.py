@@ -38,6 +38,7 @@ from bus.postgres import migrations
 from bus.postgres.connect import PgTarget, connect, parse_url, wrap
 from bus.postgres.sqlbits import HEAD_SQL, SELECT_EVENTS, type_filter
 from bus.postgres.transaction import PgTransaction
+from bus.store import AppendMixin
 
 log = logging.getLogger("loopbus.bus")
 
@@ -71,7 +72,7 @@ class PgStats:
     largest_batch: int = 0
 
 
-class PgBus:
+class PgBus(AppendMixin):
     """An open PostgreSQL bus: ``with PgBus("postgresql://host/db?schema=s") as bus: ...``.
 
     Same methods and options as :class:`bus.SyncBus`; ``path`` is the URL (password hidden).
@@ -276,19 +277,6 @@ class PgBus:
         if not rows:
             return []
         return self._write(self._insert, rows)
-
-    def append(
-        self,
-        events: Iterable[NewEvent | Mapping[str, Any]],
-        *,
-        ack: tuple[str, int] | None = None,
-    ) -> list[int]:
-        """Publish ``events`` and, in the same transaction, ack ``(consumer, event_id)``."""
-        with self.transaction() as tx:
-            ids = tx.publish_many(events)
-            if ack is not None:
-                tx.ack(*ack)
-        return ids
 
     def ack(self, consumer: str, event_id: int) -> None:
         """Commit ``consumer``'s cursor at ``event_id`` (it never moves backwards)."""

@@ -25,11 +25,12 @@ from bus.errors import BusClosed, BusError
 from bus.events import CursorInfo, Event, NewEvent, PruneReport, prepare_row
 from bus.sqlite import sqlops
 from bus.sqlite.core import Bus, BusStats, Transaction
+from bus.store import AppendMixin
 
 T = TypeVar("T")
 
 
-class SyncBus:
+class SyncBus(AppendMixin):
     """A blocking bus: ``with SyncBus(path) as bus: bus.publish("file.found", {...})``.
 
     Takes the same options as :meth:`Bus.open` and has the same methods, synchronous.
@@ -149,19 +150,6 @@ class SyncBus:
         from bus.lease import file_lease_holder
 
         return file_lease_holder(self._abs_path, name)
-
-    def append(
-        self,
-        events: Iterable[NewEvent | Mapping[str, Any]],
-        *,
-        ack: tuple[str, int] | None = None,
-    ) -> list[int]:
-        """Publish ``events`` and, in the same transaction, ack ``(consumer, event_id)``."""
-        with self.transaction() as tx:
-            ids = tx.publish_many(events)
-            if ack is not None:
-                tx.ack(*ack)
-        return ids
 
     def query(self, sql: str, params: Any = (), *, timeout_s: float | None = None) -> Any:
         """Run one read-only statement on this bus (see :func:`bus.sqlite.readonly.query`)."""

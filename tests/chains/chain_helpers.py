@@ -75,3 +75,33 @@ def read_status(path: Path) -> dict[str, Any]:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
+
+
+# The crash and cross-host tests' chain: checker (2 processes) -> digester -> tally. checker
+# and digester are one-decision agents; tally (a `reporter` under another name) has write_report as its forced first decision, then
+# one model decision. So the tiny random model cannot change what a run does, and `emit`
+# makes each stage's fan-out exactly-once.
+CRASH_CHAIN = """
+[agents.checker]
+subscribe = ["file.found"]
+task = "Check {payload[path]}"
+max_turns = 1
+budget = 1.0
+emit = "review.done"
+parallelism = 2
+
+[agents.digester]
+subscribe = ["review.done"]
+task = "Digest {payload[path]}"
+max_turns = 1
+budget = 1.0
+emit = "digest.done"
+
+[agents.tally]
+kind = "reporter"
+subscribe = ["digest.done"]
+task = "Update the report"
+first_tool = "write_report"
+max_turns = 2
+budget = 1.0
+"""

@@ -13,41 +13,14 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from chain_helpers import make_workspace, read_status, spawn, write_chain
+from chain_helpers import CRASH_CHAIN, make_workspace, read_status, spawn, write_chain
 
 from agents.supervisor import state_dir_for
 from bus import SyncBus
 
 N_INPUTS = 32
 
-# checker (2 processes) -> digester -> tally. checker and digester are one-decision agents;
-# tally (a `reporter` under another name) has write_report as its forced first decision, then
-# one model decision. So the tiny random model cannot change what a run does, and `emit`
-# makes each stage's fan-out exactly-once.
-CHAIN = """
-[agents.checker]
-subscribe = ["file.found"]
-task = "Check {payload[path]}"
-max_turns = 1
-budget = 1.0
-emit = "review.done"
-parallelism = 2
-
-[agents.digester]
-subscribe = ["review.done"]
-task = "Digest {payload[path]}"
-max_turns = 1
-budget = 1.0
-emit = "digest.done"
-
-[agents.tally]
-kind = "reporter"
-subscribe = ["digest.done"]
-task = "Update the report"
-first_tool = "write_report"
-max_turns = 2
-budget = 1.0
-"""
+CHAIN = CRASH_CHAIN
 
 
 @pytest.mark.slow

@@ -15,7 +15,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from chain_helpers import REPO, make_workspace, read_status, write_chain
+from chain_helpers import CRASH_CHAIN, REPO, make_workspace, read_status, write_chain
 
 import bus as loopbus
 from agents.supervisor import state_dir_for
@@ -26,30 +26,7 @@ N_INPUTS = 24
 # checker (2 processes) -> digester -> tally; in config order the instances are checker#0/2,
 # checker#1/2, digester, tally, so share 0/2 runs checker#0/2 + digester and share 1/2 runs
 # checker#1/2 + tally: every stage after the first crosses from one supervisor to the other.
-CHAIN = """
-[agents.checker]
-subscribe = ["file.found"]
-task = "Check {payload[path]}"
-max_turns = 1
-budget = 1.0
-emit = "review.done"
-parallelism = 2
-
-[agents.digester]
-subscribe = ["review.done"]
-task = "Digest {payload[path]}"
-max_turns = 1
-budget = 1.0
-emit = "digest.done"
-
-[agents.tally]
-kind = "reporter"
-subscribe = ["digest.done"]
-task = "Update the report"
-first_tool = "write_report"
-max_turns = 2
-budget = 1.0
-"""
+CHAIN = CRASH_CHAIN
 
 
 def _up(url: str, cfg: Path, share: str, cwd: Path, log: Path) -> subprocess.Popen[bytes]:
