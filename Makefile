@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 # Run with OpenBLAS preloaded when one is usable (Linux CPU: ~10x faster float32 matmuls).
-FAST   := $(BIN)/python -m models.blas exec
+FAST   := $(BIN)/python -m loopbus.models.blas exec
 
 .PHONY: install test demo bench lint generate clean adapter
 
@@ -24,7 +24,7 @@ test: install
 	$(FAST) $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 demo: install
-	$(FAST) $(BIN)/python -m agents.demo
+	$(FAST) $(BIN)/python -m loopbus.agents.examples.demo
 
 bench: install  # all benchmarks; one of them: make bench BENCH=agents
 	$(FAST) $(BIN)/python -m bench $(BENCH)
@@ -35,7 +35,7 @@ ADAPTER       ?= models/adapters/smollm2-agents
 DISTILL_WORK  ?= $(or $(TMPDIR),/tmp)/loopbus-distill
 DISTILL_TASKS ?= 90
 DISTILL_ITERS ?= 120
-LOOPBUS       := $(FAST) $(BIN)/python -m agents.cli
+LOOPBUS       := $(FAST) $(BIN)/python -m loopbus.agents.cli
 
 adapter: install
 	rm -rf $(DISTILL_WORK) && mkdir -p $(DISTILL_WORK)

@@ -5,12 +5,12 @@ An agent is a name, one BAML decision function (from the user's ``baml_client``,
 ``@agent.tool``, and defaults (``max_tokens``, sandbox limits, decoding policy)::
 
     from loopbus_demo import baml_client
-    from agents.agent import Agent
+    from loopbus.agents.agent import Agent
 
     counter = Agent("counter", baml_client, "CountLines", description="counts lines")
 
     @counter.tool
-    def count_lines(call: baml_client.types.CountLines, ctx) -> str:
+    def count_lines(call: loopbus.baml_client.types.CountLines, ctx) -> str:
         return str(len(ctx.read_text(call.path).splitlines()))
 
 The CLI and chains reference it as ``module:attr`` (``loopbus run loopbus_demo.agent:counter
@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
-from agents.errors import AgentError
-from agents.policy import Policy
+from loopbus.agents.errors import AgentError
+from loopbus.agents.run.policy import Policy
 
 Handler = Callable[[Any, Any], Any]
 
@@ -50,7 +50,7 @@ class Agent:
     """A decision function plus its tools and defaults (see the module docstring).
 
     ``client``: the generated BAML client package (the module, or its dotted name);
-    ``"baml_client"`` is loopbus's own (the built-ins). ``tools`` are bound with :meth:`tool`.
+    ``"loopbus.baml_client"`` is loopbus's own (the built-ins). ``tools`` are bound with :meth:`tool`.
     ``sandbox`` holds the default ``SandboxLimits`` of its ``RunPython`` tool, if any.
     """
 
@@ -61,7 +61,7 @@ class Agent:
     max_tokens: int = 256
     policy: Policy = field(default_factory=Policy)
     sandbox: Any = None
-    #: Prompt variants ``(function, min_tokens)``: see :attr:`agents.builtin.AgentDef.variants`.
+    #: Prompt variants ``(function, min_tokens)``: see :attr:`loopbus.agents.builtin.AgentDef.variants`.
     variants: tuple[tuple[str, int], ...] = ()
     tools: dict[type, BoundTool] = field(default_factory=dict)
 
@@ -71,9 +71,9 @@ class Agent:
         return self.client if isinstance(self.client, str) else self.client.__name__
 
     def qualified(self, function: str) -> str:
-        """``function`` as :func:`agents.decide.get_decider` finds it (bare in loopbus's own
+        """``function`` as :func:`loopbus.agents.run.decide.get_decider` finds it (bare in loopbus's own
         client, so recordings of the built-ins keep their function names)."""
-        if self.client_name == "baml_client":
+        if self.client_name == "loopbus.baml_client":
             return function
         return f"{self.client_name}:{function}"
 
@@ -124,14 +124,14 @@ class Agent:
         self.tools[cls] = BoundTool(cls, handler, idempotent, description, tuple(reads))
 
     def definition(self, reference: str | None = None) -> Any:
-        """The :class:`agents.builtin.AgentDef` the loop runs, registering the bound tools.
+        """The :class:`loopbus.agents.builtin.AgentDef` the loop runs, registering the bound tools.
 
         ``reference`` (``module:attr`` or an entry-point name) becomes the recorded agent name,
         so a fresh process finds the agent again; default: :attr:`name`.
         """
-        from agents.builtin import AgentDef
-        from agents.decide import get_decider
-        from agents.tools import action_name, register_scoped_tool, tool_for
+        from loopbus.agents.builtin import AgentDef
+        from loopbus.agents.run.decide import get_decider
+        from loopbus.agents.tools.core import action_name, register_scoped_tool, tool_for
 
         decider = get_decider(self.qualified(self.function))
         for cls in decider.classes:
@@ -148,9 +148,11 @@ class Agent:
                 register_scoped_tool(cls, None, idempotent=True, description="finish")
             else:
                 try:
-                    if self.client_name != "baml_client":  # only loopbus's classes have tools
+                    if (
+                        self.client_name != "loopbus.baml_client"
+                    ):  # only loopbus's classes have tools
                         raise AgentError(cls.__name__)
-                    tool_for(cls)  # a built-in tool (agents.tools)
+                    tool_for(cls)  # a built-in tool (loopbus.agents.tools.core)
                 except AgentError:
                     raise AgentError(
                         f"agent {self.name!r}: no tool for {cls.__name__} (the return type of "

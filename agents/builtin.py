@@ -1,4 +1,4 @@
-"""Agents by name: the built-ins, users' :class:`agents.agent.Agent` objects and references.
+"""Agents by name: the built-ins, users' :class:`loopbus.agents.agent.Agent` objects and references.
 
 Built-in agents (``Agent`` objects below, on loopbus's own ``baml_client``; also published as
 entry points in the ``loopbus.agents`` group):
@@ -28,9 +28,9 @@ from dataclasses import dataclass
 from importlib import metadata
 from typing import Any
 
-from agents.agent import Agent
-from agents.errors import AgentError
-from agents.policy import AGENT_POLICIES, Policy
+from loopbus.agents.agent import Agent
+from loopbus.agents.errors import AgentError
+from loopbus.agents.run.policy import AGENT_POLICIES, Policy
 
 #: The entry-point group where packages publish their agents (``name = "module:attr"``).
 ENTRY_POINT_GROUP = "loopbus.agents"
@@ -43,7 +43,7 @@ class UnknownAgent(AgentError):
 @dataclass(frozen=True)
 class AgentDef:
     """A registered agent: its name, what it does, its BAML function, its tool names and its
-    decoding policy (:mod:`agents.policy`)."""
+    decoding policy (:mod:`loopbus.agents.run.policy`)."""
 
     name: str
     description: str
@@ -72,7 +72,7 @@ ASSISTANT_VARIANTS: tuple[tuple[str, int], ...] = ()
 _AGENTS: dict[str, AgentDef] = {}
 #: ``module:function`` hooks that register more agents, loaded with the built-ins when present
 #: (so `loopbus agents`, `loopbus run NAME` and resume in a fresh process know them).
-AGENT_PLUGINS: tuple[str, ...] = ("agents.chain_agents:register",)
+AGENT_PLUGINS: tuple[str, ...] = ("loopbus.agents.examples.chain_agents:register",)
 _loaded = False
 
 
@@ -89,14 +89,14 @@ def register_agent(
     """Register agent ``name`` driven by BAML function ``function``; returns its AgentDef.
 
     ``policy``: how its decisions are constrained each turn (default: its entry in
-    :data:`agents.policy.AGENT_POLICIES`, else none). ``variants``: prompt variants for models
+    :data:`loopbus.agents.run.policy.AGENT_POLICIES`, else none). ``variants``: prompt variants for models
     with more room (see :attr:`AgentDef.variants`); each must return the same decision types.
     """
-    from agents.decide import get_decider
+    from loopbus.agents.run.decide import get_decider
 
     _ensure_builtin_tools()
     decider = get_decider(function)
-    from agents.tools import action_name, tool_for
+    from loopbus.agents.tools.core import action_name, tool_for
 
     for cls in decider.classes:
         tool_for(cls)  # raises UnknownTool with a clear message
@@ -131,7 +131,7 @@ def get_agent(name: str) -> AgentDef:
         )
     _AGENTS[name] = agent.definition(name)
     if agent.sandbox is not None:
-        from agents.pytool import sandbox_limits, set_sandbox_limits
+        from loopbus.agents.tools.python import sandbox_limits, set_sandbox_limits
 
         if sandbox_limits(name) is None:  # limits set explicitly (loopbus run --sandbox-*) win
             set_sandbox_limits(name, agent.sandbox)
@@ -139,7 +139,7 @@ def get_agent(name: str) -> AgentDef:
 
 
 def resolve_reference(reference: str) -> Agent:
-    """The :class:`~agents.agent.Agent` that ``module:attr`` names (UnknownAgent if none).
+    """The :class:`~loopbus.agents.agent.Agent` that ``module:attr`` names (UnknownAgent if none).
 
     The current directory is importable (as with ``python -m``), so ``loopbus run
     my_agents:summarizer`` finds ``./my_agents.py``.
@@ -180,14 +180,14 @@ def list_agents() -> list[AgentDef]:
 
 @functools.cache
 def _ensure_builtin_tools() -> None:
-    from agents.tools import register_builtins
+    from loopbus.agents.tools.core import register_builtins
 
     register_builtins()
 
 
 assistant = Agent(
     "assistant",
-    "baml_client",
+    "loopbus.baml_client",
     "Assistant",
     "answers a question about the files of a workspace (lists and reads files)",
     max_tokens=160,
@@ -201,7 +201,7 @@ assistant = Agent(
 )
 coder = Agent(
     "coder",
-    "baml_client",
+    "loopbus.baml_client",
     "Coder",
     "solves a task by running small MicroPython programs in the sandbox",
     max_tokens=384,
@@ -209,7 +209,7 @@ coder = Agent(
 )
 watcher = Agent(
     "watcher",
-    "baml_client",
+    "loopbus.baml_client",
     "Watcher",
     "reads workspace files and publishes what it finds as events for other agents",
     max_tokens=384,
@@ -217,13 +217,13 @@ watcher = Agent(
 )
 answer = Agent(
     "answer",
-    "baml_client",
+    "loopbus.baml_client",
     "Answer",
     "answers the task directly, without tools (one model call)",
     max_tokens=256,
     policy=AGENT_POLICIES.get("answer", Policy()),
 )
-#: The built-in agents (their tools are loopbus's built-in tools, agents.tools).
+#: The built-in agents (their tools are loopbus's built-in tools, loopbus.agents.tools.core).
 BUILTINS: tuple[Agent, ...] = (assistant, coder, watcher, answer)
 
 

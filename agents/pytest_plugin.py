@@ -6,7 +6,7 @@
         replay("tests/runs/smollm2_version.xml", workspace="tests/fixtures/workspace")
 
 ``replay(recording, workspace=None)`` replays the exported recording (no model is loaded) and
-fails with the diff of the first divergence (:func:`agents.testing.assert_replays`).
+fails with the diff of the first divergence (:func:`loopbus.agents.testing.assert_replays`).
 
 After a deliberate change (a prompt, a tool, a policy), re-record instead of replaying:
 ``pytest --loopbus-rerecord [--loopbus-model SPEC]`` runs each recording's task again with a
@@ -14,7 +14,7 @@ real model (``SPEC``, default: the model the recording names, else ``default``),
 recorded agent, settings and workspace, and rewrites the file with the new run. Re-recording
 keeps the run id; the test fails if the new run cannot be exported.
 
-Without the entry point (a source checkout), enable it with ``-p agents.pytest_plugin``.
+Without the entry point (a source checkout), enable it with ``-p loopbus.agents.pytest_plugin``.
 """
 
 from __future__ import annotations
@@ -49,10 +49,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def rerecord(recording: str | Path, *, model: str | None, workspace: str | Path | None) -> Path:
     """Run ``recording``'s task again with a real model and rewrite the file with the new run."""
-    from agents.loop import run_agent
-    from agents.recording import export_run, load_recording
-    from bus import SyncBus
-    from models import load_runtime
+    from loopbus.agents.run.loop import run_agent
+    from loopbus.agents.run.recording import export_run, load_recording
+    from loopbus.bus import SyncBus
+    from loopbus.models import load_runtime
 
     path = Path(recording)
     old = load_recording(path)
@@ -80,7 +80,7 @@ def rerecord(recording: str | Path, *, model: str | None, workspace: str | Path 
 def replay(request: pytest.FixtureRequest) -> Any:
     """``replay(recording, workspace=None)``: assert the recording replays (or re-record it
     under ``--loopbus-rerecord``); returns the ReplayReport (None when re-recorded)."""
-    from agents.testing import assert_replays
+    from loopbus.agents.testing import assert_replays
 
     config = request.config
 

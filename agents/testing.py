@@ -1,14 +1,14 @@
 """Test helpers for agent runs: a committed recording becomes a one-line replay test::
 
-    from agents.testing import assert_replays
+    from loopbus.agents.testing import assert_replays
 
     def test_version_question():
         assert_replays("tests/runs/smollm2_version.xml", workspace="tests/fixtures/workspace")
 
 :class:`CountingRuntime` wraps a real runtime to count model calls (resume tests);
-:class:`~models.scripted.ScriptedRuntime` (re-exported here) answers each model call with the
+:class:`~loopbus.models.scripted.ScriptedRuntime` (re-exported here) answers each model call with the
 next scripted decision, to test an agent's tools and flow without a model. In pytest, the
-``replay`` fixture of :mod:`agents.pytest_plugin` wraps :func:`assert_replays` and re-records
+``replay`` fixture of :mod:`loopbus.agents.pytest_plugin` wraps :func:`assert_replays` and re-records
 with ``--loopbus-rerecord``.
 """
 
@@ -17,8 +17,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from agents.replay import Recording, ReplayReport, replay
-from models.scripted import ScriptedRuntime
+from loopbus.agents.run.replay import Recording, ReplayReport, replay
+from loopbus.models.scripted import ScriptedRuntime
 
 __all__ = ["CountingRuntime", "ScriptedRuntime", "assert_replays"]
 

@@ -1,13 +1,13 @@
 """Do agents solve narrow file questions? The `assistant` on a generated task suite (issue 10).
 
-The suite is :func:`agents.tasksuite.generate_suite` with the held-out seed
-:data:`agents.tasksuite.EVAL_SEED` (never looked at while writing prompts): small workspaces,
+The suite is :func:`loopbus.agents.distill.tasksuite.generate_suite` with the held-out seed
+:data:`loopbus.agents.distill.tasksuite.EVAL_SEED` (never looked at while writing prompts): small workspaces,
 half the questions need listing a folder, some need two reads. Each model answers every task in
 four arms, in the same run, so the unconstrained baseline is printed beside the rest:
 
 * ``baseline``: the compact ``Assistant`` prompt (whole log in one message), static schema;
 * ``turns``: the ``AssistantTurns`` prompt (worked runs, history as alternating turns);
-* ``policy``: the compact prompt with the ``assistant`` decoding policy (agents.policy), which
+* ``policy``: the compact prompt with the ``assistant`` decoding policy (loopbus.agents.run.policy), which
   is what ``loopbus run assistant`` ships (measured best with SmolLM2);
 * ``turns+policy``: both.
 
@@ -57,8 +57,8 @@ class TaskResult:
 
 def _register_arms() -> dict[str, str]:
     """Register one agent per arm (same tools as `assistant`); arm -> agent name."""
-    from agents.builtin import register_agent
-    from agents.policy import EXPLORE, Policy
+    from loopbus.agents.builtin import register_agent
+    from loopbus.agents.run.policy import EXPLORE, Policy
 
     names = {}
     for arm, (function, policy_on) in ARMS.items():
@@ -76,7 +76,7 @@ def _register_arms() -> dict[str, str]:
 
 def run_task(agent: str, task: Any, runtime: Any, bus: Any) -> TaskResult:
     """Run ``agent`` on one task; what it answered and what it cost."""
-    from agents.loop import run_agent
+    from loopbus.agents.run.loop import run_agent
 
     start = time.perf_counter()
     outcome = run_agent(
@@ -113,7 +113,7 @@ def run_task(agent: str, task: Any, runtime: Any, bus: Any) -> TaskResult:
 
 def run_arm(agent: str, tasks: list[Any], runtime: Any, bus_path: Path) -> list[TaskResult]:
     """Every task of the suite, in order, on one bus file."""
-    from bus import SyncBus
+    from loopbus.bus import SyncBus
 
     with SyncBus(bus_path) as bus:
         return [run_task(agent, task, runtime, bus) for task in tasks]
@@ -141,8 +141,8 @@ def _kinds(results: list[TaskResult]) -> str:
 
 
 def main() -> None:
-    from agents.tasksuite import EVAL_SEED, generate_suite
-    from models import load_runtime
+    from loopbus.agents.distill.tasksuite import EVAL_SEED, generate_suite
+    from loopbus.models import load_runtime
 
     models = os.environ.get("LOOPBUS_BENCH_AGENT_MODELS", "default").split(",")
     n = int(os.environ.get("LOOPBUS_BENCH_AGENT_TASKS", "20"))

@@ -2,7 +2,7 @@
 
 Every figure is measured in a child process, because the BLAS is chosen when a process starts:
 the baseline child runs with MLX's bundled reference BLAS (``LOOPBUS_OPENBLAS=0``, no
-``LD_PRELOAD``), the other with :func:`models.blas.blas_env` (OpenBLAS preloaded). A third
+``LD_PRELOAD``), the other with :func:`loopbus.models.blas.blas_env` (OpenBLAS preloaded). A third
 SmolLM2 run casts the weights to bfloat16 to show why loopbus computes in float32 on CPU.
 
     python -m bench blas
@@ -75,8 +75,8 @@ def _run_child(args: list[str], env: dict[str, str]) -> dict[str, float]:
 
 
 def main() -> None:
-    from models.blas import OPENBLAS_ENV, blas_env, openblas_path
-    from models.embedded import ensure_default_model
+    from loopbus.models.blas import OPENBLAS_ENV, blas_env, openblas_path
+    from loopbus.models.embedded import ensure_default_model
 
     base = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "LD_LIBRARY_PATH")}
     base.pop("OPENBLAS_NUM_THREADS", None)

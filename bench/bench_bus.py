@@ -29,7 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bus import Bus, NewEvent, SyncBus
+from loopbus.bus import Bus, NewEvent, SyncBus
 
 REPO = Path(__file__).resolve().parent.parent
 ROUNDS = 11
@@ -150,7 +150,7 @@ def _paired(
 
 _CONSUMER = r"""
 import asyncio, json, sys, time
-from bus import Bus
+from loopbus.bus import Bus
 
 async def main(path, count):
     out = {"lat_ms": [], "recv": {}}
@@ -321,9 +321,9 @@ def bus_consume(path: Path, n: int, batch: int, consumer: str) -> float:
 
 _STORE_CONSUMER = r"""
 import json, sys, time
-import bus as loopbus
+from loopbus import bus
 
-with loopbus.open(sys.argv[1]) as store:
+with bus.open(sys.argv[1]) as store:
     lat = []
     print("ready", flush=True)
     for ev in store.subscribe("bench-latency", ["bench.lat", "bench.end"]):
@@ -338,7 +338,7 @@ print(json.dumps(lat), flush=True)
 
 def store_publish(target: str, n: int) -> float:
     """Events/s for ``n`` single publishes (one durable commit each) through ``bus.open``."""
-    import bus as loopbus
+    import loopbus.bus as loopbus
 
     with loopbus.open(target) as store:
         started = time.perf_counter()
@@ -349,7 +349,7 @@ def store_publish(target: str, n: int) -> float:
 
 def store_consume(target: str, n: int, batch: int, consumer: str) -> float:
     """Events/s for ``store.subscribe(...)`` with an ack per batch (events prefilled)."""
-    import bus as loopbus
+    import loopbus.bus as loopbus
 
     with loopbus.open(target) as store:
         seen = 0
@@ -365,7 +365,7 @@ def store_consume(target: str, n: int, batch: int, consumer: str) -> float:
 
 def store_latency(target: str, count: int, gap_s: float) -> dict[str, float]:
     """publish() call -> another process has the event (it acks each one), p50/p99 in ms."""
-    import bus as loopbus
+    import loopbus.bus as loopbus
 
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.Popen(
@@ -390,7 +390,7 @@ def store_latency(target: str, count: int, gap_s: float) -> dict[str, float]:
 
 def backends(quick: bool = False) -> None:
     """#5: SQLite and PostgreSQL through the same Store API, one after the other."""
-    import bus as loopbus
+    import loopbus.bus as loopbus
 
     n_pub, n_consume, n_lat = (300, 2000, 100) if quick else (2000, 10_000, 250)
     print(
@@ -404,7 +404,7 @@ def backends(quick: bool = False) -> None:
     try:
         import psycopg
 
-        from bus.postgres.testing import fresh_schema, server_url
+        from loopbus.bus.postgres.testing import fresh_schema, server_url
 
         psycopg.connect(server_url(), connect_timeout=3).close()
         pg = fresh_schema("bench")

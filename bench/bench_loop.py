@@ -51,21 +51,21 @@ class ScriptedRuntime:
         return None
 
     def generate(self, messages: list[dict[str, Any]], **_: Any) -> Any:
-        from agents.replay import ReplayGeneration
+        from loopbus.agents.run.replay import ReplayGeneration
 
         return ReplayGeneration(self.answers.pop(0), self.count_tokens(messages), "stop", 12)
 
 
 def craft_recording(turns: int = 50) -> str:
     """The XML recording of a ``turns``-turn assistant run over tests/fixtures/workspace."""
-    from agents.builtin import register_agent
-    from agents.loop import run_agent
-    from agents.policy import Policy
-    from agents.replay import export_run
-    from bus import SyncBus
+    from loopbus.agents.builtin import register_agent
+    from loopbus.agents.run.loop import run_agent
+    from loopbus.agents.run.policy import Policy
+    from loopbus.agents.run.replay import export_run
+    from loopbus.bus import SyncBus
 
     # The script repeats its 5 calls on purpose: the assistant's decoding policy would refuse
-    # a repeated call (agents/policy.py), so the crafted run uses the assistant without one.
+    # a repeated call (agents/run/policy.py), so the crafted run uses the assistant without one.
     register_agent("assistant-scripted", "Assistant", "assistant, no policy", policy=Policy())
     with tempfile.TemporaryDirectory() as tmp, SyncBus(Path(tmp) / "b.db") as bus:
         outcome = run_agent(
@@ -83,9 +83,9 @@ def craft_recording(turns: int = 50) -> str:
 
 def time_replay(recording: Any, synchronous: str) -> list[float]:
     """Seconds per step() of one replay of ``recording`` on a fresh bus."""
-    from agents.loop import step
-    from agents.replay import prepare
-    from bus import SyncBus
+    from loopbus.agents.run.loop import step
+    from loopbus.agents.run.replay import prepare
+    from loopbus.bus import SyncBus
 
     with (
         tempfile.TemporaryDirectory() as tmp,
@@ -108,7 +108,7 @@ def time_bus_only(recording: Any, synchronous: str) -> list[float]:
     """Baseline: seconds per turn of just the bus writes a tool turn makes, with the loop's
     grouping (same payloads): model_call + decision + tool_call in one transaction before the
     tool runs, then tool_result in a second one."""
-    from bus import NewEvent, SyncBus
+    from loopbus.bus import NewEvent, SyncBus
 
     events = recording.events[1:]
     turns = [events[i : i + 4] for i in range(0, len(events) - 4, 4)]
@@ -132,9 +132,9 @@ def time_bus_only(recording: Any, synchronous: str) -> list[float]:
 
 def components(recording: Any) -> dict[str, float]:
     """Microseconds of the pure-Python pieces of a turn, on the final (largest) context."""
-    from agents.decide import Decider, prompt_hash
-    from agents.eventlog import EventLog, LogEvent
-    from agents.runstate import context_view
+    from loopbus.agents.run.context import EventLog, LogEvent
+    from loopbus.agents.run.decide import Decider, prompt_hash
+    from loopbus.agents.run.state import context_view
 
     log = EventLog()
     for e in recording.events:
@@ -152,7 +152,7 @@ def components(recording: Any) -> dict[str, float]:
             fn()
         return (time.perf_counter() - t0) / n * 1e6
 
-    from agents.tools import ToolContext
+    from loopbus.agents.tools.core import ToolContext
 
     ctx = ToolContext("bench", "assistant", WORKSPACE)
     return {
@@ -166,7 +166,7 @@ def components(recording: Any) -> dict[str, float]:
 
 def smollm2_share(overhead_s: float) -> list[str]:
     """Model share of real SmolLM2 turns, from the committed recordings' recorded timings."""
-    from agents.replay import Recording
+    from loopbus.agents.run.replay import Recording
 
     lines = []
     for path in sorted((ROOT / "tests" / "runs").glob("smollm2_*.xml")):
@@ -191,7 +191,7 @@ TARGET_S = 1e-3  # issue 4: p50 <= 1 ms per turn
 
 
 def main() -> None:
-    from agents.replay import Recording
+    from loopbus.agents.run.replay import Recording
 
     if not CRAFTED.exists():
         CRAFTED.write_text(craft_recording())
@@ -202,7 +202,7 @@ def main() -> None:
         "2 durable commits per tool turn, 1 for the Done turn)"
     )
     results = {}
-    # `loopbus replay` runs on a throwaway bus with synchronous=NORMAL (agents.replay): that is
+    # `loopbus replay` runs on a throwaway bus with synchronous=NORMAL (loopbus.agents.run.replay): that is
     # the replay figure. FULL shows what the same turns cost with a live run's durable commits.
     for sync, label in (
         ("NORMAL", "as `loopbus replay` runs: scratch bus"),

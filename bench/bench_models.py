@@ -69,11 +69,11 @@ UNION = {
 
 def _model() -> tuple[Path, str]:
     try:
-        from models.embedded import ensure_default_model
+        from loopbus.models.embedded import ensure_default_model
 
         return Path(ensure_default_model()), "embedded SmolLM2-135M-Instruct (float32)"
     except Exception as exc:  # the fallback keeps the benchmark runnable anywhere
-        from models.testing import build_tiny_model
+        from loopbus.models.testing import build_tiny_model
 
         path = build_tiny_model(Path(tempfile.mkdtemp()) / "tiny")
         return path, f"tiny random llama (SmolLM2 unavailable: {exc})"
@@ -236,8 +236,8 @@ def bench_constrained(rt: Any) -> None:
 
 def run() -> None:
     """The benchmarks, in this process."""
-    from models.blas import openblas_loaded
-    from models.mlx_backend import MLXRuntime
+    from loopbus.models.blas import openblas_loaded
+    from loopbus.models.mlx_backend import MLXRuntime
 
     path, label = _model()
     t0 = time.perf_counter()
@@ -256,8 +256,8 @@ def run() -> None:
 
 def main() -> None:
     """Run the benchmarks the way loopbus runs models on this host: in a child process with
-    OpenBLAS preloaded when one is usable (``models.blas.blas_env``), else in this process."""
-    from models.blas import blas_env, openblas_loaded
+    OpenBLAS preloaded when one is usable (``loopbus.models.blas.blas_env``), else in this process."""
+    from loopbus.models.blas import blas_env, openblas_loaded
 
     env = blas_env()
     if openblas_loaded() or "LD_PRELOAD" not in env:

@@ -23,7 +23,7 @@ import json, sys, time
 t0 = time.perf_counter()
 import wasmtime
 t1 = time.perf_counter()
-from agents.sandbox import Sandbox
+from loopbus.agents.sandbox.core import Sandbox
 t2 = time.perf_counter()
 box = Sandbox(cache_dir=sys.argv[1])
 r = box.run("print(1)")
@@ -55,7 +55,7 @@ def _cold_starts(cache: str, n: int) -> tuple[list[dict[str, float]], list[float
 
 
 def main() -> None:
-    from agents.sandbox import Sandbox, SandboxLimits, get_runtime
+    from loopbus.agents.sandbox.core import Sandbox, SandboxLimits, get_runtime
 
     with tempfile.TemporaryDirectory() as tmp:
         cache = str(Path(tmp) / "wasm")
@@ -71,7 +71,7 @@ def main() -> None:
             f"  + import wasmtime:                           {_ms(statistics.median(r['import_wasmtime'] for r in runs))}"
         )
         print(
-            f"  + import agents.sandbox:                     {_ms(statistics.median(r['import_sandbox'] for r in runs))}"
+            f"  + import loopbus.agents.sandbox.core:                     {_ms(statistics.median(r['import_sandbox'] for r in runs))}"
         )
         print(f"  whole process (python start .. exit):        {_ms(statistics.median(walls))}")
 

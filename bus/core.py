@@ -1,7 +1,7 @@
-"""Moved to :mod:`bus.sqlite.core`; ``bus.core`` is that very module (existing imports work)."""
+"""Moved to :mod:`loopbus.bus.sqlite.core`; ``loopbus.bus.core`` is that very module (existing imports work)."""
 
 import sys
 
-from bus.sqlite import core as _module
+from loopbus.bus.sqlite import core as _module
 
 sys.modules[__name__] = _module

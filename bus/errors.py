@@ -24,7 +24,7 @@ class InvalidEvent(BusError):
 
 
 class InvalidEventType(InvalidEvent):
-    """An event type does not follow the naming rule (see ``bus.events.EVENT_TYPE_RULE``)."""
+    """An event type does not follow the naming rule (see ``loopbus.bus.events.EVENT_TYPE_RULE``)."""
 
 
 class PayloadTooLarge(InvalidEvent):

@@ -1,17 +1,17 @@
 """Event models at the Python boundary of the bus, and the rules every event obeys.
 
-Rules (enforced before anything is written, with typed errors from :mod:`bus.errors`):
+Rules (enforced before anything is written, with typed errors from :mod:`loopbus.bus.errors`):
 
 * ``event_type``: lowercase dot-separated segments matching :data:`EVENT_TYPE_PATTERN`, at
   most :data:`MAX_EVENT_TYPE_LEN` characters, e.g. ``file.found``, ``finding``,
-  ``run.decision`` -> :class:`~bus.errors.InvalidEventType`.
+  ``run.decision`` -> :class:`~loopbus.bus.errors.InvalidEventType`.
 * ``payload``: any JSON value (normally an object), stored as compact UTF-8 JSON text (never
   pickle); NaN/Infinity, lone surrogates and non-JSON objects ->
-  :class:`~bus.errors.InvalidPayload`; larger than ``max_payload_bytes`` (default 1 MiB)
-  encoded -> :class:`~bus.errors.PayloadTooLarge`.
+  :class:`~loopbus.bus.errors.InvalidPayload`; larger than ``max_payload_bytes`` (default 1 MiB)
+  encoded -> :class:`~loopbus.bus.errors.PayloadTooLarge`.
 * ``agent``: a non-empty string of at most 128 characters; ``run_id``: ``None`` or a
   non-empty string of at most 128 characters; ``caused_by``: ``None`` or a positive event id
-  -> :class:`~bus.errors.InvalidEvent`.
+  -> :class:`~loopbus.bus.errors.InvalidEvent`.
 """
 
 from __future__ import annotations
@@ -30,7 +30,13 @@ from pydantic import (
     model_validator,
 )
 
-from bus.errors import BusError, InvalidEvent, InvalidEventType, InvalidPayload, PayloadTooLarge
+from loopbus.bus.errors import (
+    BusError,
+    InvalidEvent,
+    InvalidEventType,
+    InvalidPayload,
+    PayloadTooLarge,
+)
 
 EVENT_TYPE_PATTERN = r"^[a-z][a-z0-9_-]*(\.[a-z0-9_-]+)*$"
 MAX_EVENT_TYPE_LEN = 128
@@ -277,7 +283,7 @@ class CursorInfo:
 
     ``lag`` counts every stored event after the cursor, whatever its type. A consumer that
     subscribes to some types only still reaches 0 when caught up: its subscription commits
-    the cursor past the events it skips while it waits idle (see :mod:`bus.sqlite.subscription`).
+    the cursor past the events it skips while it waits idle (see :mod:`loopbus.bus.sqlite.subscription`).
     A consumer that is not running keeps the lag it had when it stopped.
     """
 

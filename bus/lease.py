@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Protocol
 
-from bus.errors import BusError
+from loopbus.bus.errors import BusError
 
 
 class LeaseHeld(BusError):

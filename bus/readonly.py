@@ -1,7 +1,7 @@
-"""Moved to :mod:`bus.sqlite.readonly`; ``bus.readonly`` is that very module (existing imports work)."""
+"""Moved to :mod:`loopbus.bus.sqlite.readonly`; ``loopbus.bus.readonly`` is that very module (existing imports work)."""
 
 import sys
 
-from bus.sqlite import readonly as _module
+from loopbus.bus.sqlite import readonly as _module
 
 sys.modules[__name__] = _module

@@ -1,7 +1,7 @@
 """The storage interface under the bus: the :class:`Store` protocol and :func:`open`.
 
 Agents, the CLI and the tests talk to a *store*: the blocking bus API that
-:class:`bus.SyncBus` (SQLite, one file, one host) and :class:`bus.postgres.store.PgBus`
+:class:`bus.SyncBus` (SQLite, one file, one host) and :class:`loopbus.bus.postgres.store.PgBus`
 (PostgreSQL, one server, many hosts) both provide. A bus is addressed by a URL:
 
 * ``path/to/bus.db`` or ``sqlite:///abs/path/bus.db`` (``sqlite://`` + the path): SQLite;
@@ -21,11 +21,11 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from bus.errors import BusError
+from loopbus.bus.errors import BusError
 
 if TYPE_CHECKING:
-    from bus.events import CursorInfo, Event, NewEvent, PruneReport
-    from bus.sqlite.readonly import QueryResult
+    from loopbus.bus.events import CursorInfo, Event, NewEvent, PruneReport
+    from loopbus.bus.sqlite.readonly import QueryResult
 
 _URL_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 SQLITE_PREFIX = "sqlite://"
@@ -85,7 +85,7 @@ class Store(Protocol):
     * **cursors**: ``ack`` never moves a cursor backwards and refuses ids above the head;
       ``cursors()`` lists consumers with their lag; ``unregister`` drops one.
     * **leases**: ``lease(name)`` holds ``name`` for one live process at a time (LeaseHeld
-      for the next, naming the holder); a killed holder frees it at once (:mod:`bus.lease`).
+      for the next, naming the holder); a killed holder frees it at once (:mod:`loopbus.bus.lease`).
     * **retention**: ``prune`` deletes what every registered consumer acknowledged (with
       ``max_age_s``, older events too, naming the consumers it overtakes).
     * **open runs**: ``unfinished_runs(agent)``: runs with a ``run.task``, no ``run.outcome``.
@@ -217,10 +217,10 @@ def open(target: str | os.PathLike[str] | None = None, **options: Any) -> Store:
     if target is None:
         target = os.environ.get("LOOPBUS_BUS") or "loopbus.db"
     if backend_of(target) == "postgres":
-        from bus.postgres.store import PgBus
+        from loopbus.bus.postgres.store import PgBus
 
         return PgBus(str(target), **options)
-    from bus.sqlite.sync import SyncBus
+    from loopbus.bus.sqlite.sync import SyncBus
 
     return SyncBus(sqlite_path(target), **options)
 
@@ -234,14 +234,14 @@ def query(
     interrupt: Any = None,
 ) -> QueryResult:
     """Run one read-only SQL statement on the bus at ``target`` (a path or URL); see
-    :func:`bus.sqlite.readonly.query` (SQLite) and :func:`bus.postgres.query.query`."""
+    :func:`loopbus.bus.sqlite.readonly.query` (SQLite) and :func:`loopbus.bus.postgres.query.query`."""
     if target is None:
         target = os.environ.get("LOOPBUS_BUS") or "loopbus.db"
     if backend_of(target) == "postgres":
-        from bus.postgres.query import query as pg_query
+        from loopbus.bus.postgres.query import query as pg_query
 
         return pg_query(str(target), sql, params, timeout_s=timeout_s, interrupt=interrupt)
-    from bus.sqlite.readonly import query as sqlite_query
+    from loopbus.bus.sqlite.readonly import query as sqlite_query
 
     return sqlite_query(sqlite_path(target), sql, params, timeout_s=timeout_s, interrupt=interrupt)
 
@@ -249,7 +249,7 @@ def query(
 def describe(target: str | os.PathLike[str]) -> str:
     """How to show a bus address in messages (a URL's password hidden)."""
     if backend_of(target) == "postgres":
-        from bus.postgres.connect import parse_url
+        from loopbus.bus.postgres.connect import parse_url
 
         return parse_url(str(target)).url
     return str(Path(sqlite_path(target)))

@@ -1,7 +1,7 @@
-"""Moved to :mod:`bus.sqlite.sync`; ``bus.sync`` is that very module (existing imports work)."""
+"""Moved to :mod:`loopbus.bus.sqlite.sync`; ``loopbus.bus.sync`` is that very module (existing imports work)."""
 
 import sys
 
-from bus.sqlite import sync as _module
+from loopbus.bus.sqlite import sync as _module
 
 sys.modules[__name__] = _module

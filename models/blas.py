@@ -13,7 +13,7 @@ Decisions:
   :func:`default_weight_dtype` makes the GGUF importer store float32 weights (exact for
   dequantized GGUF values; the embedded SmolLM2 takes ~540 MB on disk), and
   :func:`compute_dtype` states the rule for other checkpoints: the mlx backend
-  (``models.mlx_backend``) casts bfloat16/float16 weights to float32 at load time on CPU hosts
+  (``loopbus.models.mlx_backend``) casts bfloat16/float16 weights to float32 at load time on CPU hosts
   (``LOOPBUS_DTYPE=native`` keeps them). On Apple Silicon, Metal is fast for every dtype: weights keep their dtype and imports
   are stored as bfloat16 (half the disk).
 * **Which OpenBLAS.** :func:`openblas_path` searches, in order: ``$LOOPBUS_OPENBLAS`` (a path,
@@ -270,7 +270,7 @@ def _gfortran_by_soname(shim: Path) -> Path:
 def load_in_process() -> bool:
     """Load OpenBLAS into this process before MLX is first imported; True when it is loaded.
 
-    Library users (``import agents.loop; load_runtime(...)`` in plain ``python``) get the fast
+    Library users (``import loopbus.agents.run.loop; load_runtime(...)`` in plain ``python``) get the fast
     BLAS too: the library is opened with ``RTLD_GLOBAL`` (after the ``libgfortran`` it needs),
     so when MLX's own library is loaded later, the dynamic linker binds its ``cblas_sgemm`` to
     OpenBLAS, as ``LD_PRELOAD`` would. Once MLX is loaded without it, it is too late: a
@@ -286,7 +286,7 @@ def load_in_process() -> bool:
             warnings.warn(
                 "mlx was imported before loopbus could load OpenBLAS: float32 matmuls use the "
                 "mlx[cpu] wheel's reference BLAS (prefill ~15x slower). Import models or agents "
-                "before mlx, or start Python with `python -m models.blas exec python ...`.",
+                "before mlx, or start Python with `python -m loopbus.models.blas exec python ...`.",
                 RuntimeWarning,
                 stacklevel=2,
             )
@@ -332,13 +332,13 @@ def all_candidates() -> list[str]:
 
 
 def main(argv: list[str]) -> int:
-    """``python -m models.blas exec CMD ...``: run CMD with the OpenBLAS environment.
+    """``python -m loopbus.models.blas exec CMD ...``: run CMD with the OpenBLAS environment.
 
     The Makefile starts the test suite, the demo and the benchmarks this way, so everything
     they generate in process gets the fast float32 BLAS without re-executing itself.
     """
     if len(argv) < 2 or argv[0] != "exec":
-        print("usage: python -m models.blas exec CMD [ARG ...]", file=sys.stderr)
+        print("usage: python -m loopbus.models.blas exec CMD [ARG ...]", file=sys.stderr)
         return 2
     os.execvpe(argv[1], argv[1:], blas_env())
     return 0  # not reached

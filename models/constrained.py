@@ -20,13 +20,13 @@ from typing import Any
 import mlx.core as mx
 import numpy as np
 
-from models.errors import SchemaRejected
+from loopbus.models.errors import SchemaRejected
 
 #: Compact JSON by default: no free whitespace, so a weak model cannot spin on spaces or
 #: newlines until max_tokens. A schema's own "x-guidance" options still take precedence.
 JSON_DEFAULTS: dict[str, Any] = {"whitespace_flexible": False}
 #: Compiled schemas kept per model. Decoding policies build a schema per turn from the run's
-#: state (agents/policy.py), so a long-lived agent process must not keep every one forever.
+#: state (agents/run/policy.py), so a long-lived agent process must not keep every one forever.
 MAX_COMPILED_SCHEMAS = 64
 
 

@@ -7,7 +7,7 @@ which loopbus does not need). The package's Python module is never imported (it 
 the file is located through ``importlib.util.find_spec``.
 
 On first use :func:`ensure_default_model` checks the file's sha256 and imports it once with
-:func:`models.gguf_import.import_gguf` into ``$LOOPBUS_CACHE/models/SmolLM2-135M-Instruct``
+:func:`loopbus.models.gguf_import.import_gguf` into ``$LOOPBUS_CACHE/models/SmolLM2-135M-Instruct``
 (``$LOOPBUS_CACHE`` defaults to ``~/.cache/loopbus``). Later calls return the directory at once.
 The import is atomic (converted in a temporary directory, then renamed) and serialized by a file
 lock, so concurrent processes convert it only once and never see a partial directory. The sha256

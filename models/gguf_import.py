@@ -15,11 +15,11 @@ tensor with the ``gguf`` package (numpy, every quantization type) and writes pla
   Gemma stores RMSNorm weights as ``1 + w``; mlx-lm's Gemma norm adds the 1 itself, so 1 is
   subtracted. Without ``output.weight`` the embeddings are tied.
 * ``tokenizer.json``, ``tokenizer_config.json`` (with the chat template and special tokens),
-  rebuilt from the GGUF metadata by :mod:`models.gguf_tokenizer`.
+  rebuilt from the GGUF metadata by :mod:`loopbus.models.gguf_tokenizer`.
 * ``loopbus_import.json``: where the directory came from (source file, architecture, dtype).
 
 Weight dtype: by default float32 on Linux/Intel (only float32 matmuls are fast on the CPU
-backend, see :mod:`models.blas`) and bfloat16 on Apple Silicon (Metal; halves the disk).
+backend, see :mod:`loopbus.models.blas`) and bfloat16 on Apple Silicon (Metal; halves the disk).
 Dequantized GGUF values are exactly representable in float32, so a float32 import computes
 the same function as the original file.
 
@@ -362,7 +362,7 @@ def import_gguf(
     """Convert the GGUF file ``src`` into an mlx-lm model directory and return its path.
 
     ``dest`` defaults to ``$LOOPBUS_CACHE/models/<file stem>``. ``dtype`` is the stored weight
-    dtype (``float32``, ``bfloat16`` or ``float16``; default :func:`models.blas.default_weight_dtype`).
+    dtype (``float32``, ``bfloat16`` or ``float16``; default :func:`loopbus.models.blas.default_weight_dtype`).
     An existing ``dest`` is an error unless ``overwrite``. Raises :class:`UnsupportedGGUF` for
     unreadable files, unknown architectures or tensor types.
 

@@ -12,11 +12,11 @@ turn's prompt normally starts with the previous prompt and the assistant's reply
 everything up to the new message.
 
 Threads: a loaded model is shared by every runtime for its directory in the process and is
-not thread-safe; run one call at a time (``models.server`` serializes requests with a lock).
+not thread-safe; run one call at a time (``loopbus.models.server`` serializes requests with a lock).
 
 Compute dtype: without Metal (Linux CPU) bf16/f16 matmuls are slow and only float32 benefits
-from a faster BLAS (see :mod:`models.blas`), so non-quantized float16/bfloat16 weights are cast
-to float32 at load when ``models.blas.compute_dtype()`` says so. ``LOOPBUS_DTYPE=native`` keeps
+from a faster BLAS (see :mod:`loopbus.models.blas`), so non-quantized float16/bfloat16 weights are cast
+to float32 at load when ``loopbus.models.blas.compute_dtype()`` says so. ``LOOPBUS_DTYPE=native`` keeps
 the stored dtype.
 """
 
@@ -31,7 +31,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from models.blas import load_in_process
+from loopbus.models.blas import load_in_process
 
 # Before MLX's library is loaded: the fast BLAS for library users too (see models/blas.py).
 load_in_process()
@@ -41,8 +41,8 @@ import mlx.core as mx  # noqa: E402
 # transformers (imported by mlx-lm) warns on every start that PyTorch is missing; we never need it.
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
-from models.errors import ModelError, ModelNotFound  # noqa: E402
-from models.runtime import Generation, Message, normalize_messages  # noqa: E402
+from loopbus.models.errors import ModelError, ModelNotFound  # noqa: E402
+from loopbus.models.runtime import Generation, Message, normalize_messages  # noqa: E402
 
 _FALLBACK_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
@@ -75,7 +75,7 @@ class PrefixCache:
 
 
 def _cast_for_cpu(model: Any) -> None:
-    from models.blas import compute_dtype
+    from loopbus.models.blas import compute_dtype
 
     if compute_dtype() is None or os.environ.get("LOOPBUS_DTYPE", "").lower() == "native":
         return
@@ -115,13 +115,13 @@ def _load(path: Path, adapter: Path | None = None) -> tuple[Any, Any, dict[str, 
         key = (path.resolve(), adapter.resolve() if adapter is not None else None)
         if key not in _LOADED:
             if adapter is not None:
-                from models.adapters import check_config
+                from loopbus.models.adapters import check_config
 
                 # Architecture mismatches fail before the weights are read.
                 check_config(adapter, json.loads((path / "config.json").read_text()), path)
             model, tokenizer, config = load_fresh(key[0])
             if adapter is not None:
-                from models.adapters import apply_adapter
+                from loopbus.models.adapters import apply_adapter
 
                 apply_adapter(model, config, key[1], path)
             _LOADED[key] = (model, tokenizer, config)
@@ -165,7 +165,7 @@ class MLXRuntime:
         adapter: Path | None = None,
     ) -> MLXRuntime:
         """Load (or reuse, memoized per directory and adapter) the model at ``path``, with the
-        LoRA ``adapter`` directory applied (see :mod:`models.adapters`)."""
+        LoRA ``adapter`` directory applied (see :mod:`loopbus.models.adapters`)."""
         path = Path(path)
         if not (path / "config.json").is_file():
             raise ModelNotFound(f"{path} has no config.json: not an mlx-lm model directory.")
@@ -228,7 +228,7 @@ class MLXRuntime:
     def constrainer(self) -> Any:
         """The per-model llguidance adapter (built on first schema use, then reused)."""
         if self._constrainer is None:
-            from models.constrained import SchemaConstrainer
+            from loopbus.models.constrained import SchemaConstrainer
 
             self._constrainer = _constrainer_for(self)
             assert isinstance(self._constrainer, SchemaConstrainer)
@@ -243,7 +243,7 @@ class MLXRuntime:
         temperature: float = 0.0,
         cache: object | None = None,
     ) -> Generation:
-        """Complete ``messages`` (see :class:`models.runtime.Runtime`)."""
+        """Complete ``messages`` (see :class:`loopbus.models.runtime.Runtime`)."""
         it = self.stream(
             messages, schema=schema, max_tokens=max_tokens, temperature=temperature, cache=cache
         )
@@ -412,7 +412,7 @@ _CONSTRAINERS: dict[Path, Any] = {}
 
 def _constrainer_for(rt: MLXRuntime) -> Any:
     """One llguidance adapter per model directory for the whole process (it is expensive)."""
-    from models.constrained import SchemaConstrainer
+    from loopbus.models.constrained import SchemaConstrainer
 
     key = rt.path.resolve()
     if key not in _CONSTRAINERS:

@@ -1,6 +1,6 @@
 """The ``openai:`` backend: any OpenAI-compatible chat-completions server, over stdlib urllib.
 
-Works with ``python -m models.server`` (ours), ``mlx_lm.server``, llama.cpp's server, Ollama and
+Works with ``python -m loopbus.models.server`` (ours), ``mlx_lm.server``, llama.cpp's server, Ollama and
 vLLM. A JSON schema is sent as ``response_format={"type": "json_schema", "json_schema": {"name":
 ..., "schema": ..., "strict": true}}``; whether the output really conforms depends on the server
 (ours, llama.cpp and vLLM enforce it).
@@ -27,8 +27,8 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
-from models.errors import BackendUnreachable, ModelError, SchemaRejected
-from models.runtime import Generation, Message, normalize_messages
+from loopbus.models.errors import BackendUnreachable, ModelError, SchemaRejected
+from loopbus.models.runtime import Generation, Message, normalize_messages
 
 DEFAULT_CONTEXT_WINDOW = 8192
 
@@ -90,7 +90,7 @@ class OpenAIRuntime:
             reason = getattr(exc, "reason", exc)
             raise BackendUnreachable(
                 f"Cannot reach the model server at {self.base_url} ({reason}). Start one, e.g. "
-                f"`python -m models.server --model DIR --port "
+                f"`python -m loopbus.models.server --model DIR --port "
                 f"{urlsplit(self.base_url).port or 8080}`, or fix the URL in the model spec."
             ) from exc
 

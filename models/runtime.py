@@ -24,7 +24,7 @@ A target that names an existing directory is a path, even when it looks like ``o
 ``loopbus models import FILE.gguf`` and pass the resulting directory. For ``openai:`` the part
 after ``#`` is the ``model`` field sent to the server (default ``"default"``). An adapter
 applies to in-process models only (``default``, ``mlx:``, paths, ids), never to ``openai:``; it
-must have been trained on the same base model (see :mod:`models.adapters`).
+must have been trained on the same base model (see :mod:`loopbus.models.adapters`).
 
 This module stays light: it imports no mlx; backends are imported when a runtime is loaded.
 """
@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
-from models.errors import HOW_TO_GET_A_MODEL, InvalidModelSpec, ModelNotFound
+from loopbus.models.errors import HOW_TO_GET_A_MODEL, InvalidModelSpec, ModelNotFound
 
 Message = dict[str, Any]
 #: Separates a model spec from its LoRA adapter: ``default+adapter:DIR``.
@@ -162,7 +162,7 @@ def parse_spec(spec: str | None) -> ModelSpec:
         if parsed.backend == "openai":
             raise InvalidModelSpec(
                 f"Model spec {spec!r}: adapters load into in-process MLX models only; serve the "
-                "adapted model instead (python -m models.server --model 'SPEC+adapter:DIR')."
+                "adapted model instead (python -m loopbus.models.server --model 'SPEC+adapter:DIR')."
             )
         if parsed.adapter:
             raise InvalidModelSpec(f"Model spec {spec!r}: at most one adapter.")
@@ -247,7 +247,7 @@ def model_dir(spec: str | None) -> Path:
             f"Model spec {spec!r}: give the base model, without '{ADAPTER_SEP}...'."
         )
     if parsed.backend == "default":
-        from models.embedded import ensure_default_model
+        from loopbus.models.embedded import ensure_default_model
 
         return Path(ensure_default_model())
     return resolve_mlx_target(parsed.target)
@@ -262,23 +262,25 @@ def load_runtime(spec: str | None = None, *, context_window: int | None = None) 
     """
     parsed = parse_spec(spec)
     if parsed.backend == "openai":
-        from models.openai_backend import OpenAIRuntime
+        from loopbus.models.openai_backend import OpenAIRuntime
 
         return OpenAIRuntime(
             parsed.target, parsed.model_name, spec=spec or "", context_window=context_window
         )
     adapter = None
     if parsed.adapter:
-        from models.adapters import resolve_adapter  # checked before any weight is loaded
+        from loopbus.models.adapters import resolve_adapter  # checked before any weight is loaded
 
         adapter = resolve_adapter(parsed.adapter)
     if parsed.backend == "default":
-        from models.embedded import ensure_default_model  # written lazily: heavy on first use
+        from loopbus.models.embedded import (
+            ensure_default_model,  # written lazily: heavy on first use
+        )
 
         path = Path(ensure_default_model())
     else:
         path = resolve_mlx_target(parsed.target)
-    from models.mlx_backend import MLXRuntime
+    from loopbus.models.mlx_backend import MLXRuntime
 
     return MLXRuntime.load(
         path, spec=spec or "default", context_window=context_window, adapter=adapter

@@ -2,7 +2,7 @@
 
 ::
 
-    from models.scripted import ScriptedRuntime
+    from loopbus.models.scripted import ScriptedRuntime
 
     runtime = ScriptedRuntime([
         {"action": "count_lines", "path": "notes.txt"},
@@ -14,7 +14,7 @@ Nothing is generated and no model is loaded: the agent's loop, prompt rendering,
 tools and bus recording all run for real. Decisions are dicts, pydantic objects or raw text
 (text that does not parse becomes a parse-error turn, as a model's would). A decision outside
 the turn's schema (the agent's decoding policy would never let a model emit it), or a call
-after the script is used up, raises :class:`models.errors.ModelError`: the run ends ``failed``
+after the script is used up, raises :class:`loopbus.models.errors.ModelError`: the run ends ``failed``
 and says why. Tokens are counted by ``counter`` (a real runtime: the real budget) or as
 characters / 4.
 """
@@ -25,8 +25,8 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from models.errors import ModelError
-from models.runtime import Generation
+from loopbus.models.errors import ModelError
+from loopbus.models.runtime import Generation
 
 
 def _text(decision: Any) -> str:
@@ -38,7 +38,7 @@ def _text(decision: Any) -> str:
 
 
 class ScriptedRuntime:
-    """A model runtime (``models.runtime.Runtime``) that answers from a script.
+    """A model runtime (``loopbus.models.runtime.Runtime``) that answers from a script.
 
     ``calls`` counts model calls; ``prompts`` keeps each call's chat messages (for assertions
     on what the model was shown).
@@ -81,7 +81,7 @@ class ScriptedRuntime:
         self, messages: list[dict[str, Any]], *, schema: dict[str, Any] | None = None, **_: Any
     ) -> Generation:
         """The next scripted decision (checked against ``schema`` when it is JSON)."""
-        from agents.policy import violation
+        from loopbus.agents.run.policy import violation
 
         self.calls += 1
         self.prompts.append(messages)

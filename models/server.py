@@ -1,6 +1,6 @@
 """A small OpenAI-compatible HTTP server for any model the mlx backend loads.
 
-    python -m models.server --model DIR_OR_SPEC [--host 127.0.0.1] [--port 8080]
+    python -m loopbus.models.server --model DIR_OR_SPEC [--host 127.0.0.1] [--port 8080]
 
 Endpoints: ``GET /v1/models`` (with a non-standard ``context_window`` field),
 ``POST /v1/chat/completions`` (``stream`` via server-sent events, ``response_format`` of type
@@ -25,7 +25,7 @@ import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from models.errors import ModelError, SchemaRejected
+from loopbus.models.errors import ModelError, SchemaRejected
 
 
 class ModelServer(ThreadingHTTPServer):
@@ -223,21 +223,23 @@ def serve(
     spec: str | None, host: str = "127.0.0.1", port: int = 8080, context_window: int | None = None
 ) -> ModelServer:
     """Load the model and return a bound (not yet serving) server."""
-    from models.mlx_backend import MLXRuntime
-    from models.runtime import load_runtime
+    from loopbus.models.mlx_backend import MLXRuntime
+    from loopbus.models.runtime import load_runtime
 
     runtime = load_runtime(spec, context_window=context_window)
     if not isinstance(runtime, MLXRuntime):
-        raise ModelError("models.server serves in-process (mlx) models only, not openai: specs.")
+        raise ModelError(
+            "loopbus.models.server serves in-process (mlx) models only, not openai: specs."
+        )
     model_id = runtime.path.name if spec in (None, "", "default") else spec
     return ModelServer((host, port), runtime, str(model_id))
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point (``python -m models.server``)."""
+    """Command-line entry point (``python -m loopbus.models.server``)."""
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0],
-        epilog="example: python -m models.server --model default --port 8080",
+        epilog="example: python -m loopbus.models.server --model default --port 8080",
     )
     parser.add_argument("--model", default=None, help="model spec (default: embedded SmolLM2)")
     parser.add_argument("--host", default="127.0.0.1")
@@ -261,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from models.blas import reexec_with_openblas
+    from loopbus.models.blas import reexec_with_openblas
 
     reexec_with_openblas()  # in-process generation: get the fast float32 BLAS when installed
     raise SystemExit(main())

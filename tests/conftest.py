@@ -16,7 +16,7 @@ def bus_file(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny real MLX model directory (random weights, real tokenizer), built once per session."""
-    from models.testing import build_tiny_model
+    from loopbus.models.testing import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
 
@@ -24,6 +24,6 @@ def tiny_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def smollm2_path() -> Path:
     """The embedded SmolLM2-135M-Instruct, imported from its GGUF once and cached."""
-    from models.embedded import ensure_default_model
+    from loopbus.models.embedded import ensure_default_model
 
     return ensure_default_model()

@@ -24,7 +24,7 @@ def test_it(replay):
 def _plugin_args() -> list[str]:
     # An installed loopbus enables the plugin by its pytest11 entry point; a checkout needs -p.
     installed = metadata.entry_points(group="pytest11", name="loopbus")
-    return [] if installed else ["-p", "agents.pytest_plugin"]
+    return [] if installed else ["-p", "loopbus.agents.pytest_plugin"]
 
 
 def _pytest(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:

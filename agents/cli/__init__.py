@@ -10,28 +10,28 @@ import importlib
 
 import click
 
-from agents.cli.common import exit_codes_epilog
+from loopbus.agents.cli.common import exit_codes_epilog
 
 # command name -> "module:attribute"; each module owns its commands.
 COMMANDS: dict[str, str] = {
-    "publish": "agents.cli.bus_cmds:publish",
-    "tail": "agents.cli.bus_cmds:tail",
-    "sql": "agents.cli.bus_cmds:sql",
-    "cursors": "agents.cli.bus_cmds:cursors",
-    "prune": "agents.cli.bus_cmds:prune",
-    "models": "agents.cli.models_cmds:models",
-    "sandbox": "agents.cli.sandbox_cmds:sandbox",
-    "run": "agents.cli.run_cmds:run",
-    "replay": "agents.cli.run_cmds:replay",
-    "export": "agents.cli.run_cmds:export",
-    "agents": "agents.cli.run_cmds:agents_cmd",
-    "agent": "agents.cli.chain_cmds:agent",
-    "up": "agents.cli.chain_cmds:up",
-    "distill": "agents.cli.distill_cmds:distill",
-    "runs": "agents.cli.observe_cmds:runs",
-    "show": "agents.cli.observe_cmds:show",
-    "report": "agents.cli.observe_cmds:report",
-    "serve": "agents.cli.observe_cmds:serve",
+    "publish": "loopbus.agents.cli.bus_cmds:publish",
+    "tail": "loopbus.agents.cli.bus_cmds:tail",
+    "sql": "loopbus.agents.cli.bus_cmds:sql",
+    "cursors": "loopbus.agents.cli.bus_cmds:cursors",
+    "prune": "loopbus.agents.cli.bus_cmds:prune",
+    "models": "loopbus.agents.cli.models_cmds:models",
+    "sandbox": "loopbus.agents.cli.sandbox_cmds:sandbox",
+    "run": "loopbus.agents.cli.run_cmds:run",
+    "replay": "loopbus.agents.cli.run_cmds:replay",
+    "export": "loopbus.agents.cli.run_cmds:export",
+    "agents": "loopbus.agents.cli.run_cmds:agents_cmd",
+    "agent": "loopbus.agents.cli.chain_cmds:agent",
+    "up": "loopbus.agents.cli.chain_cmds:up",
+    "distill": "loopbus.agents.cli.distill_cmds:distill",
+    "runs": "loopbus.agents.cli.observe_cmds:runs",
+    "show": "loopbus.agents.cli.observe_cmds:show",
+    "report": "loopbus.agents.cli.observe_cmds:report",
+    "serve": "loopbus.agents.cli.observe_cmds:serve",
 }
 
 
@@ -82,7 +82,7 @@ def _command_name(args: list[str]) -> str | None:
 
 
 def entry() -> None:
-    """Console-script entry point (``loopbus``, ``python -m agents.cli``).
+    """Console-script entry point (``loopbus``, ``python -m loopbus.agents.cli``).
 
     Only here, before click dispatches, may the process re-execute itself: a process cannot
     swap its BLAS once loaded, and re-executing from inside a command would replace whatever
@@ -91,7 +91,7 @@ def entry() -> None:
     import sys
 
     if _command_name(sys.argv[1:]) in GENERATING:
-        from models.blas import reexec_with_openblas
+        from loopbus.models.blas import reexec_with_openblas
 
         reexec_with_openblas()
     main(prog_name="loopbus")

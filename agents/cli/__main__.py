@@ -1,5 +1,5 @@
-"""`python -m agents.cli` runs the `loopbus` command line."""
+"""`python -m loopbus.agents.cli` runs the `loopbus` command line."""
 
-from agents.cli import entry
+from loopbus.agents.cli import entry
 
 entry()

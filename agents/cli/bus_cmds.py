@@ -22,8 +22,8 @@ from typing import Any
 
 import click
 
-from agents.cli.common import SECONDS, bus_path, fail, handle_errors
-from agents.termsafe import printable, safe_json
+from loopbus.agents.cli.common import SECONDS, bus_path, fail, handle_errors
+from loopbus.agents.termsafe import printable, safe_json
 
 # Readable `tail` lines cut long payloads; --json always prints them whole.
 _PAYLOAD_PREVIEW_CHARS = 200
@@ -256,8 +256,8 @@ def publish(ctx: click.Context, event_type: str, payload_json: str, agent: str) 
       loopbus publish file.found '{"path": "README.md"}'
       echo '{"n": 1}' | loopbus publish tick - --agent clock
     """
-    from bus import NewEvent
-    from bus import open as open_bus
+    from loopbus.bus import NewEvent
+    from loopbus.bus import open as open_bus
 
     text = sys.stdin.read() if payload_json == "-" else payload_json
     payload = parse_payload(text)
@@ -315,7 +315,7 @@ def tail(
       loopbus tail --type 'run.*' --since 120 --json
       loopbus tail --follow --type 'file.*'
     """
-    from bus import open as open_bus
+    from loopbus.bus import open as open_bus
 
     type_list = list(types) or None
     try:
@@ -389,7 +389,7 @@ def sql(
     """
     if as_json and as_csv:
         fail("choose one of --json and --csv")
-    from bus import query
+    from loopbus.bus import query
 
     interrupt = threading.Event()
     with _SigintToFlag(interrupt):
@@ -438,7 +438,7 @@ def cursors(ctx: click.Context, as_json: bool, drop: tuple[str, ...]) -> None:
       loopbus cursors --json
       loopbus cursors --drop 'checker#1/2'
     """
-    from bus import open as open_bus
+    from loopbus.bus import open as open_bus
 
     with open_bus(bus_path(ctx), create=False) as bus:
         infos = list(bus.cursors())
@@ -488,8 +488,8 @@ def prune(ctx: click.Context, dry_run: bool, max_age: float | None) -> None:
       loopbus prune --dry-run
       loopbus prune --max-age 7d
     """
-    from bus import open as open_bus
-    from bus.errors import PruneWarning
+    from loopbus.bus import open as open_bus
+    from loopbus.bus.errors import PruneWarning
 
     with open_bus(bus_path(ctx), create=False) as bus, warnings.catch_warnings():
         # The report's warnings are printed below, once; the library's own PruneWarning

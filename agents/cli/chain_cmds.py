@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import click
 
-from agents.cli.common import (
+from loopbus.agents.cli.common import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     SECONDS,
@@ -105,9 +105,9 @@ def agent(
     Example:
       loopbus --bus review.db agent reviewer --config agents/examples/review.toml
     """
-    from agents.config import ConfigError, load_config
-    from agents.supervisor import FATAL_EXIT
-    from agents.worker import parse_instance, serve_agent
+    from loopbus.agents.chains.config import ConfigError, load_config
+    from loopbus.agents.chains.supervisor import FATAL_EXIT
+    from loopbus.agents.chains.worker import parse_instance, serve_agent
 
     try:
         config = load_config(config_path or _config_default()).with_overrides(
@@ -225,9 +225,9 @@ def up(
     """
     import signal
 
-    from agents.config import check_registry, load_config
-    from agents.progress import is_terminal
-    from agents.supervisor import parse_share
+    from loopbus.agents.chains.config import check_registry, load_config
+    from loopbus.agents.chains.supervisor import parse_share
+    from loopbus.agents.observe.progress import is_terminal
 
     try:
         split = parse_share(share) if share else None
@@ -243,7 +243,7 @@ def up(
     # Like Ctrl-C, SIGTERM unwinds through the supervisor's cleanup; unlike it, it exits 0.
     signal.signal(signal.SIGTERM, _on_sigterm)
     path = bus_path(ctx)
-    import bus as loopbus
+    import loopbus.bus as loopbus
 
     with loopbus.open(path) as bus:  # a bus the agents cannot write fails here, not in a loop
         bus.check_writable()
@@ -286,13 +286,13 @@ def supervise(
     status_every: float = STATUS_EVERY,
     share: tuple[int, int] | None = None,
 ) -> bool:
-    """Run a Supervisor with a live rich view, or plain timestamped lines (`agents.progress`:
+    """Run a Supervisor with a live rich view, or plain timestamped lines (`loopbus.agents.observe.progress`:
     supervisor messages, one line per run outcome, a status line every ``status_every`` s);
     returns True when idle."""
-    from agents.supervisor import Supervisor
+    from loopbus.agents.chains.supervisor import Supervisor
 
     if not live:
-        from agents.progress import ChainProgress
+        from loopbus.agents.observe.progress import ChainProgress
 
         progress = ChainProgress(path, click.echo, every=status_every)
         plain = Supervisor(config, path, max_crashes=max_crashes, log=progress.log, share=share)  # type: ignore[arg-type]
@@ -305,8 +305,8 @@ def supervise(
     from rich.live import Live
     from rich.text import Text
 
-    from agents.chain_view import render
-    from agents.termsafe import printable
+    from loopbus.agents.chains.view import render
+    from loopbus.agents.termsafe import printable
 
     console = Console()
     started = time.monotonic()

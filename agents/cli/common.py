@@ -22,7 +22,7 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
-from agents.termsafe import printable
+from loopbus.agents.termsafe import printable
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -48,16 +48,16 @@ def exit_codes_epilog(
 
 # Lightweight modules defining each package's user-facing error base class.
 _ERROR_BASES = (
-    ("bus.errors", "BusError"),
-    ("models.errors", "ModelError"),
-    ("agents.errors", "AgentError"),
+    ("loopbus.bus.errors", "BusError"),
+    ("loopbus.models.errors", "ModelError"),
+    ("loopbus.agents.errors", "AgentError"),
 )
 
 # Library errors that mean "it ran and did not succeed" or "interrupted", not a user mistake.
 _ERROR_EXIT_CODES = (
-    ("bus.errors", "QueryInterrupted", EXIT_INTERRUPTED),
-    ("bus.errors", "QueryTimeout", EXIT_FAILED),
-    ("agents.supervisor", "ChainGaveUp", EXIT_FAILED),
+    ("loopbus.bus.errors", "QueryInterrupted", EXIT_INTERRUPTED),
+    ("loopbus.bus.errors", "QueryTimeout", EXIT_FAILED),
+    ("loopbus.agents.chains.supervisor", "ChainGaveUp", EXIT_FAILED),
 )
 
 

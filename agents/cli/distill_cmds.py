@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from agents.cli.common import bus_path, exit_codes_epilog, handle_errors
+from loopbus.agents.cli.common import bus_path, exit_codes_epilog, handle_errors
 
 
 @click.group()
@@ -54,9 +54,9 @@ def oracle_cmd(
     Example:
       loopbus --bus oracle.db distill oracle --seed 7 --n 200
     """
-    from agents.distill import oracle_runs
-    from bus import SyncBus
-    from models import load_runtime
+    from loopbus.agents.distill.pipeline import oracle_runs
+    from loopbus.bus import SyncBus
+    from loopbus.models import load_runtime
 
     counter = load_runtime(model_spec)
     with SyncBus(bus_path(ctx)) as bus:
@@ -99,7 +99,7 @@ def data_cmd(
     Example:
       loopbus distill data distill-data --from oracle.db --from loopbus.db
     """
-    from agents.distill import examples_from_bus, write_dataset
+    from loopbus.agents.distill.pipeline import examples_from_bus, write_dataset
 
     buses = list(sources) or [Path(bus_path(ctx))]
     examples = [e for bus in buses for e in examples_from_bus(bus, agent=agent)]
@@ -152,7 +152,7 @@ def train_cmd(
     Example:
       loopbus distill train distill-data --out my-adapter --iters 60 --batch-size 2
     """
-    from agents.distill import TrainOptions, train_adapter
+    from loopbus.agents.distill.pipeline import TrainOptions, train_adapter
 
     options = TrainOptions(
         iters=iters,

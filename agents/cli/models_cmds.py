@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from agents.cli.common import exit_codes_epilog, handle_errors
+from loopbus.agents.cli.common import exit_codes_epilog, handle_errors
 
 
 @click.group()
@@ -44,7 +44,7 @@ def import_cmd(src: str, dest: str | None, dtype: str | None, overwrite: bool, q
       loopbus models import qwen2.5-0.5b-instruct-q4_k_m.gguf ./models/qwen
       loopbus run assistant "What does README.md say?" --model ./models/qwen
     """
-    from models.gguf_import import import_gguf
+    from loopbus.models.gguf_import import import_gguf
 
     path = import_gguf(src, dest, progress=not quiet, dtype=dtype, overwrite=overwrite)
     click.echo(str(path))
@@ -63,7 +63,7 @@ def default_cmd(quiet: bool) -> None:
     Example:
       loopbus models default
     """
-    from models.embedded import ensure_default_model
+    from loopbus.models.embedded import ensure_default_model
 
     click.echo(str(ensure_default_model(progress=not quiet)))
 
@@ -85,7 +85,7 @@ def info_cmd(spec: str, as_json: bool) -> None:
     """
     import json
 
-    from models.info import describe
+    from loopbus.models.info import describe
 
     summary = describe(spec)
     if as_json:

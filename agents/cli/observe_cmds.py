@@ -1,6 +1,6 @@
 """`loopbus runs`, `show`, `report`, `serve`: see what agents did, from the bus alone.
 
-A thin layer over :mod:`agents.runs`, :mod:`agents.report` and :mod:`agents.serve`; every
+A thin layer over :mod:`loopbus.agents.observe.runs`, :mod:`loopbus.agents.observe.report` and :mod:`loopbus.agents.observe.serve`; every
 command opens the bus read-only, so it can watch a bus that agents are writing to.
 """
 
@@ -13,8 +13,8 @@ from typing import Any
 
 import click
 
-from agents.cli.common import bus_path, handle_errors
-from agents.termsafe import printable, safe_json
+from loopbus.agents.cli.common import bus_path, handle_errors
+from loopbus.agents.termsafe import printable, safe_json
 
 OUTCOMES = ("done", "budget_exceeded", "max_turns", "failed", "running")
 _STYLE = {
@@ -92,7 +92,7 @@ def runs(
       loopbus runs --agent reviewer --outcome failed
       loopbus runs --json -n 0
     """
-    from agents.runs import list_runs, seconds_between
+    from loopbus.agents.observe.runs import list_runs, seconds_between
 
     found = list_runs(bus_path(ctx), agent=agent, outcome=outcome, limit=limit or None)
     if as_json:
@@ -220,7 +220,7 @@ def show(ctx: click.Context, run_id: str, prompt_turn: int | None, as_json: bool
       loopbus show assistant-3f2a9c1d0b4e --prompt 2
       loopbus show reviewer-e12 --json
     """
-    from agents.runs import load_timeline, rebuild_prompt
+    from loopbus.agents.observe.runs import load_timeline, rebuild_prompt
 
     timeline = load_timeline(bus_path(ctx), run_id)
     if prompt_turn is not None:
@@ -281,7 +281,7 @@ def report(
         raise click.UsageError("give either a RUN id or --chain")
     if not chain and (agent is not None or limit):
         raise click.UsageError("--agent and --limit go with --chain")
-    from agents.report import build_report
+    from loopbus.agents.observe.report import build_report
 
     page = build_report(bus_path(ctx), run_id, agent=agent, limit=limit or None)
     if output is None:
@@ -289,7 +289,7 @@ def report(
     try:
         output.write_text(page, encoding="utf-8")
     except OSError as exc:
-        from agents.cli.common import fail
+        from loopbus.agents.cli.common import fail
 
         fail(f"cannot write {output}: {exc.strerror or exc}")
     click.echo(str(output))
@@ -320,7 +320,7 @@ def serve(ctx: click.Context, port: int) -> None:
       loopbus serve
       loopbus --bus review.db serve --port 0
     """
-    from agents.serve import make_server
+    from loopbus.agents.observe.serve import make_server
 
     server = make_server(bus_path(ctx), port=port)
     host, bound = server.server_address[:2]

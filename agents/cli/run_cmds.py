@@ -15,7 +15,7 @@ from typing import Any
 
 import click
 
-from agents.cli.common import (
+from loopbus.agents.cli.common import (
     SECONDS,
     FiniteFloat,
     bus_path,
@@ -23,8 +23,8 @@ from agents.cli.common import (
     fail,
     handle_errors,
 )
-from agents.cli.sandbox_cmds import _parse_bytes
-from agents.termsafe import printable, safe_json_text
+from loopbus.agents.cli.sandbox_cmds import _parse_bytes
+from loopbus.agents.termsafe import printable, safe_json_text
 
 _STYLE = {
     "run.task": "bold cyan",
@@ -51,7 +51,7 @@ def describe(event: Any) -> str:
         case "run.task":
             return f"task: {p.get('task')}"
         case "run.model_call":
-            from agents.progress import model_call_rates
+            from loopbus.agents.observe.progress import model_call_rates
 
             prefill, decode = model_call_rates(p)
             rates = ", ".join(
@@ -88,7 +88,7 @@ def _printer(as_json: bool, timestamps: bool | None = None) -> Any:
     from rich.console import Console
     from rich.text import Text
 
-    from agents.progress import is_terminal, timestamp
+    from loopbus.agents.observe.progress import is_terminal, timestamp
 
     console = Console(highlight=False, soft_wrap=True)
     stamp = not is_terminal() if timestamps is None else timestamps
@@ -188,15 +188,15 @@ def run(
       loopbus run coder "Sum the squares of 1..10" --max-turns 4 --json
       loopbus run coder "Count to 10" --sandbox-fuel 1000000000 --sandbox-timeout 2
     """
-    from agents.builtin import get_agent
-    from agents.loop import run_agent
-    from bus import open as open_bus
+    from loopbus.agents.builtin import get_agent
+    from loopbus.agents.run.loop import run_agent
+    from loopbus.bus import open as open_bus
 
     get_agent(agent)  # fail fast, before loading a model
     limits = {"fuel": sandbox_fuel, "memory_bytes": sandbox_memory, "wall_clock_s": sandbox_timeout}
     if any(v is not None for v in limits.values()):
-        from agents.pytool import set_sandbox_limits
-        from agents.sandbox_types import SandboxLimits
+        from loopbus.agents.sandbox.types import SandboxLimits
+        from loopbus.agents.tools.python import set_sandbox_limits
 
         set_sandbox_limits(
             agent, SandboxLimits(**{k: v for k, v in limits.items() if v is not None})
@@ -231,8 +231,8 @@ def run(
 def _load_with_progress(spec: str | None, context_window: int | None, *, quiet: bool) -> Any:
     """Load the model, saying so on stderr ("loading model default ..." then "loaded in 1.2s")
     unless ``quiet`` (--json: machine output only); timestamped when stderr is no terminal."""
-    from agents.progress import is_terminal, stamped
-    from models import load_runtime
+    from loopbus.agents.observe.progress import is_terminal, stamped
+    from loopbus.models import load_runtime
 
     def note(text: str) -> None:
         if not quiet:
@@ -263,7 +263,7 @@ def agents_cmd(references: tuple[str, ...], as_json: bool) -> None:
       loopbus agents
       loopbus agents my_agents.counter:counter
     """
-    from agents.builtin import get_agent, list_agents
+    from loopbus.agents.builtin import get_agent, list_agents
 
     for reference in references:
         get_agent(reference)  # an unknown reference is an Error: ... (exit 2)
@@ -320,8 +320,8 @@ def replay(
       loopbus replay tests/runs/smollm2_version.xml --workspace tests/fixtures/workspace
       loopbus replay assistant-3f2a9c1d0b4e
     """
-    from agents.replay import load_recording
-    from agents.replay import replay as do_replay
+    from loopbus.agents.run.replay import load_recording
+    from loopbus.agents.run.replay import replay as do_replay
 
     recording = load_recording(source, bus_path=bus_path(ctx))
     report = do_replay(
@@ -360,8 +360,8 @@ def export(ctx: click.Context, run_id: str, output: Path | None) -> None:
     Example:
       loopbus export assistant-3f2a9c1d0b4e > tests/runs/my_run.xml
     """
-    from agents.replay import export_run
-    from bus import open as open_bus
+    from loopbus.agents.run.replay import export_run
+    from loopbus.bus import open as open_bus
 
     with open_bus(bus_path(ctx), create=False) as bus:
         text = export_run(bus, run_id)

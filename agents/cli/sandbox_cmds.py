@@ -10,7 +10,7 @@ import sys
 
 import click
 
-from agents.cli.common import EXIT_FAILED, SECONDS, fail, handle_errors
+from loopbus.agents.cli.common import EXIT_FAILED, SECONDS, fail, handle_errors
 
 _SIZE = re.compile(r"^\s*(\d+)\s*([kmg]?)(i?b)?\s*$", re.I)
 _UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
@@ -108,7 +108,7 @@ def sandbox(
     else:
         source = _read_script(str(file))
 
-    from agents.sandbox import Sandbox, SandboxLimits
+    from loopbus.agents.sandbox.core import Sandbox, SandboxLimits
 
     overrides = {"fuel": fuel, "memory_bytes": memory, "wall_clock_s": timeout}
     limits = SandboxLimits(**{k: v for k, v in overrides.items() if v is not None})

@@ -2,7 +2,7 @@
 bus, for agents spread over several hosts against one existing PostgreSQL server.
 
 Open it with ``bus.open("postgresql://user@host/db?schema=NAME")`` (``schema`` defaults to
-``public``; it is created when missing). Design (details in :mod:`bus.postgres.store`):
+``public``; it is created when missing). Design (details in :mod:`loopbus.bus.postgres.store`):
 
 * id order = commit order: a statement-level ``BEFORE INSERT`` trigger on ``outbox`` takes a
   transaction-scoped advisory lock, so ids are drawn from the sequence only while no other
@@ -15,6 +15,6 @@ Open it with ``bus.open("postgresql://user@host/db?schema=NAME")`` (``schema`` d
 
 from __future__ import annotations
 
-from bus.postgres.connect import PgTarget, parse_url
+from loopbus.bus.postgres.connect import PgTarget, parse_url
 
 __all__ = ["PgTarget", "parse_url"]

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from bus.errors import BusError, BusNotFound
+from loopbus.bus.errors import BusError, BusNotFound
 
 SCHEMES = ("postgresql", "postgres")
 _SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")

@@ -1,4 +1,4 @@
-"""Leases on a PostgreSQL bus (see :mod:`bus.lease`): a session advisory lock held on a
+"""Leases on a PostgreSQL bus (see :mod:`loopbus.bus.lease`): a session advisory lock held on a
 connection of the lease's own, so the server frees it when the holder's process dies."""
 
 from __future__ import annotations
@@ -6,8 +6,8 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
-from bus.lease import LeaseHeld, held_message, holder_description
-from bus.postgres.connect import PgTarget, connect, wrap
+from loopbus.bus.lease import LeaseHeld, held_message, holder_description
+from loopbus.bus.postgres.connect import PgTarget, connect, wrap
 
 _KEY = "hashtext(%s), hashtext(%s)"  # (schema, name): two buses in one database never clash
 

@@ -1,6 +1,6 @@
 """Numbered schema migrations of a PostgreSQL bus (one schema per bus).
 
-The same tables, columns and views as the SQLite bus (:mod:`bus.sqlite.migrations`), in
+The same tables, columns and views as the SQLite bus (:mod:`loopbus.bus.sqlite.migrations`), in
 PostgreSQL's dialect. The version lives in ``loopbus_meta``; a migration runs in one
 transaction under an advisory lock, so processes opening a fresh bus at once migrate it
 exactly once. Append new migrations at the end; never edit one that has shipped.
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bus.errors import NotABus, SchemaTooNew
+from loopbus.bus.errors import NotABus, SchemaTooNew
 
 APPLICATION = "loopbus"
 NOW_SQL = "to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')"
@@ -199,7 +199,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         WHERE event_type = 'run.outcome' AND {_json("payload", "kind")} <> 'done'
         """,
     ),
-    # 3: who holds each lease (bus.lease); the lease itself is a session advisory lock.
+    # 3: who holds each lease (loopbus.bus.lease); the lease itself is a session advisory lock.
     (
         f"""
         CREATE TABLE leases (

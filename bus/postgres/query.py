@@ -11,7 +11,7 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from bus.errors import (
+from loopbus.bus.errors import (
     BusError,
     InvalidQuery,
     QueryInterrupted,
@@ -19,8 +19,8 @@ from bus.errors import (
     ReadOnlyViolation,
     not_utf8_message,
 )
-from bus.postgres import migrations
-from bus.postgres.connect import PgTarget, connect, parse_url
+from loopbus.bus.postgres import migrations
+from loopbus.bus.postgres.connect import PgTarget, connect, parse_url
 
 # Without a timeout of its own a statement still stops after this long: the server is shared
 # (other hosts' agents write to it), so a runaway query must not hold a backend forever.
@@ -53,7 +53,7 @@ def query(
     timeout_s: float | None = None,
     interrupt: Any = None,
 ) -> Any:
-    """Run one statement read-only and return a :class:`bus.sqlite.readonly.QueryResult`.
+    """Run one statement read-only and return a :class:`loopbus.bus.sqlite.readonly.QueryResult`.
 
     Raises ReadOnlyViolation for a statement that would write, QueryTimeout after
     ``timeout_s`` (default :data:`DEFAULT_STATEMENT_TIMEOUT_S`), QueryInterrupted once ``interrupt`` (a flag with ``is_set()``) is set,
@@ -61,7 +61,7 @@ def query(
     """
     import psycopg
 
-    from bus.sqlite.readonly import QueryResult
+    from loopbus.bus.sqlite.readonly import QueryResult
 
     if timeout_s is not None and not timeout_s > 0:
         raise BusError(f"timeout must be a positive number of seconds, not {timeout_s!r}")
@@ -80,7 +80,7 @@ def query(
     watcher = threading.Thread(target=watch, daemon=True) if interrupt is not None else None
     try:
         if migrations.read_version(conn, f"schema {pg.schema!r} of {pg}") == 0:
-            from bus.errors import BusNotFound
+            from loopbus.bus.errors import BusNotFound
 
             raise BusNotFound(f"no bus in schema {pg.schema!r} of {pg}")
         conn.execute("SET TRANSACTION READ ONLY")

@@ -7,7 +7,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from bus.errors import BusError
+from loopbus.bus.errors import BusError
 
 COLUMNS = "id, agent, event_type, payload, run_id, caused_by, created_at"
 SELECT_EVENTS = f"SELECT {COLUMNS} FROM outbox"

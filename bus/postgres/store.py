@@ -1,11 +1,11 @@
-"""PgBus: the blocking bus (the :class:`bus.store.Store` protocol) on PostgreSQL.
+"""PgBus: the blocking bus (the :class:`loopbus.bus.store.Store` protocol) on PostgreSQL.
 
 Connections: a writer (transactions: publish, ack, prune), a reader (autocommit reads) and,
 once something subscribes, a listener thread that LISTENs for the bus's channel. Each is
 used under its own lock, so a PgBus may be shared by threads (like SyncBus).
 
 * Publishing: ``INSERT ... RETURNING id`` and COMMIT (two round trips); the statement-level
-  trigger orders ids by commit and sends the NOTIFY (see :mod:`bus.postgres`).
+  trigger orders ids by commit and sends the NOTIFY (see :mod:`loopbus.bus.postgres`).
 * ``synchronous="NORMAL"`` maps to ``synchronous_commit = off`` (the last commits may be lost
   on a server crash, never on a client crash), like SQLite's opt-in.
 * ``busy_timeout_s`` becomes ``lock_timeout``: how long a write waits for another writer.
@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from bus.errors import BusClosed, BusError, BusNotFound, PayloadTooLarge, PruneWarning
-from bus.events import (
+from loopbus.bus.errors import BusClosed, BusError, BusNotFound, PayloadTooLarge, PruneWarning
+from loopbus.bus.events import (
     DEFAULT_MAX_PAYLOAD_BYTES,
     CursorInfo,
     Event,
@@ -34,11 +34,11 @@ from bus.events import (
     events_from_rows,
     prepare_row,
 )
-from bus.postgres import migrations
-from bus.postgres.connect import PgTarget, connect, parse_url, wrap
-from bus.postgres.sqlbits import HEAD_SQL, SELECT_EVENTS, type_filter
-from bus.postgres.transaction import PgTransaction
-from bus.store import AppendMixin
+from loopbus.bus.postgres import migrations
+from loopbus.bus.postgres.connect import PgTarget, connect, parse_url, wrap
+from loopbus.bus.postgres.sqlbits import HEAD_SQL, SELECT_EVENTS, type_filter
+from loopbus.bus.postgres.transaction import PgTransaction
+from loopbus.bus.store import AppendMixin
 
 log = logging.getLogger("loopbus.bus")
 
@@ -108,7 +108,7 @@ class PgBus(AppendMixin):
         self._wlock = threading.RLock()
         self._rlock = threading.Lock()
         self._tx_threads: set[int] = set()
-        self._waker: Any = None  # bus.postgres.subscription.Waker, started by subscribe
+        self._waker: Any = None  # loopbus.bus.postgres.subscription.Waker, started by subscribe
         self._wconn = connect(self.target, autocommit=False)
         self._rconn = None
         try:
@@ -192,7 +192,7 @@ class PgBus(AppendMixin):
 
     def _wrap(self, exc: BaseException) -> BaseException:
         if isinstance(exc, UnicodeEncodeError):
-            from bus.errors import not_utf8_message
+            from loopbus.bus.errors import not_utf8_message
 
             return BusError(not_utf8_message(exc))
         return wrap(self.target, exc)
@@ -313,7 +313,7 @@ class PgBus(AppendMixin):
 
     def advance(self, consumer: str, delivered: int, scanned: int) -> int:
         """Move the cursor to ``scanned`` if it is at or past ``delivered`` (see
-        :func:`bus.sqlite.sqlops.advance_cursor`); the cursor after."""
+        :func:`loopbus.bus.sqlite.sqlops.advance_cursor`); the cursor after."""
 
         def run(conn: Any) -> int:
             conn.execute(
@@ -480,8 +480,8 @@ class PgBus(AppendMixin):
         return [CursorInfo(c, int(s), int(lag), u) for c, s, lag, u in rows]
 
     def query(self, sql: str, params: Any = (), *, timeout_s: float | None = None) -> Any:
-        """Run one read-only statement (see :func:`bus.postgres.query.query`)."""
-        from bus.postgres.query import query
+        """Run one read-only statement (see :func:`loopbus.bus.postgres.query.query`)."""
+        from loopbus.bus.postgres.query import query
 
         return query(self.target, sql, params, timeout_s=timeout_s)
 
@@ -493,21 +493,21 @@ class PgBus(AppendMixin):
 
     def lease(self, name: str) -> Any:
         """Take lease ``name`` (one live process per name) or raise LeaseHeld."""
-        from bus.postgres.lease import take
+        from loopbus.bus.postgres.lease import take
 
         self._check_usable()
         return take(self.target, name)
 
     def lease_holder(self, name: str) -> str | None:
         """Who holds lease ``name`` (a JSON description), or None when nobody does."""
-        from bus.postgres.lease import holder
+        from loopbus.bus.postgres.lease import holder
 
         return holder(self.target, name)
 
     # ------------------------------------------------------------------ waiting
 
     def _ensure_waker(self) -> Any:
-        from bus.postgres.subscription import Waker
+        from loopbus.bus.postgres.subscription import Waker
 
         with self._wlock:
             if self._waker is None:
@@ -525,7 +525,7 @@ class PgBus(AppendMixin):
     ) -> Iterator[Event]:
         """Events for ``consumer`` after its committed cursor, waiting for new ones (see
         SyncBus.subscribe)."""
-        from bus.postgres.subscription import PgSubscription
+        from loopbus.bus.postgres.subscription import PgSubscription
 
         self._check_usable()
         check_name("consumer", consumer)
@@ -541,7 +541,7 @@ class PgBus(AppendMixin):
         batch_size: int = 100,
     ) -> Iterator[Event]:
         """Events after ``since_id`` without a consumer cursor, waiting for new ones."""
-        from bus.postgres.subscription import PgSubscription
+        from loopbus.bus.postgres.subscription import PgSubscription
 
         self._check_usable()
         check_id("since_id", since_id)

@@ -6,7 +6,7 @@ every notification (or reconnects after losing it). A waiting subscription re-qu
 notification is only a hint (it may be lost with a connection), the query is the truth.
 
 Skipped events (other types or partitions) are committed past while idle, once every
-delivered event is acknowledged, as on SQLite (see :mod:`bus.sqlite.subscription`).
+delivered event is acknowledged, as on SQLite (see :mod:`loopbus.bus.sqlite.subscription`).
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from bus.errors import BusError
-from bus.events import Event
-from bus.postgres.connect import PgTarget, connect
-from bus.postgres.sqlbits import partition_filter, type_filter
+from loopbus.bus.errors import BusError
+from loopbus.bus.events import Event
+from loopbus.bus.postgres.connect import PgTarget, connect
+from loopbus.bus.postgres.sqlbits import partition_filter, type_filter
 
 if TYPE_CHECKING:
-    from bus.postgres.store import PgBus
+    from loopbus.bus.postgres.store import PgBus
 
 ADVANCE_INTERVAL_S = 1.0
 

@@ -10,11 +10,11 @@ from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from bus.errors import BusClosed, BusError
-from bus.events import NewEvent, check_id, check_name, prepare_row
+from loopbus.bus.errors import BusClosed, BusError
+from loopbus.bus.events import NewEvent, check_id, check_name, prepare_row
 
 if TYPE_CHECKING:
-    from bus.postgres.store import PgBus
+    from loopbus.bus.postgres.store import PgBus
 
 
 class PgTransaction:

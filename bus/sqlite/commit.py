@@ -1,9 +1,9 @@
-"""The writing half of :class:`bus.sqlite.core.Bus`: group commit, the fast path, exclusive access.
+"""The writing half of :class:`loopbus.bus.sqlite.core.Bus`: group commit, the fast path, exclusive access.
 
 * Every write (publish, ack, register, ...) is an operation. Whenever the writer thread is
   free, everything queued goes into one transaction (one fsync) on the aiosqlite writer thread,
   in a single thread hop; each caller's future resolves after that commit.
-* A lone write skips the hop and commits on the loop thread (:mod:`bus.sqlite.inline`): at once when
+* A lone write skips the hop and commits on the loop thread (:mod:`loopbus.bus.sqlite.inline`): at once when
   no other task is ready to run (:meth:`CommitQueue._alone`), else after one loop turn if no
   other write was queued meanwhile (concurrent writes join one batch). A task writing in a
   tight loop still gives the loop a turn every :data:`TIME_SLICE_S`.
@@ -23,20 +23,20 @@ from typing import TYPE_CHECKING, Any
 
 import aiosqlite
 
-from bus.sqlite import sqlops
-from bus.sqlite.inline import InlineWriter, passive_checkpoint
+from loopbus.bus.sqlite import sqlops
+from loopbus.bus.sqlite.inline import InlineWriter, passive_checkpoint
 
 # Writes that skip the loop's turn (see CommitQueue._alone) do so for at most this long in a
 # row: a task publishing in a tight loop still lets timers and I/O run every few commits.
 TIME_SLICE_S = 0.002
 
 if TYPE_CHECKING:
-    from bus.sqlite.core import BusStats
-    from bus.sqlite.wakeup import Doorbell, Listener
+    from loopbus.bus.sqlite.core import BusStats
+    from loopbus.bus.sqlite.wakeup import Doorbell, Listener
 
 
 class CommitQueue:
-    """Mixin of :class:`bus.sqlite.core.Bus` that schedules its writes."""
+    """Mixin of :class:`loopbus.bus.sqlite.core.Bus` that schedules its writes."""
 
     if TYPE_CHECKING:
         stats: BusStats
@@ -61,7 +61,7 @@ class CommitQueue:
 
     async def _write(self, kind: int, arg: Any) -> Any:
         """Commit one operation; its result. Concurrent writes share a commit (group
-        commit); a lone one commits on the loop thread when that is cheap (:mod:`bus.sqlite.inline`)."""
+        commit); a lone one commits on the loop thread when that is cheap (:mod:`loopbus.bus.sqlite.inline`)."""
         if (
             self._inflight
             or self._exclusive
@@ -135,7 +135,7 @@ class CommitQueue:
         self._start_batch()
 
     def _commit_inline(self, op: sqlops.Op) -> tuple[bool, Any]:
-        """Commit ``op`` on the loop thread (:mod:`bus.sqlite.inline`): ``(True, result or
+        """Commit ``op`` on the loop thread (:mod:`loopbus.bus.sqlite.inline`): ``(True, result or
         exception)``, or ``(False, None)`` if the write lock is taken (use the writer thread)."""
         done, result = self._inline.commit(op, self._kick_read_aheads)
         if not done:
@@ -152,7 +152,7 @@ class CommitQueue:
                 self._doorbell.ring()
                 self._listener.notify()
         if self._inline.checkpoint_due(op):
-            # Writes queue until it is done (see bus.sqlite.inline), then go as one batch.
+            # Writes queue until it is done (see loopbus.bus.sqlite.inline), then go as one batch.
             self._inflight = True
             self._submit_job(self._checkpoint_job)
         return True, result

@@ -7,18 +7,18 @@ Durability and concurrency design (measured facts in issue 2; figures in bench/b
   commits on power loss (never on a process crash) and is about 10x faster per commit.
 * Every write transaction starts with ``BEGIN IMMEDIATE`` (a deferred read-then-write
   transaction fails with SQLITE_BUSY regardless of ``busy_timeout``), ``busy_timeout`` >= 5 s.
-* Group commit (:mod:`bus.sqlite.commit`): concurrent writes share one transaction and one fsync on
+* Group commit (:mod:`loopbus.bus.sqlite.commit`): concurrent writes share one transaction and one fsync on
   the aiosqlite writer thread, in a single thread hop; a lone write commits on the loop thread
-  when the write lock is free and commits are fast (:mod:`bus.sqlite.inline`: the hop costs about as
+  when the write lock is free and commits are fast (:mod:`loopbus.bus.sqlite.inline`: the hop costs about as
   much as a FULL commit on a small VM). Validation builds no models on this path
-  (:func:`bus.events.prepare_row`).
+  (:func:`loopbus.bus.events.prepare_row`).
 * Reads use a second connection (its own thread), so they never wait behind an fsync and
   never see another task's uncommitted transaction.
 * After each commit that added events the writer rings the wake-up doorbell
-  (:mod:`bus.sqlite.wakeup`) just before handing the results back; subscribers always re-query
+  (:mod:`loopbus.bus.sqlite.wakeup`) just before handing the results back; subscribers always re-query
   ``id > position``, with a safety poll.
 * A subscription with a backlog reads its next batch ahead; the next commit starts that
-  read just before its COMMIT, so it overlaps the fsync (:mod:`bus.sqlite.subscription`).
+  read just before its COMMIT, so it overlaps the fsync (:mod:`loopbus.bus.sqlite.subscription`).
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from typing import Any
 
 import aiosqlite
 
-from bus.errors import (
+from loopbus.bus.errors import (
     BusClosed,
     BusError,
     BusNotFound,
@@ -47,7 +47,7 @@ from bus.errors import (
     check_bus_path,
     not_utf8_message,
 )
-from bus.events import (
+from loopbus.bus.events import (
     DEFAULT_MAX_PAYLOAD_BYTES,
     NewEvent,
     PruneReport,
@@ -55,14 +55,14 @@ from bus.events import (
     check_name,
     prepare_row,
 )
-from bus.sqlite import migrations, sqlops
-from bus.sqlite.commit import CommitQueue
-from bus.sqlite.inline import InlineWriter
-from bus.sqlite.reading import ReadAPI
-from bus.sqlite.readonly import is_read_only, read_only_uri
-from bus.sqlite.subscription import Subscription
-from bus.sqlite.transaction import CURRENT_TX, Transaction
-from bus.sqlite.wakeup import Doorbell, Listener, wake_dir_for
+from loopbus.bus.sqlite import migrations, sqlops
+from loopbus.bus.sqlite.commit import CommitQueue
+from loopbus.bus.sqlite.inline import InlineWriter
+from loopbus.bus.sqlite.reading import ReadAPI
+from loopbus.bus.sqlite.readonly import is_read_only, read_only_uri
+from loopbus.bus.sqlite.subscription import Subscription
+from loopbus.bus.sqlite.transaction import CURRENT_TX, Transaction
+from loopbus.bus.sqlite.wakeup import Doorbell, Listener, wake_dir_for
 
 log = logging.getLogger("loopbus.bus")
 
@@ -73,7 +73,7 @@ MAX_SAFETY_POLL_S = 1.0
 
 def default_bus_path() -> Path:
     """The bus file used when none is given: ``$LOOPBUS_BUS``, else ``./loopbus.db``."""
-    from bus.store import sqlite_path
+    from loopbus.bus.store import sqlite_path
 
     env = os.environ.get("LOOPBUS_BUS")
     return Path(sqlite_path(env)) if env else Path(DEFAULT_BUS_FILE)
@@ -128,8 +128,8 @@ class Bus(CommitQueue, ReadAPI):
         self._pending: list[tuple[int, Any, asyncio.Future[Any]]] = []
         self._inflight = False
         self._flush_scheduled = False
-        self._turned_at = 0.0  # when a write last gave the loop a turn (bus.sqlite.commit)
-        # Lone writes commit on the loop thread when that is cheap (see bus.sqlite.inline).
+        self._turned_at = 0.0  # when a write last gave the loop a turn (loopbus.bus.sqlite.commit)
+        # Lone writes commit on the loop thread when that is cheap (see loopbus.bus.sqlite.inline).
         self._inline = InlineWriter(os.path.abspath(path), synchronous)
         self._exclusive = False
         self._exclusive_waiters: list[asyncio.Future[None]] = []
@@ -142,7 +142,7 @@ class Bus(CommitQueue, ReadAPI):
         self._kicks: dict[Any, Callable[[], None]] = {}
         self._kick_lock = threading.Lock()
         # Acks made through this bus (subscriptions retry committing their scanned position
-        # when it changes, see bus.sqlite.subscription).
+        # when it changes, see loopbus.bus.sqlite.subscription).
         self._acks = 0
 
     # ------------------------------------------------------------------ open / close
@@ -172,7 +172,7 @@ class Bus(CommitQueue, ReadAPI):
 
         Raises SchemaTooNew for a file from a newer loopbus, NotABus for a foreign file.
         """
-        from bus.store import backend_of, sqlite_path
+        from loopbus.bus.store import backend_of, sqlite_path
 
         if path is not None and backend_of(path) != "sqlite":
             # Bus/SyncBus are the SQLite backend; bus.open(url) picks any backend.
@@ -286,7 +286,7 @@ class Bus(CommitQueue, ReadAPI):
             raise BusClosed(f"the bus {self.path} is closed")
         if CURRENT_TX.get() is self:
             raise BusError(
-                "this task is inside `async with bus.sqlite.transaction() as tx`: use tx.publish() / "
+                "this task is inside `async with bus.transaction() as tx`: use tx.publish() / "
                 "tx.ack() there (bus.publish() would wait for the transaction to end)"
             )
 
@@ -443,7 +443,7 @@ class Bus(CommitQueue, ReadAPI):
         return await self._write(sqlops.UNREGISTER, consumer)
 
     def transaction(self) -> Transaction:
-        """``async with bus.sqlite.transaction() as tx:`` — publish and ack in one BEGIN IMMEDIATE
+        """``async with bus.transaction() as tx:`` — publish and ack in one BEGIN IMMEDIATE
         transaction (exactly-once for effects that live in the bus). Rolled back on error."""
         self._check_writable()
         return Transaction(self)

@@ -19,7 +19,7 @@ path is taken only while it stays cheap:
   that, the WAL file grows with every commit and each fsync costs twice as much (measured).
 
 Concurrent writes still go through the writer thread together (group commit): when other tasks
-are ready to run, the bus decides after they have (see :mod:`bus.sqlite.commit`).
+are ready to run, the bus decides after they have (see :mod:`loopbus.bus.sqlite.commit`).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import sqlite3
 import time
 from typing import Any
 
-from bus.sqlite import sqlops
+from loopbus.bus.sqlite import sqlops
 
 # Fast-path commits slower than this on average block the loop too long: use the writer
 # thread for a while. A FULL commit takes ~0.15-0.2 ms on an SSD-backed VM, less on a Mac.

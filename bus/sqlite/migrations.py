@@ -5,7 +5,7 @@ The schema is created only here. ``MIGRATIONS[i]`` upgrades a file from version 
 ``PRAGMA application_id``. A migration runs inside one ``BEGIN IMMEDIATE`` transaction that
 re-reads the version first, so processes opening a fresh file at the same time migrate it
 exactly once. A file whose version is above :data:`SCHEMA_VERSION` was written by a newer
-loopbus and is refused with :class:`~bus.errors.SchemaTooNew` before anything is written.
+loopbus and is refused with :class:`~loopbus.bus.errors.SchemaTooNew` before anything is written.
 
 Append new migrations at the end; never edit one that has shipped.
 """
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from bus.errors import NotABus, SchemaTooNew
+from loopbus.bus.errors import NotABus, SchemaTooNew
 
 # 'LPBS': tells a loopbus file from any other SQLite database.
 APPLICATION_ID = 0x4C504253
@@ -75,7 +75,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     # 4: runs without an outcome (an agent process resumes them when it starts):
     # `run.task` rows of an agent that have no `run.outcome` row with their run_id
-    # (bus.sqlite.sqlops.unfinished_runs). Partial indexes: only those two event types are indexed,
+    # (loopbus.bus.sqlite.sqlops.unfinished_runs). Partial indexes: only those two event types are indexed,
     # so no other publish pays for them; event_type is a column too, which makes them covering
     # (SQLite 3.40 does not infer it from the WHERE clause).
     (

@@ -1,7 +1,7 @@
-"""The reading half of :class:`bus.sqlite.core.Bus`: stored events, cursors, subscriptions.
+"""The reading half of :class:`loopbus.bus.sqlite.core.Bus`: stored events, cursors, subscriptions.
 
 Reads run on the bus's second connection (its own thread), so they never wait behind an
-fsync; subscriptions are :class:`bus.sqlite.subscription.Subscription` objects.
+fsync; subscriptions are :class:`loopbus.bus.sqlite.subscription.Subscription` objects.
 """
 
 from __future__ import annotations
@@ -9,14 +9,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterable
 from typing import TYPE_CHECKING, Any
 
-from bus.errors import BusError
-from bus.events import CursorInfo, Event, check_id, check_name
-from bus.sqlite import sqlops
-from bus.sqlite.subscription import Subscription, partition_filter
+from loopbus.bus.errors import BusError
+from loopbus.bus.events import CursorInfo, Event, check_id, check_name
+from loopbus.bus.sqlite import sqlops
+from loopbus.bus.sqlite.subscription import Subscription, partition_filter
 
 
 class ReadAPI:
-    """Mixin of :class:`bus.sqlite.core.Bus` with its read methods."""
+    """Mixin of :class:`loopbus.bus.sqlite.core.Bus` with its read methods."""
 
     if TYPE_CHECKING:
 
@@ -48,7 +48,7 @@ class ReadAPI:
 
     async def unfinished_runs(self, agent: str) -> list[str]:
         """Ids of ``agent``'s runs that have a ``run.task`` but no ``run.outcome`` event
-        (the agent loop's protocol, see :mod:`agents.runstate`), oldest first; indexed."""
+        (the agent loop's protocol, see :mod:`loopbus.agents.run.state`), oldest first; indexed."""
         check_name("agent", agent)
         return await self._rcall(sqlops.unfinished_runs, agent)
 
@@ -71,7 +71,7 @@ class ReadAPI:
 
         Delivered events move the cursor only with :meth:`ack`. Events the subscription skips
         (other types, other partitions) are committed past by the iterator itself while it
-        waits idle, once every delivered event is acknowledged (see :mod:`bus.sqlite.subscription`),
+        waits idle, once every delivered event is acknowledged (see :mod:`loopbus.bus.sqlite.subscription`),
         so a selective consumer does not pin retention and reaches lag 0 when caught up.
 
         The consumer is registered (cursor 0 when new) so prune keeps its events.

@@ -7,7 +7,7 @@ Three independent guards, so that no statement can change the file:
 2. ``PRAGMA query_only = 1``;
 3. an authorizer that allows only reading actions (SELECT, reads, functions, CTEs and a list
    of read-only pragmas without a value) and reports the first denied action in the
-   :class:`~bus.errors.ReadOnlyViolation` message.
+   :class:`~loopbus.bus.errors.ReadOnlyViolation` message.
 
 A runaway query (a recursive CTE counting to 1e12) would hold its read snapshot, and so keep
 the WAL from being checkpointed, for as long as it runs, and SQLite's C loop never returns to
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from bus.errors import (
+from loopbus.bus.errors import (
     BusError,
     BusNotFound,
     InvalidQuery,
@@ -37,7 +37,7 @@ from bus.errors import (
     check_bus_path,
     not_utf8_message,
 )
-from bus.sqlite import migrations
+from loopbus.bus.sqlite import migrations
 
 # SQLite VM instructions between two checks of the interrupt flag and deadline: a check is a
 # Python call, which at this spacing costs nothing measurable (a 2e6-row recursive CTE takes
@@ -232,13 +232,13 @@ def query(
     if timeout_s is not None and not timeout_s > 0:
         raise BusError(f"timeout must be a positive number of seconds, not {timeout_s!r}")
     if path is None:
-        from bus.sqlite.core import default_bus_path
+        from loopbus.bus.sqlite.core import default_bus_path
 
         path = default_bus_path()
-    from bus.store import backend_of, sqlite_path
+    from loopbus.bus.store import backend_of, sqlite_path
 
     if backend_of(path) != "sqlite":
-        # runs/show/report/serve read run queries written for SQLite files (bus.runs_queries).
+        # runs/show/report/serve read run queries written for SQLite files (loopbus.bus.runs_queries).
         raise BusError(
             f"{path!r} is not a SQLite bus file: this command reads SQLite buses only; on "
             "PostgreSQL, query the runs, tool_calls and errors views with `loopbus sql`"

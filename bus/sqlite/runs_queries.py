@@ -1,6 +1,6 @@
-"""Read-only queries about agent runs, for `loopbus runs/show/report/serve` (agents.runs).
+"""Read-only queries about agent runs, for `loopbus runs/show/report/serve` (loopbus.agents.observe.runs).
 
-Every query goes through :func:`bus.sqlite.readonly.query`: the file is opened read-only, so looking at
+Every query goes through :func:`loopbus.bus.sqlite.readonly.query`: the file is opened read-only, so looking at
 a bus never writes to it (and works on a bus an agent is writing to). They read ``outbox``
 directly rather than the Datasette views of migration 5, so a bus not yet migrated works too.
 The literal event types let SQLite use migration 4's partial indexes (``outbox_run_tasks``,
@@ -12,9 +12,9 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from bus.events import Event, events_from_rows
-from bus.sqlite.readonly import query
-from bus.sqlite.sqlops import COLUMNS
+from loopbus.bus.events import Event, events_from_rows
+from loopbus.bus.sqlite.readonly import query
+from loopbus.bus.sqlite.sqlops import COLUMNS
 
 Path = str | os.PathLike[str]
 

@@ -12,9 +12,9 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from bus.errors import BusError, NotABus
-from bus.events import CursorInfo, Event, PruneReport, events_from_rows
-from bus.sqlite import migrations
+from loopbus.bus.errors import BusError, NotABus
+from loopbus.bus.events import CursorInfo, Event, PruneReport, events_from_rows
+from loopbus.bus.sqlite import migrations
 
 COLUMNS = "id, agent, event_type, payload, run_id, caused_by, created_at"
 SELECT_EVENTS = f"SELECT {COLUMNS} FROM outbox"

@@ -17,7 +17,7 @@ a rare type would keep its committed cursor at its last matching event: its lag 
 every later event and ``prune`` could never pass it. So when a subscription is idle (a fetch
 found nothing), it commits its scanned position as the cursor — but only once every event it
 delivered is acknowledged (the UPDATE requires ``cursor >= last delivered id``, see
-:func:`bus.sqlite.sqlops.advance_cursor`), so at-least-once delivery holds. That write happens at most
+:func:`loopbus.bus.sqlite.sqlops.advance_cursor`), so at-least-once delivery holds. That write happens at most
 once per :data:`ADVANCE_INTERVAL_S` per subscription, and only when the position or the
 consumer's acks changed since the last try.
 """
@@ -29,12 +29,12 @@ from collections.abc import Iterable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from bus.errors import BusError
-from bus.events import Event, events_from_rows
-from bus.sqlite import sqlops
+from loopbus.bus.errors import BusError
+from loopbus.bus.events import Event, events_from_rows
+from loopbus.bus.sqlite import sqlops
 
 if TYPE_CHECKING:
-    from bus.sqlite.core import Bus
+    from loopbus.bus.sqlite.core import Bus
 
 # The least time between two scanned-position commits of one subscription (each is a write
 # transaction): an idle filtered consumer reaches lag 0 within this long.
@@ -211,7 +211,7 @@ class Subscription:
             ),
         )
         self._ahead = ahead
-        # The next commit starts it just before its COMMIT (bus.sqlite.commit's _kick_read_aheads),
+        # The next commit starts it just before its COMMIT (loopbus.bus.sqlite.commit's _kick_read_aheads),
         # so the fetch runs while that commit waits for the disk (with the GIL released)
         # instead of competing with the commit's own work; next_batch starts it itself if no
         # commit came first.

@@ -1,4 +1,4 @@
-"""SyncBus: the async :class:`~bus.sqlite.core.Bus` behind plain blocking methods.
+"""SyncBus: the async :class:`~loopbus.bus.sqlite.core.Bus` behind plain blocking methods.
 
 The bus runs on a private event loop in a daemon thread; each method submits a coroutine
 there and waits for it. Used by the CLI and the agent loop, which are synchronous.
@@ -21,11 +21,11 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
-from bus.errors import BusClosed, BusError
-from bus.events import CursorInfo, Event, NewEvent, PruneReport, prepare_row
-from bus.sqlite import sqlops
-from bus.sqlite.core import Bus, BusStats, Transaction
-from bus.store import AppendMixin
+from loopbus.bus.errors import BusClosed, BusError
+from loopbus.bus.events import CursorInfo, Event, NewEvent, PruneReport, prepare_row
+from loopbus.bus.sqlite import sqlops
+from loopbus.bus.sqlite.core import Bus, BusStats, Transaction
+from loopbus.bus.store import AppendMixin
 
 T = TypeVar("T")
 
@@ -70,7 +70,7 @@ class SyncBus(AppendMixin):
     def _check_not_in_tx(self) -> None:
         if threading.get_ident() in self._tx_threads:
             raise BusError(
-                "this thread is inside `with bus.sqlite.transaction() as tx`: use tx.publish() / "
+                "this thread is inside `with bus.transaction() as tx`: use tx.publish() / "
                 "tx.ack() there (bus.publish() would wait for the transaction to end)"
             )
 
@@ -140,20 +140,20 @@ class SyncBus(AppendMixin):
     def lease(self, name: str) -> Any:
         """Take lease ``name`` (one live process per name, e.g. an agent instance) or raise
         LeaseHeld naming the holder; it ends with ``release()``, ``with`` or the process."""
-        from bus.lease import file_lease
+        from loopbus.bus.lease import file_lease
 
         self._bus._check_usable()
         return file_lease(self._abs_path, name)
 
     def lease_holder(self, name: str) -> str | None:
         """Who holds lease ``name`` (a JSON description), or None when nobody does."""
-        from bus.lease import file_lease_holder
+        from loopbus.bus.lease import file_lease_holder
 
         return file_lease_holder(self._abs_path, name)
 
     def query(self, sql: str, params: Any = (), *, timeout_s: float | None = None) -> Any:
-        """Run one read-only statement on this bus (see :func:`bus.sqlite.readonly.query`)."""
-        from bus.sqlite.readonly import query
+        """Run one read-only statement on this bus (see :func:`loopbus.bus.sqlite.readonly.query`)."""
+        from loopbus.bus.sqlite.readonly import query
 
         return query(self._abs_path, sql, params, timeout_s=timeout_s)
 
@@ -294,13 +294,13 @@ class SyncBus(AppendMixin):
             yield from batch
 
     def transaction(self) -> SyncTransaction:
-        """``with bus.sqlite.transaction() as tx:`` — publish and ack atomically (see Bus.transaction)."""
+        """``with bus.transaction() as tx:`` — publish and ack atomically (see Bus.transaction)."""
         self._check_not_in_tx()
         return SyncTransaction(self, self._bus.transaction())
 
 
 class SyncTransaction:
-    """Blocking view of a :class:`~bus.sqlite.core.Transaction`."""
+    """Blocking view of a :class:`~loopbus.bus.sqlite.core.Transaction`."""
 
     def __init__(self, owner: SyncBus, tx: Transaction) -> None:
         self._owner = owner

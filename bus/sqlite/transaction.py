@@ -12,12 +12,12 @@ from collections.abc import Iterable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from bus.errors import BusError
-from bus.events import NewEvent, check_id, check_name, prepare_row
-from bus.sqlite import sqlops
+from loopbus.bus.errors import BusError
+from loopbus.bus.events import NewEvent, check_id, check_name, prepare_row
+from loopbus.bus.sqlite import sqlops
 
 if TYPE_CHECKING:
-    from bus.sqlite.core import Bus
+    from loopbus.bus.sqlite.core import Bus
 
 # The bus whose transaction the current task is inside (publishing through the bus there
 # would wait for the transaction itself).
@@ -89,9 +89,7 @@ class Transaction:
 
     def _check_open(self) -> None:
         if not self._open:
-            raise BusError(
-                "the transaction is finished; open a new one with bus.sqlite.transaction()"
-            )
+            raise BusError("the transaction is finished; open a new one with bus.transaction()")
 
     async def publish(
         self,

@@ -4,7 +4,7 @@ An adapter directory is what ``mlx_lm.lora`` writes: ``adapter_config.json`` (Lo
 layers) and ``adapters.safetensors``. Adapters trained by ``loopbus distill`` also record the
 identity of their base model under ``"loopbus_base"`` in the config (:func:`base_identity`:
 architecture sizes plus a hash of a strided sample of the embedding weights), so loading one on
-another base model fails with :class:`~models.errors.AdapterMismatch` instead of generating
+another base model fails with :class:`~loopbus.models.errors.AdapterMismatch` instead of generating
 nonsense. Foreign adapters (no such key) are checked by tensor shapes only.
 
 ``DIR`` is a directory, or the name of an adapter shipped in this package (a sub-folder of
@@ -21,7 +21,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from models.errors import AdapterMismatch, AdapterNotFound
+from loopbus.models.errors import AdapterMismatch, AdapterNotFound
 
 SHIPPED = Path(__file__).resolve().parent
 CONFIG_FILE = "adapter_config.json"

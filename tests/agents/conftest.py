@@ -24,7 +24,7 @@ def workspace(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_runtime(tiny_model_path: Path) -> Any:
     """The tiny random-weights model, loaded once (constrained decoding keeps it schema-valid)."""
-    from models import load_runtime
+    from loopbus.models import load_runtime
 
     return load_runtime(str(tiny_model_path))
 
@@ -32,7 +32,7 @@ def tiny_runtime(tiny_model_path: Path) -> Any:
 @pytest.fixture
 def bus(bus_file: Path) -> Iterator[Any]:
     """A SyncBus on a fresh file."""
-    from bus import SyncBus
+    from loopbus.bus import SyncBus
 
     with SyncBus(bus_file) as opened:
         yield opened

@@ -7,9 +7,9 @@ from typing import Any
 
 
 def test_every_arm_runs_and_is_scored(tiny_runtime: Any, tmp_path: Path) -> None:
-    from agents.tasksuite import generate_suite
-    from agents.testing import CountingRuntime
     from bench.bench_agents import ARMS, _register_arms, run_arm, summarize
+    from loopbus.agents.distill.tasksuite import generate_suite
+    from loopbus.agents.testing import CountingRuntime
 
     # The worked-examples prompt is ~1,700 tiny-tokenizer tokens: a window with room for it.
     runtime = CountingRuntime(tiny_runtime, context_window=8192)

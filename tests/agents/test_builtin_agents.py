@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 
-from agents.builtin import get_agent
-from agents.decide import Decider
-from agents.loop import run_agent
-from agents.replay import Recording, export_run, replay
-from agents.testing import CountingRuntime
-from baml_client import types
-from bus.events import validate_event_type
+from loopbus.agents.builtin import get_agent
+from loopbus.agents.run.decide import Decider
+from loopbus.agents.run.loop import run_agent
+from loopbus.agents.run.replay import Recording, export_run, replay
+from loopbus.agents.testing import CountingRuntime
+from loopbus.baml_client import types
+from loopbus.bus.events import validate_event_type
 
 PUBLISH_TASKS = [
     "Tell the other agents what README.md says.",

@@ -7,13 +7,17 @@ from typing import Any
 
 import pytest
 
-from agents import pytool, turn
-from agents.builtin import get_agent
-from agents.config import parse_config
-from agents.runstate import RunSettings
-from agents.sandbox import Sandbox, SandboxLimits  # a broken sandbox fails here, never skips
-from agents.tools import ToolContext, ToolError
-from baml_client import types
+from loopbus.agents.builtin import get_agent
+from loopbus.agents.chains.config import parse_config
+from loopbus.agents.run import turn
+from loopbus.agents.run.state import RunSettings
+from loopbus.agents.sandbox.core import (  # a broken sandbox fails here, never skips
+    Sandbox,
+    SandboxLimits,
+)
+from loopbus.agents.tools import python as pytool
+from loopbus.agents.tools.core import ToolContext, ToolError
+from loopbus.baml_client import types
 
 
 def _run_code(state: Any, code: str) -> Any:
@@ -94,9 +98,9 @@ def test_sandbox_llm_calls_are_recorded_and_replayed(
 ) -> None:
     """llm() / summarize() inside RunPython go to the run's model and into the recording as
     run.llm_call, so a replay answers them without a model (and notices when they change)."""
-    from agents.loop import run_agent
-    from agents.replay import Recording, replay
-    from agents.worker import FirstDecision
+    from loopbus.agents.chains.worker import FirstDecision
+    from loopbus.agents.run.loop import run_agent
+    from loopbus.agents.run.replay import Recording, replay
 
     code = (
         "a = llm('name a colour')\n"
@@ -121,7 +125,7 @@ def test_sandbox_llm_calls_are_recorded_and_replayed(
     assert first["raw"] == expected.text and first["prompt"] == "name a colour"
     assert summary["prompt"].endswith("Pebble is a tiny language.")
     assert too_long["error"]["type"] == "ModelError" and "raw" not in too_long
-    from agents.cli.run_cmds import describe
+    from loopbus.agents.cli.run_cmds import describe
 
     assert describe(asked[0]).startswith("tool asked the model: name a colour -> ")
     (result,) = [e for e in events if e.event_type == "run.tool_result"]

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agents.decide import Decider, DecisionParseError, prompt_hash
+from loopbus.agents.run.decide import Decider, DecisionParseError, prompt_hash
 
 
 def test_messages_come_from_the_baml_request() -> None:
@@ -35,7 +35,7 @@ def test_union_schema_is_discriminated_by_action() -> None:
 
 
 def test_parse_returns_generated_types() -> None:
-    from baml_client import types
+    from loopbus.baml_client import types
 
     decider = Decider("Assistant")
     assert isinstance(decider.parse('{"action":"read_file","path":"a"}'), types.ReadFile)
@@ -51,7 +51,7 @@ def test_parse_returns_generated_types() -> None:
 
 
 def test_unknown_function() -> None:
-    from agents.decide import UnknownFunction
+    from loopbus.agents.run.decide import UnknownFunction
 
     with pytest.raises(UnknownFunction, match="make generate"):
         Decider("NoSuchFunction")
@@ -74,7 +74,7 @@ def test_constrained_output_always_parses(tiny_runtime: Any, function: str) -> N
 )
 @settings(max_examples=60, deadline=None)
 def test_cached_template_renders_exactly_like_baml(parts: list[str]) -> None:
-    from agents.eventlog import LogEvent, render_log
+    from loopbus.agents.run.context import LogEvent, render_log
 
     decider = Decider("Assistant")
     assert decider._template is not None  # the fast path is in use

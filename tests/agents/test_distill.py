@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from agents.cli import main
-from agents.cli.common import EXIT_USAGE
-from agents.distill import (
+from loopbus.agents.cli import main
+from loopbus.agents.cli.common import EXIT_USAGE
+from loopbus.agents.distill.pipeline import (
     VERDICT,
     DistillError,
     ScriptedRuntime,
@@ -27,9 +27,9 @@ from agents.distill import (
     usable_runs,
     write_dataset,
 )
-from agents.loop import run_agent
-from agents.tasksuite import EVAL_SEED, generate_suite, oracle_json
-from bus import SyncBus
+from loopbus.agents.distill.tasksuite import EVAL_SEED, generate_suite, oracle_json
+from loopbus.agents.run.loop import run_agent
+from loopbus.bus import SyncBus
 
 
 def _short_tasks(root: Path, n: int = 12) -> list[Any]:
@@ -131,7 +131,7 @@ def test_dataset_files_and_a_short_training(
     info = train_adapter(data, tmp_path / "lora", model=str(tiny_model_path), options=options)
     assert info["loopbus_training"]["dataset"] == manifest
     assert len(info["loopbus_training"]["train_loss"]) == 1
-    from models import load_runtime
+    from loopbus.models import load_runtime
 
     adapted = load_runtime(f"{tiny_model_path}+adapter:{tmp_path / 'lora'}")
     with SyncBus(tmp_path / "run.db") as bus:
@@ -198,8 +198,8 @@ def test_shared_prefix_loss_equals_mlx_lm_loss(tiny_model_path: Path) -> None:
     from mlx.utils import tree_flatten, tree_unflatten
     from mlx_lm.tuner.trainer import default_loss
 
-    from agents.distill_train import SharedPrefixTrainer, encode
-    from models.mlx_backend import load_fresh
+    from loopbus.agents.distill.train import SharedPrefixTrainer, encode
+    from loopbus.models.mlx_backend import load_fresh
 
     model, tokenizer, _ = load_fresh(tiny_model_path)
     system = {"role": "system", "content": "You answer with one JSON action. " * 8}

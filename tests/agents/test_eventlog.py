@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agents.eventlog import (
+from loopbus.agents.run.context import (
     Elided,
     EventLog,
     EventLogError,

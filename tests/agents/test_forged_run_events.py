@@ -8,13 +8,13 @@ from typing import Any
 
 import pytest
 
-from agents import turn
-from agents.builtin import get_agent
-from agents.loop import resume_run, run_agent, unfinished_runs
-from agents.runstate import RunSettings
-from agents.testing import CountingRuntime
-from agents.tools import ToolError
-from baml_client import types
+from loopbus.agents.builtin import get_agent
+from loopbus.agents.run import turn
+from loopbus.agents.run.loop import resume_run, run_agent, unfinished_runs
+from loopbus.agents.run.state import RunSettings
+from loopbus.agents.testing import CountingRuntime
+from loopbus.agents.tools.core import ToolError
+from loopbus.baml_client import types
 
 
 def _start(runtime: Any, bus: Any, run_id: str, agent: str = "assistant", **kw: Any) -> Any:
@@ -148,8 +148,8 @@ def test_guest_code_cannot_forge_a_run_event(tiny_runtime: Any, bus: Any) -> Non
 def test_replay_refuses_a_malformed_recording_with_a_clear_error(
     tiny_runtime: Any, bus: Any, kind: str, payload: Any, expected: str
 ) -> None:
-    from agents.errors import AgentError
-    from agents.replay import Recording, replay
+    from loopbus.agents.errors import AgentError
+    from loopbus.agents.run.replay import Recording, replay
 
     _start(tiny_runtime, bus, "r-rec")
     bus.publish(kind, payload, agent="assistant", run_id="r-rec")

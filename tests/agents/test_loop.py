@@ -6,13 +6,13 @@ import math
 from pathlib import Path
 from typing import Any
 
-from agents import turn
-from agents.builtin import get_agent
-from agents.decide import Decider
-from agents.eventlog import Elided, LogEvent, parse_log
-from agents.loop import run_agent, step
-from agents.runstate import RunSettings
-from agents.testing import CountingRuntime
+from loopbus.agents.builtin import get_agent
+from loopbus.agents.run import turn
+from loopbus.agents.run.context import Elided, LogEvent, parse_log
+from loopbus.agents.run.decide import Decider
+from loopbus.agents.run.loop import run_agent, step
+from loopbus.agents.run.state import RunSettings
+from loopbus.agents.testing import CountingRuntime
 
 
 def _settings(runtime: Any, workspace: Path | None = None, **kw: Any) -> RunSettings:
@@ -91,7 +91,7 @@ def test_step_is_exactly_one_turn(tiny_runtime: Any, bus: Any, workspace: Path) 
 def test_budget_exceeded_before_any_model_call(
     tiny_model_path: Path, bus: Any, workspace: Path
 ) -> None:
-    from models import load_runtime
+    from loopbus.models import load_runtime
 
     runtime = CountingRuntime(load_runtime(str(tiny_model_path), context_window=400))
     outcome = run_agent(
@@ -119,7 +119,7 @@ def _window_for_one_turn(runtime: Any, bus: Any, workspace: Path, budget: float)
 
 
 def test_budget_cap_and_elision(tiny_model_path: Path, bus: Any, workspace: Path) -> None:
-    from models import load_runtime
+    from loopbus.models import load_runtime
 
     base = load_runtime(str(tiny_model_path))
     window = _window_for_one_turn(base, bus, workspace, 0.4)
@@ -198,8 +198,8 @@ def test_outcome_is_published_once(tiny_runtime: Any, bus: Any) -> None:
 def test_bad_arguments_are_agent_errors(tiny_runtime: Any, bus: Any) -> None:
     import pytest
 
-    from agents.builtin import UnknownAgent
-    from agents.errors import AgentError
+    from loopbus.agents.builtin import UnknownAgent
+    from loopbus.agents.errors import AgentError
 
     with pytest.raises(UnknownAgent, match="available agents: .*assistant"):
         run_agent("nobody", "x", runtime=tiny_runtime, bus=bus)

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from agents.loop import run_agent
-from agents.replay import Recording, export_run, replay
-from agents.testing import CountingRuntime, assert_replays
+from loopbus.agents.run.loop import run_agent
+from loopbus.agents.run.replay import Recording, export_run, replay
+from loopbus.agents.testing import CountingRuntime, assert_replays
 
 
 def _closed_port() -> int:
@@ -22,7 +22,7 @@ def _closed_port() -> int:
 @pytest.fixture
 def unreachable() -> Any:
     """A real ``openai:`` runtime whose server is not there (connection refused)."""
-    from models import load_runtime
+    from loopbus.models import load_runtime
 
     return load_runtime(f"openai:http://127.0.0.1:{_closed_port()}/v1#x")
 
@@ -58,7 +58,7 @@ def test_replay_of_a_failed_run_checks_the_failing_prompt(unreachable: Any, bus:
     outcome = _failed_run(unreachable, bus)
     recording = Recording.from_xml(export_run(bus, outcome.run_id))
     failure = recording.events[-1].payload["model_error"]
-    # The replay runtime raises the recorded kind of error (a models.errors class) ...
+    # The replay runtime raises the recorded kind of error (a loopbus.models.errors class) ...
     failure["type"] = "SchemaRejected"
     seen: list[Any] = []
     report = replay(recording, on_event=seen.append)

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from agents.decide import get_decider
-from agents.policy import EXPLORE, Policy, RunFacts, schema_sha, turn_schema, violation
-from agents.testing import CountingRuntime
+from loopbus.agents.run.decide import get_decider
+from loopbus.agents.run.policy import EXPLORE, Policy, RunFacts, schema_sha, turn_schema, violation
+from loopbus.agents.testing import CountingRuntime
 
 
 def _members(schema: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -93,8 +93,8 @@ def test_violation_names_what_is_allowed(tmp_path: Path) -> None:
 
 
 def test_act_first_agents_can_only_act_on_their_first_turn() -> None:
-    from agents.builtin import get_agent
-    from agents.policy import AGENT_POLICIES
+    from loopbus.agents.builtin import get_agent
+    from loopbus.agents.run.policy import AGENT_POLICIES
 
     base = get_decider("Reviewer").schema
     facts = RunFacts()
@@ -118,7 +118,7 @@ def test_act_first_agents_can_only_act_on_their_first_turn() -> None:
 
 def test_tiny_model_is_held_to_the_policy(tiny_runtime: Any, bus: Any, tmp_path: Path) -> None:
     """Random weights, real llguidance: every decision obeys the turn's schema."""
-    from agents.loop import run_agent
+    from loopbus.agents.run.loop import run_agent
 
     ws = _workspace(tmp_path / "ws")
     outcome = run_agent(
@@ -155,7 +155,7 @@ class _Unconstrained(CountingRuntime):
 def test_without_constrained_decoding_a_violation_is_fed_back(
     tiny_runtime: Any, bus: Any, tmp_path: Path
 ) -> None:
-    from agents.loop import run_agent
+    from loopbus.agents.run.loop import run_agent
 
     done_only = {"anyOf": [_members(get_decider("Assistant").schema)["done"]]}
     outcome = run_agent(
@@ -175,8 +175,8 @@ def test_without_constrained_decoding_a_violation_is_fed_back(
 def test_replay_reproduces_the_policy_and_checks_its_schema(
     tiny_runtime: Any, bus: Any, tmp_path: Path
 ) -> None:
-    from agents.loop import run_agent
-    from agents.replay import Recording, replay
+    from loopbus.agents.run.loop import run_agent
+    from loopbus.agents.run.replay import Recording, replay
 
     ws = _workspace(tmp_path / "ws")
     outcome = run_agent(
@@ -223,7 +223,7 @@ def test_review_chain_agents_pick_their_tool_without_first_tool(
     """Random weights: each demo-chain agent still calls its tool first, then answers done."""
     import tomllib
 
-    from agents.loop import run_agent
+    from loopbus.agents.run.loop import run_agent
 
     config = tomllib.loads(Path("agents/examples/review.toml").read_text())
     assert not any("first_tool" in agent for agent in config["agents"].values())
@@ -257,9 +257,9 @@ def test_review_chain_agents_pick_their_tool_without_first_tool(
 
 def test_resume_rebuilds_the_policy_facts(tiny_runtime: Any, bus: Any, tmp_path: Path) -> None:
     """A resumed run narrows its schema from the same facts as the live run did."""
-    from agents import turn
-    from agents.loop import run_agent
-    from agents.policy import call_key
+    from loopbus.agents.run import turn
+    from loopbus.agents.run.loop import run_agent
+    from loopbus.agents.run.policy import call_key
 
     ws = _workspace(tmp_path / "ws")
     outcome = run_agent(

@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from agents.cli import main as loopbus
-from agents.loop import run_agent
-from agents.replay import Recording, export_run, replay
-from agents.testing import assert_replays
-from agents.tools import list_dir, register_tool
-from baml_client import types
+from loopbus.agents.cli import main as loopbus
+from loopbus.agents.run.loop import run_agent
+from loopbus.agents.run.replay import Recording, export_run, replay
+from loopbus.agents.testing import assert_replays
+from loopbus.agents.tools.core import list_dir, register_tool
+from loopbus.baml_client import types
 
 RUNS = Path(__file__).resolve().parents[1] / "runs"
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "workspace"
@@ -147,7 +147,7 @@ def test_replay_loads_no_model() -> None:
 
     code = (
         "import sys\n"
-        "from agents.cli import main\n"
+        "from loopbus.agents.cli import main\n"
         f"args = ['replay', {str(CRAFTED)!r}, '--workspace', {str(FIXTURE)!r}]\n"
         "try:\n"
         "    main.main(args=args, standalone_mode=False)\n"
@@ -163,7 +163,7 @@ def test_replay_loads_no_model() -> None:
 def test_demo_assistant_runs_offline(
     tiny_model_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from agents.demo_assistant import run_demo
+    from loopbus.agents.examples.demo_assistant import run_demo
 
     status = run_demo(
         FIXTURE, "What is Pebble?", tmp_path / "demo.db", max_turns=2, model=str(tiny_model_path)
@@ -174,7 +174,7 @@ def test_demo_assistant_runs_offline(
 
 
 def test_missing_recorded_workspace_is_a_clear_error(tmp_path: Path) -> None:
-    from agents.errors import AgentError
+    from loopbus.agents.errors import AgentError
 
     recording = Recording.from_xml(CRAFTED.read_text())
     task = recording.events[0].payload

@@ -7,13 +7,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from agents import turn
-from agents.builtin import get_agent
-from agents.decide import Decider
-from agents.loop import resume_run, run_agent, unfinished_runs
-from agents.runstate import RunSettings
-from agents.testing import CountingRuntime
-from baml_client import types
+from loopbus.agents.builtin import get_agent
+from loopbus.agents.run import turn
+from loopbus.agents.run.decide import Decider
+from loopbus.agents.run.loop import resume_run, run_agent, unfinished_runs
+from loopbus.agents.run.state import RunSettings
+from loopbus.agents.testing import CountingRuntime
+from loopbus.baml_client import types
 
 
 def _start(
@@ -143,9 +143,9 @@ def test_resume_after_sigkill(tiny_model_path: Path, bus_file: Path, workspace: 
     """A real process killed mid-run; a fresh process resumes it from the bus."""
     script = f"""
 import os, signal
-from bus import SyncBus
-from models import load_runtime
-from agents.loop import run_agent
+from loopbus.bus import SyncBus
+from loopbus.models import load_runtime
+from loopbus.agents.run.loop import run_agent
 rt = load_runtime({str(tiny_model_path)!r})
 def on_event(e):
     if e.event_type == "run.tool_call" or e.event_type == "run.outcome":
@@ -156,8 +156,8 @@ with SyncBus({str(bus_file)!r}) as bus:
 """
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, timeout=120)
     assert proc.returncode == -9, proc.stderr.decode()[-2000:]
-    from bus import SyncBus
-    from models import load_runtime
+    from loopbus.bus import SyncBus
+    from loopbus.models import load_runtime
 
     with SyncBus(bus_file) as bus:
         before = bus.events(run_id="r-kill")

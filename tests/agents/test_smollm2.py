@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from agents.testing import assert_replays
+from loopbus.agents.testing import assert_replays
 
 RUNS = Path(__file__).resolve().parents[1] / "runs"
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "workspace"
@@ -39,9 +39,9 @@ def test_smollm2_runs_with_the_decoding_policy_replay(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_live_smollm2_turn_replays(smollm2_path: Path, bus: Any, tmp_path: Path) -> None:
-    from agents.loop import run_agent
-    from agents.replay import export_run
-    from models import load_runtime
+    from loopbus.agents.run.loop import run_agent
+    from loopbus.agents.run.replay import export_run
+    from loopbus.models import load_runtime
 
     runtime = load_runtime(str(smollm2_path))
     assert runtime.supports_schema

@@ -6,8 +6,8 @@ from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
 
-from agents.tasksuite import KINDS, generate_suite
-from agents.tools import ToolContext, ToolError, list_dir, read_file
+from loopbus.agents.distill.tasksuite import KINDS, generate_suite
+from loopbus.agents.tools.core import ToolContext, ToolError, list_dir, read_file
 
 
 def _run_oracle(task) -> list[str]:

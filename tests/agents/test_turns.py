@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from agents.decide import get_decider, log_turns
-from agents.eventlog import EventLog, LogEvent
-from agents.testing import CountingRuntime
+from loopbus.agents.run.context import EventLog, LogEvent
+from loopbus.agents.run.decide import get_decider, log_turns
+from loopbus.agents.testing import CountingRuntime
 
 
 def _log(*events: tuple[str, Any]) -> str:
@@ -52,10 +52,10 @@ def test_turn_prompt_is_rendered_by_baml_and_extends_the_previous_turn() -> None
 def test_a_prompt_variant_is_chosen_by_room_and_recorded(
     tiny_runtime: Any, bus: Any, tmp_path: Path
 ) -> None:
-    from agents.builtin import ASSISTANT_TURNS_MIN_TOKENS, get_agent, register_agent
-    from agents.loop import run_agent
-    from agents.policy import EXPLORE
-    from agents.replay import Recording, replay
+    from loopbus.agents.builtin import ASSISTANT_TURNS_MIN_TOKENS, get_agent, register_agent
+    from loopbus.agents.run.loop import run_agent
+    from loopbus.agents.run.policy import EXPLORE
+    from loopbus.agents.run.replay import Recording, replay
 
     # The shipped assistant keeps the compact prompt (measured better with SmolLM2).
     assert get_agent("assistant").function_for(8192, 0.4) == "Assistant"

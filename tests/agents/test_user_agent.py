@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from agents.agent import Agent
-from agents.builtin import UnknownAgent, get_agent
+from loopbus.agents.agent import Agent
+from loopbus.agents.builtin import UnknownAgent, get_agent
 
 REPO = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
@@ -93,7 +93,7 @@ def test_a_tool_for_every_member_is_required(on_path: Path) -> None:
     ("reference", "message"),
     [
         ("no_such_module_xyz:agent", "cannot import 'no_such_module_xyz'"),
-        ("agents.builtin:nothing", "has no Agent named 'nothing'"),
+        ("loopbus.agents.builtin:nothing", "has no Agent named 'nothing'"),
         ("no-such-agent", "unknown agent 'no-such-agent'"),
     ],
 )
@@ -136,7 +136,7 @@ def test_loopbus_run_and_replay_by_reference(project: Path, tiny_model_path: Pat
 
 def test_relative_output_is_the_current_directory(tmp_path: Path, monkeypatch) -> None:
     """A config shipped in a package (site-packages once installed) never writes next to itself."""
-    from agents.config import load_config
+    from loopbus.agents.chains.config import load_config
 
     installed = tmp_path / "site-packages" / "agents" / "examples"
     installed.mkdir(parents=True)
@@ -155,7 +155,7 @@ def test_relative_output_is_the_current_directory(tmp_path: Path, monkeypatch) -
 
 
 def test_a_chain_config_names_the_agent_by_reference(on_path: Path, tmp_path: Path) -> None:
-    from agents.config import ConfigError, check_registry, load_config
+    from loopbus.agents.chains.config import ConfigError, check_registry, load_config
 
     def config(kind: str) -> Path:
         path = tmp_path / "chain.toml"
@@ -184,12 +184,12 @@ def test_an_entry_point_names_the_agent(on_path: Path, tmp_path: Path, monkeypat
 
 
 def test_the_agents_sandbox_limits_are_its_default(on_path: Path) -> None:
-    from agents.pytool import sandbox_limits
-    from agents.sandbox_types import SandboxLimits
+    from loopbus.agents.sandbox.types import SandboxLimits
+    from loopbus.agents.tools.python import sandbox_limits
 
     (on_path / "my_agents" / "limited.py").write_text(
         "import dataclasses\n"
-        "from agents.sandbox_types import SandboxLimits\n"
+        "from loopbus.agents.sandbox.types import SandboxLimits\n"
         "from my_agents.counter import counter\n"
         "limited = dataclasses.replace(counter, sandbox=SandboxLimits(fuel=123_456_789))\n"
     )
@@ -200,7 +200,7 @@ def test_the_agents_sandbox_limits_are_its_default(on_path: Path) -> None:
 def test_loopbus_agents_describes_a_reference(on_path: Path) -> None:
     from click.testing import CliRunner
 
-    from agents.cli import main
+    from loopbus.agents.cli import main
 
     result = CliRunner().invoke(main, ["agents", "my_agents.counter:counter", "--json"])
     assert result.exit_code == 0, result.output
@@ -222,9 +222,9 @@ def test_loopbus_agents_describes_a_reference(on_path: Path) -> None:
 def test_scripted_runtime_fails_the_run_and_says_why(
     tmp_path: Path, script: list, reason: str
 ) -> None:
-    from agents.loop import run_agent
-    from agents.testing import ScriptedRuntime
-    from bus import SyncBus
+    from loopbus.agents.run.loop import run_agent
+    from loopbus.agents.testing import ScriptedRuntime
+    from loopbus.bus import SyncBus
 
     runtime = ScriptedRuntime(script)
     with SyncBus(tmp_path / "bus.db") as bus:

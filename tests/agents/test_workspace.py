@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from agents.tools import ToolContext, ToolError, list_dir, read_file
-from agents.workspace import PathEscape, WorkspaceError, resolve
+from loopbus.agents.tools.core import ToolContext, ToolError, list_dir, read_file
+from loopbus.agents.tools.workspace import PathEscape, WorkspaceError, resolve
 
 
 @pytest.fixture
@@ -69,7 +69,7 @@ def test_no_workspace_is_an_error() -> None:
 
 
 def test_builtin_handlers(root: Path) -> None:
-    from baml_client import types
+    from loopbus.baml_client import types
 
     ctx = ToolContext("r", "assistant", root)
     listing = list_dir(types.ListDir(action="list_dir", path="."), ctx)

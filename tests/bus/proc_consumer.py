@@ -11,7 +11,7 @@ import os
 import sys
 import time
 
-from bus import SyncBus
+from loopbus.bus import SyncBus
 
 
 def main(path: str, out: str, batch: int, idle: float) -> None:

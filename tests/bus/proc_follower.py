@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from bus import Bus
+from loopbus.bus import Bus
 
 
 async def main(path: str, safety_poll_s: float, count: int) -> None:

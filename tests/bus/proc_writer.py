@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from bus import Bus
+from loopbus.bus import Bus
 
 
 async def main(path: str, writer: int, count: int, tasks: int, pause: float) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from bus import Bus, SyncBus
+from loopbus.bus import Bus, SyncBus
 
 
 def _cursor(bus: SyncBus, consumer: str) -> tuple[int, int]:

@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bus import Event, NewEvent, SyncBus
-from bus.errors import InvalidEvent, InvalidEventType, InvalidPayload, PayloadTooLarge
-from bus.events import encode_payload, validate_event_type
+from loopbus.bus import Event, NewEvent, SyncBus
+from loopbus.bus.errors import InvalidEvent, InvalidEventType, InvalidPayload, PayloadTooLarge
+from loopbus.bus.events import encode_payload, validate_event_type
 
 
 @pytest.mark.parametrize(

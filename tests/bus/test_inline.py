@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from bus import Bus
-from bus.errors import BusClosed, BusError
-from bus.sqlite import inline
+from loopbus.bus import Bus
+from loopbus.bus.errors import BusClosed, BusError
+from loopbus.bus.sqlite import inline
 
 
 @pytest.fixture(autouse=True)

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from bus import SyncBus
+from loopbus.bus import SyncBus
 
 
 @pytest.mark.slow

@@ -9,15 +9,15 @@ from typing import Any
 
 import pytest
 
-import bus
-from bus.errors import BusError, BusNotFound, NotABus, QueryTimeout, SchemaTooNew
-from bus.postgres import migrations
+from loopbus import bus
+from loopbus.bus.errors import BusError, BusNotFound, NotABus, QueryTimeout, SchemaTooNew
+from loopbus.bus.postgres import migrations
 
 
 @pytest.fixture
 def url() -> Iterator[str]:
     """A fresh schema on the test server (skipped locally without one, failing under CI)."""
-    from bus.postgres.testing import fresh_schema
+    from loopbus.bus.postgres.testing import fresh_schema
 
     with fresh_schema() as target:
         yield target
@@ -26,7 +26,7 @@ def url() -> Iterator[str]:
 def _raw(url: str) -> Any:
     import psycopg
 
-    from bus.postgres.connect import connect, parse_url
+    from loopbus.bus.postgres.connect import connect, parse_url
 
     conn = connect(parse_url(url), autocommit=True)
     assert isinstance(conn, psycopg.Connection)

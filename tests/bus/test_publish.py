@@ -8,8 +8,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from bus import Bus, NewEvent, SyncBus
-from bus.errors import (
+from loopbus.bus import Bus, NewEvent, SyncBus
+from loopbus.bus.errors import (
     BusClosed,
     BusError,
     InvalidEvent,

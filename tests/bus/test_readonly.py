@@ -8,8 +8,14 @@ from types import SimpleNamespace
 
 import pytest
 
-from bus import SyncBus, query
-from bus.errors import BusError, BusNotFound, InvalidQuery, ReadOnlyViolation, RefusedFunction
+from loopbus.bus import SyncBus, query
+from loopbus.bus.errors import (
+    BusError,
+    BusNotFound,
+    InvalidQuery,
+    ReadOnlyViolation,
+    RefusedFunction,
+)
 
 
 @pytest.fixture

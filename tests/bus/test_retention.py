@@ -8,8 +8,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from bus import Bus
-from bus.errors import PruneWarning
+from loopbus.bus import Bus
+from loopbus.bus.errors import PruneWarning
 
 
 async def test_prune_stops_at_the_slowest_cursor(bus_path: Path, bh: SimpleNamespace) -> None:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from bus import SyncBus
-from bus.errors import BusError
-from bus.sqlite.sqlops import _UNFINISHED_RUNS
+from loopbus.bus import SyncBus
+from loopbus.bus.errors import BusError
+from loopbus.bus.sqlite.sqlops import _UNFINISHED_RUNS
 
 
 def test_unfinished_runs(bus_path: Path) -> None:

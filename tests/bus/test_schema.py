@@ -8,9 +8,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from bus import Bus, SyncBus, default_bus_path
-from bus.errors import BusNotFound, NotABus, SchemaTooNew
-from bus.sqlite.migrations import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION
+from loopbus.bus import Bus, SyncBus, default_bus_path
+from loopbus.bus.errors import BusNotFound, NotABus, SchemaTooNew
+from loopbus.bus.sqlite.migrations import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION
 
 
 async def _pragma(bus: Bus, name: str) -> object:
@@ -122,7 +122,7 @@ async def test_every_write_transaction_begins_immediate(bus_path: Path) -> None:
     async with Bus.connect(bus_path) as bus:
         statements: list[str] = []
         await bus._writer._execute(bus._wconn.set_trace_callback, statements.append)
-        # Lone writes commit on the loop thread's own connection (bus.sqlite.inline).
+        # Lone writes commit on the loop thread's own connection (loopbus.bus.sqlite.inline).
         bus._inline.connection().set_trace_callback(statements.append)
         await bus.publish("a", 1)
         await bus.publish_many([{"event_type": "b", "payload": 2}])

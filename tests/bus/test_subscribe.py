@@ -9,8 +9,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from bus import Bus, Event, SyncBus
-from bus.errors import BusError
+from loopbus.bus import Bus, Event, SyncBus
+from loopbus.bus.errors import BusError
 
 
 async def _take(iterator: object, n: int, timeout: float = 5.0) -> list[Event]:

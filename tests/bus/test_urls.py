@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-import bus
-from bus.errors import BusError
-from bus.postgres.connect import parse_url
-from bus.store import backend_of, describe, sqlite_path
+from loopbus import bus
+from loopbus.bus.errors import BusError
+from loopbus.bus.postgres.connect import parse_url
+from loopbus.bus.store import backend_of, describe, sqlite_path
 
 
 def test_backend_of_and_sqlite_path(tmp_path: Path) -> None:

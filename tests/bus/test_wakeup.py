@@ -12,8 +12,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from bus import Bus
-from bus.sqlite.wakeup import Doorbell, wake_dir_for
+from loopbus.bus import Bus
+from loopbus.bus.sqlite.wakeup import Doorbell, wake_dir_for
 
 
 def test_wake_dir_is_next_to_the_bus_or_short(tmp_path: Path) -> None:
@@ -127,7 +127,7 @@ async def test_the_safety_poll_reads_the_bus_only_after_a_commit(
     import asyncio
     import sqlite3
 
-    from bus.sqlite import sqlops
+    from loopbus.bus.sqlite import sqlops
 
     fetches = 0
     fetch_after = sqlops.fetch_after

@@ -42,7 +42,7 @@ def write_chain(path: Path, text: str, *, model: Path, workspace: Path, output: 
 
 def loopbus(*args: str) -> list[str]:
     """argv running the loopbus CLI with this interpreter."""
-    return [sys.executable, "-m", "agents.cli", *args]
+    return [sys.executable, "-m", "loopbus.agents.cli", *args]
 
 
 def spawn(*args: str, log: Path) -> subprocess.Popen[bytes]:

@@ -15,6 +15,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 @pytest.fixture(scope="session")
 def tiny_runtime(tiny_model_path: Path) -> Any:
     """The tiny real model, loaded once for in-process workers."""
-    from models import load_runtime
+    from loopbus.models import load_runtime
 
     return load_runtime(str(tiny_model_path))

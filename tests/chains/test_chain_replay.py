@@ -11,15 +11,15 @@ import pytest
 from chain_helpers import make_workspace, write_chain
 from click.testing import CliRunner
 
-from agents import chain_agents
-from agents.cli import main as loopbus
-from agents.config import load_config
-from agents.replay import FORMAT_WITH_CONTEXT, Recording, export_run, replay
-from agents.testing import assert_replays
-from agents.tools import register_tool
-from agents.worker import AgentWorker
-from baml_client import types
-from bus import SyncBus
+from loopbus.agents.chains.config import load_config
+from loopbus.agents.chains.worker import AgentWorker
+from loopbus.agents.cli import main as loopbus
+from loopbus.agents.examples import chain_agents
+from loopbus.agents.run.replay import FORMAT_WITH_CONTEXT, Recording, export_run, replay
+from loopbus.agents.testing import assert_replays
+from loopbus.agents.tools.core import register_tool
+from loopbus.baml_client import types
+from loopbus.bus import SyncBus
 
 CHAIN = """
 [agents.scanner]
@@ -144,9 +144,9 @@ def test_changed_chain_tool_fails_with_a_diff(
 
 
 def test_recorded_reads_serve_the_bus_as_each_tool_saw_it() -> None:
-    from agents.replay import RecordedEvent
-    from agents.replay_context import RecordedReads
-    from bus import Event
+    from loopbus.agents.run.replay import RecordedEvent
+    from loopbus.agents.run.replay_context import RecordedReads
+    from loopbus.bus import Event
 
     def recorded(kind: str, id_: int, run_id: str | None = None) -> RecordedEvent:
         return RecordedEvent(

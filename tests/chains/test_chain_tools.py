@@ -8,12 +8,12 @@ from typing import Any
 import pytest
 from chain_helpers import make_workspace, write_chain
 
-from agents import chain_agents
-from agents.config import ConfigError, UnknownTool, check_registry, load_config
-from agents.tools import BusReads, ToolContext
-from agents.worker import AgentWorker
-from baml_client import types
-from bus import NewEvent, SyncBus
+from loopbus.agents.chains.config import ConfigError, UnknownTool, check_registry, load_config
+from loopbus.agents.chains.worker import AgentWorker
+from loopbus.agents.examples import chain_agents
+from loopbus.agents.tools.core import BusReads, ToolContext
+from loopbus.baml_client import types
+from loopbus.bus import NewEvent, SyncBus
 
 REVIEW = """
 [agents.scanner]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from agents.config import (
+from loopbus.agents.chains.config import (
     BadSubscription,
     BadTaskTemplate,
     ConfigError,
@@ -17,8 +17,8 @@ from agents.config import (
     load_config,
     render_task,
 )
-from agents.errors import AgentError
-from bus import Event
+from loopbus.agents.errors import AgentError
+from loopbus.bus import Event
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "agents" / "examples"
 
@@ -127,7 +127,7 @@ def test_task_template(tmp_path: Path) -> None:
 
 
 def test_sandbox_limits_table(tmp_path: Path) -> None:
-    from agents.sandbox_types import SandboxLimits
+    from loopbus.agents.sandbox.types import SandboxLimits
 
     text = (
         '[agents.coder]\nsubscribe = ["job"]\n\n[agents.coder.sandbox]\n'

@@ -10,8 +10,8 @@ import pytest
 from chain_helpers import loopbus
 from click.testing import CliRunner
 
-from agents.cli import main
-from agents.config import ConfigError, load_config
+from loopbus.agents.chains.config import ConfigError, load_config
+from loopbus.agents.cli import main
 
 
 def write(tmp_path: Path, text: str) -> Path:

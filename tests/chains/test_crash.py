@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from chain_helpers import CRASH_CHAIN, make_workspace, read_status, spawn, write_chain
 
-from agents.supervisor import state_dir_for
-from bus import SyncBus
+from loopbus.agents.chains.supervisor import state_dir_for
+from loopbus.bus import SyncBus
 
 N_INPUTS = 32
 

@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 from chain_helpers import CRASH_CHAIN, REPO, make_workspace, read_status, write_chain
 
-import bus as loopbus
-from agents.supervisor import state_dir_for
-from bus.postgres.testing import fresh_schema
+import loopbus.bus as loopbus
+from loopbus.agents.chains.supervisor import state_dir_for
+from loopbus.bus.postgres.testing import fresh_schema
 
 N_INPUTS = 24
 
@@ -32,7 +32,7 @@ CHAIN = CRASH_CHAIN
 def _up(url: str, cfg: Path, share: str, cwd: Path, log: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    argv = [sys.executable, "-m", "agents.cli", "--bus", url, "up", str(cfg), "--no-live"]
+    argv = [sys.executable, "-m", "loopbus.agents.cli", "--bus", url, "up", str(cfg), "--no-live"]
     argv += ["--share", share, "--max-crashes", "1000"]
     with log.open("ab") as fh:
         return subprocess.Popen(

@@ -21,7 +21,7 @@ def test_demo_reviews_a_folder_with_smollm2(tmp_path: Path, smollm2_path: Path) 
         [
             sys.executable,
             "-m",
-            "agents.demo",
+            "loopbus.agents.examples.demo",
             "--folder",
             str(folder),
             "--out",

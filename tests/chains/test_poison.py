@@ -12,10 +12,10 @@ from typing import Any
 
 from chain_helpers import loopbus, make_workspace, write_chain
 
-from agents import chain_agents
-from agents.config import load_config
-from agents.worker import AgentWorker, FirstDecision
-from bus import SyncBus
+from loopbus.agents.chains.config import load_config
+from loopbus.agents.chains.worker import AgentWorker, FirstDecision
+from loopbus.agents.examples import chain_agents
+from loopbus.bus import SyncBus
 
 LIMIT = 1 << 20  # the bus's default payload limit (1 MiB)
 

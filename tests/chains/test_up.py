@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from chain_helpers import loopbus, make_workspace, read_status, spawn, wait_for, write_chain
 
-from agents.supervisor import state_dir_for
-from bus import SyncBus
+from loopbus.agents.chains.supervisor import state_dir_for
+from loopbus.bus import SyncBus
 
 ONE_AGENT = """
 [agents.checker]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from chain_helpers import make_workspace, spawn, wait_for, write_chain
 
-from bus import SyncBus
+from loopbus.bus import SyncBus
 
 CHAIN = """
 [agents.checker]

@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 from chain_helpers import make_workspace, write_chain
 
-from agents import chain_agents
-from agents.config import load_config
-from agents.worker import AgentWorker
-from bus import SyncBus
+from loopbus.agents.chains.config import load_config
+from loopbus.agents.chains.worker import AgentWorker
+from loopbus.agents.examples import chain_agents
+from loopbus.bus import SyncBus
 
 CHECKER = """
 [agents.checker]

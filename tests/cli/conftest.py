@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner, Result
 
-from agents.cli import main
+from loopbus.agents.cli import main
 
 Invoke = Callable[..., Result]
 Run = Callable[..., subprocess.CompletedProcess[str]]
@@ -29,7 +29,7 @@ def clean_env() -> dict[str, str]:
 def loopbus_argv(bus: Path | None, *args: str) -> list[str]:
     """argv running the real command line in a fresh interpreter (`--bus BUS` unless None)."""
     bus_option = ["--bus", str(bus)] if bus is not None else []
-    return [sys.executable, "-m", "agents.cli", *bus_option, *args]
+    return [sys.executable, "-m", "loopbus.agents.cli", *bus_option, *args]
 
 
 def take_snapshot(path: Path) -> dict[str, bytes]:
@@ -116,7 +116,7 @@ def spawn_cli(bus_file: Path, tmp_path: Path) -> Iterator[Spawn]:
 @pytest.fixture
 def populated_bus(bus_file: Path) -> Path:
     """A bus with five events of three types and two consumers (`indexer` at 2, `mailer` at 5)."""
-    from bus import SyncBus
+    from loopbus.bus import SyncBus
 
     with SyncBus(bus_file) as bus:
         bus.publish("file.found", {"path": "README.md"}, agent="scanner")
@@ -132,7 +132,7 @@ def populated_bus(bus_file: Path) -> Path:
 @pytest.fixture
 def newer_bus(bus_file: Path) -> Path:
     """A bus file whose schema version is above what this loopbus knows."""
-    from bus import SyncBus
+    from loopbus.bus import SyncBus
 
     with SyncBus(bus_file) as bus:
         bus.publish("file.found", {"path": "x"})

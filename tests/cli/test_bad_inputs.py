@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from bus import SyncBus
+from loopbus.bus import SyncBus
 
 ROOT = Path(__file__).resolve().parents[2]
 RECORDING = ROOT / "tests" / "runs" / "smollm2_todo.xml"
@@ -15,7 +15,7 @@ RECORDING = ROOT / "tests" / "runs" / "smollm2_todo.xml"
 
 def loopbus(*args: str, cwd: Path, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "agents.cli", *args],
+        [sys.executable, "-m", "loopbus.agents.cli", *args],
         cwd=cwd,
         input=stdin,
         capture_output=True,
@@ -75,7 +75,7 @@ def test_up_refuses_a_missing_workspace(tmp_path: Path) -> None:
 
 
 def test_export_to_an_unwritable_path(tmp_path: Path) -> None:
-    from agents.replay import load_recording
+    from loopbus.agents.run.replay import load_recording
 
     recording = load_recording(RECORDING)
     with SyncBus(tmp_path / "b.db") as bus:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from click.testing import Result
 
-from bus import NewEvent, SyncBus
+from loopbus.bus import NewEvent, SyncBus
 
 Invoke = Callable[..., Result]
 Snapshot = Callable[[Path], dict[str, bytes]]
@@ -346,7 +346,7 @@ def test_prune_bad_duration_is_refused(
 
 
 def test_duration_units() -> None:
-    from agents.cli.bus_cmds import Duration
+    from loopbus.agents.cli.bus_cmds import Duration
 
     convert = Duration().convert
     assert [convert(v, None, None) for v in ["7d", "12h", "30m", "3600s", "90", "1.5h", "2w"]] == [

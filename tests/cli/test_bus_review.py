@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from click.testing import Result
 
-from bus import SyncBus
+from loopbus.bus import SyncBus
 
 Invoke = Callable[..., Result]
 Snapshot = Callable[[Path], dict[str, bytes]]
@@ -114,8 +114,8 @@ def test_sql_stops_at_ctrl_c(spawn_cli: Spawn, populated_bus: Path) -> None:
 def test_query_interrupt_flag_and_timeout_in_the_library(populated_bus: Path) -> None:
     import threading
 
-    from bus import query
-    from bus.errors import QueryInterrupted, QueryTimeout
+    from loopbus.bus import query
+    from loopbus.bus.errors import QueryInterrupted, QueryTimeout
 
     flag = threading.Event()
     threading.Timer(0.2, flag.set).start()

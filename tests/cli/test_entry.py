@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from agents.cli import GENERATING, _command_name
+from loopbus.agents.cli import GENERATING, _command_name
 
 
 @pytest.mark.parametrize(
@@ -31,12 +31,12 @@ def test_only_generating_commands_reexec() -> None:
 
 
 def test_bus_command_does_not_touch_blas(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    # A bus command must neither import models.blas nor restart itself.
+    # A bus command must neither import loopbus.models.blas nor restart itself.
     code = (
         "import sys; sys.argv = ['loopbus', '--bus', sys.argv[1], 'cursors']\n"
-        "from agents.cli import entry\n"
+        "from loopbus.agents.cli import entry\n"
         "try:\n    entry()\nexcept SystemExit:\n    pass\n"
-        "print('models.blas' in sys.modules)"
+        "print('loopbus.models.blas' in sys.modules)"
     )
     env = {k: v for k, v in os.environ.items() if k != "LOOPBUS_BLAS_REEXEC"}
     out = subprocess.run(

@@ -8,8 +8,8 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from agents.cli import COMMANDS, LazyGroup, main
-from agents.cli.common import (
+from loopbus.agents.cli import COMMANDS, LazyGroup, main
+from loopbus.agents.cli.common import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_USAGE,
@@ -67,9 +67,9 @@ def test_a_snippet_that_fails_exits_1() -> None:
 
 
 def test_library_errors_that_are_not_user_mistakes() -> None:
-    from agents.errors import AgentError
-    from agents.supervisor import ChainGaveUp
-    from bus.errors import BusError, QueryInterrupted, QueryTimeout
+    from loopbus.agents.chains.supervisor import ChainGaveUp
+    from loopbus.agents.errors import AgentError
+    from loopbus.bus.errors import BusError, QueryInterrupted, QueryTimeout
 
     assert exit_code_for(ChainGaveUp("crashed 5 times")) == EXIT_FAILED
     assert exit_code_for(QueryTimeout("timed out")) == EXIT_FAILED

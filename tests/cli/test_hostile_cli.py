@@ -16,8 +16,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from rich.console import Console
 
-from agents.termsafe import printable, safe_json, safe_json_text
-from bus import SyncBus
+from loopbus.agents.termsafe import printable, safe_json, safe_json_text
+from loopbus.bus import SyncBus
 
 Invoke = Callable[..., Result]
 
@@ -178,7 +178,7 @@ def test_prune_with_an_absurd_max_age_is_a_clear_error(invoke: Invoke, bus_file:
 def test_run_printer_shows_tool_results_and_model_output_escaped(
     bus_file: Path, capsys: object
 ) -> None:
-    from agents.cli.run_cmds import _printer
+    from loopbus.agents.cli.run_cmds import _printer
 
     with SyncBus(bus_file) as bus:
         ids = [
@@ -205,9 +205,9 @@ def test_run_printer_shows_tool_results_and_model_output_escaped(
 
 
 def test_chain_view_renders_hostile_events_and_status(tmp_path: Path, bus_file: Path) -> None:
-    from agents.chain_view import render
-    from agents.config import load_config
-    from agents.supervisor import Supervisor
+    from loopbus.agents.chains.config import load_config
+    from loopbus.agents.chains.supervisor import Supervisor
+    from loopbus.agents.chains.view import render
 
     config_file = tmp_path / "chain.toml"
     config_file.write_text(
@@ -239,7 +239,7 @@ def test_chain_view_renders_hostile_events_and_status(tmp_path: Path, bus_file: 
 def test_replay_refuses_a_function_that_is_not_a_decision_function(tmp_path: Path) -> None:
     from click.testing import CliRunner
 
-    from agents.cli import main
+    from loopbus.agents.cli import main
 
     text = RECORDING.read_text(encoding="utf-8")
     for name in ("__init__", "with_options", "parse", "__class__"):
@@ -326,7 +326,7 @@ def test_sql_csv_shows_escapes_on_a_terminal_and_keeps_them_in_a_pipe(
 def test_export_shows_escapes_on_a_terminal_and_keeps_them_in_a_file(
     invoke: Invoke, bus_file: Path, tmp_path: Path
 ) -> None:
-    from agents.replay import load_recording
+    from loopbus.agents.run.replay import load_recording
     from tests.cli.conftest import loopbus_argv
 
     settings = load_recording(RECORDING).task_event.payload["settings"]

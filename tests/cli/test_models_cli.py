@@ -17,7 +17,7 @@ def _loopbus_cmd() -> list[str]:
     script = Path(sys.executable).with_name("loopbus")
     if script.exists():
         return [str(script)]
-    return [sys.executable, "-c", "from agents.cli import main; main()"]
+    return [sys.executable, "-c", "from loopbus.agents.cli import main; main()"]
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

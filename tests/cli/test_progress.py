@@ -1,14 +1,14 @@
-"""Plain progress for logs and CI (agents/progress.py) and `loopbus run`'s model lines."""
+"""Plain progress for logs and CI (agents/observe/progress.py) and `loopbus run`'s model lines."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
-from agents.config import load_config
-from agents.progress import ChainProgress, model_call_rates, stamped, timestamp
-from agents.supervisor import Supervisor
-from bus import SyncBus
+from loopbus.agents.chains.config import load_config
+from loopbus.agents.chains.supervisor import Supervisor
+from loopbus.agents.observe.progress import ChainProgress, model_call_rates, stamped, timestamp
+from loopbus.bus import SyncBus
 
 REPO = Path(__file__).resolve().parents[2]
 STAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"
@@ -76,7 +76,7 @@ def test_run_says_it_loads_the_model_and_prints_timestamped_lines_with_rates(
 ) -> None:
     from click.testing import CliRunner
 
-    from agents.cli import main
+    from loopbus.agents.cli import main
 
     workspace = tmp_path / "ws"
     workspace.mkdir()

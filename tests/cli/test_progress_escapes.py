@@ -1,14 +1,14 @@
-"""Plain progress lines (agents/progress.py) show terminal escapes from the bus, a status
+"""Plain progress lines (agents/observe/progress.py) show terminal escapes from the bus, a status
 file or a supervisor message as visible text: an agent name or a run id is anyone's to choose."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from agents.config import load_config
-from agents.progress import ChainProgress
-from agents.supervisor import Supervisor
-from bus import SyncBus
+from loopbus.agents.chains.config import load_config
+from loopbus.agents.chains.supervisor import Supervisor
+from loopbus.agents.observe.progress import ChainProgress
+from loopbus.bus import SyncBus
 
 REPO = Path(__file__).resolve().parents[2]
 ESC = "\x1b]0;owned\x07\x1b[2J\u202e"

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from bus import SyncBus
+from loopbus.bus import SyncBus
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -101,7 +101,7 @@ def each_read_only(
 
 def loopbus(bus: Path, *args: str) -> str:
     """A shell line running `loopbus --bus BUS ARGS`, then a marker with its exit status."""
-    argv = [sys.executable, "-m", "agents.cli", "--bus", str(bus), *args]
+    argv = [sys.executable, "-m", "loopbus.agents.cli", "--bus", str(bus), *args]
     return f'{shlex.join(argv)} 2>&1; echo "== $?"'
 
 
@@ -179,9 +179,9 @@ def test_the_library_opens_it_read_only_and_refuses_every_write(
     check = f"""
 import sys
 from pathlib import Path
-from bus import SyncBus, query
-from bus.errors import BusReadOnly
-from bus.readonly import is_read_only, read_only_uri
+from loopbus.bus import SyncBus, query
+from loopbus.bus.errors import BusReadOnly
+from loopbus.bus.readonly import is_read_only, read_only_uri
 
 path = Path({str(bus_file)!r})
 assert is_read_only(path)

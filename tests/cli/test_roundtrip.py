@@ -10,7 +10,7 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agents.cli import main
+from loopbus.agents.cli import main
 
 JSON_VALUES = st.recursive(
     st.none()

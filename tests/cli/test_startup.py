@@ -13,7 +13,7 @@ HEAVY = {
     "mlx",
     "mlx_lm",
     "baml_py",
-    "baml_client",
+    "loopbus.baml_client",
     "wasmtime",
     "transformers",
     "tokenizers",
@@ -21,14 +21,20 @@ HEAVY = {
     "gguf",
     "numpy",
     "torch",
-    "models",
+    "loopbus.models",
 }
 
 
+def _package(module: str) -> str:
+    """The top-level package of a module; loopbus's own by subpackage (loopbus.bus, ...)."""
+    parts = module.split(".")
+    return ".".join(parts[:2]) if parts[0] == "loopbus" else parts[0]
+
+
 def imported_packages(*args: str, cwd: Path) -> set[str]:
-    """Top-level packages imported by `python -X importtime -m agents.cli ARGS...` (it must succeed)."""
+    """Top-level packages imported by `python -X importtime -m loopbus.agents.cli ARGS...` (it must succeed)."""
     result = subprocess.run(
-        [sys.executable, "-X", "importtime", "-m", "agents.cli", *args],
+        [sys.executable, "-X", "importtime", "-m", "loopbus.agents.cli", *args],
         capture_output=True,
         text=True,
         cwd=cwd,
@@ -36,11 +42,11 @@ def imported_packages(*args: str, cwd: Path) -> set[str]:
     )
     assert result.returncode == 0, result.stderr[-2000:]
     names = {
-        line.rsplit("|", 1)[-1].strip().split(".")[0]
+        _package(line.rsplit("|", 1)[-1].strip())
         for line in result.stderr.splitlines()
         if line.startswith("import time:") and "|" in line
     }
-    assert "agents" in names and "click" in names  # the parse found the real import list
+    assert "loopbus.agents" in names and "click" in names  # the parse found the real import list
     return names
 
 
@@ -54,7 +60,7 @@ def test_help_imports_nothing_heavy(command: str, tmp_path: Path) -> None:
 def test_running_bus_commands_imports_nothing_heavy(tmp_path: Path) -> None:
     bus = str(tmp_path / "bus.db")
     publish = imported_packages("--bus", bus, "publish", "file.found", '{"a": 1}', cwd=tmp_path)
-    assert "bus" in publish and not publish & HEAVY, publish & HEAVY
+    assert "loopbus.bus" in publish and not publish & HEAVY, publish & HEAVY
     tail = imported_packages("--bus", bus, "tail", "--json", cwd=tmp_path)
     assert not tail & HEAVY and "rich" not in tail, tail & (HEAVY | {"rich"})
     table = imported_packages("--bus", bus, "sql", "SELECT count(*) FROM outbox", cwd=tmp_path)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from bus import SyncBus
+from loopbus.bus import SyncBus
 
 Run = Callable[..., subprocess.CompletedProcess[str]]
 Snapshot = Callable[[Path], dict[str, bytes]]

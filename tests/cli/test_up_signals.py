@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from agents.supervisor import state_dir_for
+from loopbus.agents.chains.supervisor import state_dir_for
 
 STAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"
 
@@ -25,7 +25,7 @@ def start_up(tmp_path: Path, model: Path, name: str) -> tuple[subprocess.Popen[s
     )
     bus = tmp_path / f"{name}.db"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "agents.cli", "--bus", str(bus), "up", str(config)]
+        [sys.executable, "-m", "loopbus.agents.cli", "--bus", str(bus), "up", str(config)]
         + ["--status-every", "0.3"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

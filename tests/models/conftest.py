@@ -10,7 +10,7 @@ import pytest
 @pytest.fixture(scope="session")
 def tiny_rt(tiny_model_path: Path):
     """The tiny model behind the real mlx backend (loaded once, memoized per directory)."""
-    from models import load_runtime
+    from loopbus.models import load_runtime
 
     return load_runtime(str(tiny_model_path))
 

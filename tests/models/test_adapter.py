@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from models import load_runtime, parse_spec
-from models.adapters import BASE_KEY
-from models.errors import AdapterMismatch, AdapterNotFound, InvalidModelSpec, ModelError
-from models.runtime import ModelSpec, model_dir
+from loopbus.models import load_runtime, parse_spec
+from loopbus.models.adapters import BASE_KEY
+from loopbus.models.errors import AdapterMismatch, AdapterNotFound, InvalidModelSpec, ModelError
+from loopbus.models.runtime import ModelSpec, model_dir
 
 PROMPT = [{"role": "user", "content": "Which file holds the answer?"}]
 TARGET = '{"action":"read_file","path":"notes/todo.txt"}'
@@ -25,7 +25,7 @@ TARGET = '{"action":"read_file","path":"notes/todo.txt"}'
 @pytest.fixture(scope="module")
 def adapter(tiny_model_path: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A LoRA adapter trained on the tiny model to answer PROMPT with TARGET."""
-    from agents.distill import TrainOptions, train_adapter
+    from loopbus.agents.distill.pipeline import TrainOptions, train_adapter
 
     root = tmp_path_factory.mktemp("adapter")
     data = root / "data"
@@ -129,7 +129,7 @@ def test_adapter_for_another_base_model_is_refused(
 ) -> None:
     import mlx.core as mx
 
-    from models.testing import build_tiny_model
+    from loopbus.models.testing import build_tiny_model
 
     wider = build_tiny_model(tmp_path / "wider", hidden_size=96)
     with pytest.raises(AdapterMismatch, match="hidden_size 64 .adapter. vs 96 .model."):
@@ -162,9 +162,9 @@ def test_model_dir_refuses_adapters_and_servers(tiny_model_path: Path) -> None:
 
 
 def test_shipped_adapter_fits_the_embedded_model(smollm2_path: Path) -> None:
-    from agents.builtin import get_agent
-    from agents.decide import get_decider
-    from models.adapters import arch_identity, resolve_adapter, shipped_adapters
+    from loopbus.agents.builtin import get_agent
+    from loopbus.agents.run.decide import get_decider
+    from loopbus.models.adapters import arch_identity, resolve_adapter, shipped_adapters
 
     assert "smollm2-agents" in shipped_adapters()
     path = resolve_adapter("smollm2-agents")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from models import blas
+from loopbus.models import blas
 
 linux_x86 = pytest.mark.skipif(
     not (sys.platform.startswith("linux") and platform.machine() == "x86_64"),

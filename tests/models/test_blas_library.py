@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from models.blas import openblas_path
+from loopbus.models.blas import openblas_path
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux") or openblas_path() is None,
@@ -31,8 +31,8 @@ def _plain_python(code: str) -> subprocess.CompletedProcess[str]:
 
 def test_library_import_and_load_runtime_get_openblas(tiny_model_path: Path) -> None:
     proc = _plain_python(
-        "import os, agents.loop\n"
-        "from models import load_runtime\n"
+        "import os, loopbus.agents.run.loop\n"
+        "from loopbus.models import load_runtime\n"
         "assert 'LD_PRELOAD' not in os.environ\n"
         f"runtime = load_runtime({str(tiny_model_path)!r})\n"
         "import mlx.core as mx\n"
@@ -47,7 +47,7 @@ def test_library_import_and_load_runtime_get_openblas(tiny_model_path: Path) -> 
 def test_mlx_imported_first_warns_loudly(tiny_model_path: Path) -> None:
     proc = _plain_python(
         "import mlx.core\n"
-        "from models import load_runtime\n"
+        "from loopbus.models import load_runtime\n"
         f"load_runtime({str(tiny_model_path)!r})\n"
         "print('libopenblas' in open('/proc/self/maps').read())\n"
     )

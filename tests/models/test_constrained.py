@@ -8,9 +8,9 @@ from typing import Annotated, Any, Literal
 import pytest
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from models.constrained import tighten
-from models.errors import ModelError, SchemaRejected
-from models.mlx_backend import MLXRuntime
+from loopbus.models.constrained import tighten
+from loopbus.models.errors import ModelError, SchemaRejected
+from loopbus.models.mlx_backend import MLXRuntime
 
 PROMPTS = [
     "Count the lines of README.md.",
@@ -175,7 +175,7 @@ def test_compiled_schemas_are_bounded_least_recently_used_first(
     tiny_rt: MLXRuntime, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Per-turn schemas (decoding policies) must not pile up in a long-lived agent process."""
-    import models.constrained as constrained
+    import loopbus.models.constrained as constrained
 
     monkeypatch.setattr(constrained, "MAX_COMPILED_SCHEMAS", 3)
     constrainer = tiny_rt.constrainer

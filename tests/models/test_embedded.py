@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models import embedded
-from models.errors import ModelError, ModelNotFound
+from loopbus.models import embedded
+from loopbus.models.errors import ModelError, ModelNotFound
 
 
 @pytest.fixture
@@ -122,7 +122,7 @@ def _smollm2_tokenizer(path: Path):  # type: ignore[no-untyped-def]
 def test_concurrent_first_imports_agree(tmp_path: Path) -> None:
     """Two processes importing into an empty cache at once: one import, one complete directory."""
     env = {**os.environ, "LOOPBUS_CACHE": str(tmp_path / "cache")}
-    code = "from models.embedded import ensure_default_model; print(ensure_default_model())"
+    code = "from loopbus.models.embedded import ensure_default_model; print(ensure_default_model())"
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", code],

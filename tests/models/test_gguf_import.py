@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 from gguf.quants import dequantize, quantize
 
-from models.errors import ModelError, UnsupportedGGUF
-from models.gguf_import import import_gguf
-from models.info import gguf_summary, model_dir_summary
+from loopbus.models.errors import ModelError, UnsupportedGGUF
+from loopbus.models.gguf_import import import_gguf
+from loopbus.models.info import gguf_summary, model_dir_summary
 
 Q8 = gguf.GGMLQuantizationType.Q8_0
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
@@ -312,7 +312,7 @@ def test_sentencepiece_tokenizer(tmp_path: Path) -> None:
     """`tokenizer.ggml.model == "llama"`: merges derived from scores, byte fallback."""
     from transformers import AutoTokenizer
 
-    from models.gguf_tokenizer import write_tokenizer
+    from loopbus.models.gguf_tokenizer import write_tokenizer
 
     pieces = [
         "▁",
@@ -417,7 +417,7 @@ def test_byte_level_pre_tokenizers(tmp_path: Path, pre: str, pieces: list[str]) 
     """`tokenizer.ggml.pre` names select the original split rules (digits differ most)."""
     from tokenizers import Tokenizer
 
-    from models.gguf_tokenizer import write_tokenizer
+    from loopbus.models.gguf_tokenizer import write_tokenizer
 
     vocab = _byte_tokens()
     meta = {

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from models import Generation, Runtime, load_runtime
-from models.errors import ModelError
-from models.mlx_backend import MLXRuntime
+from loopbus.models import Generation, Runtime, load_runtime
+from loopbus.models.errors import ModelError
+from loopbus.models.mlx_backend import MLXRuntime
 
 
 def test_runtime_protocol_and_config(tiny_rt: MLXRuntime) -> None:

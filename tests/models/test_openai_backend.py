@@ -1,4 +1,4 @@
-"""The openai backend against a real local server (`python -m models.server`, a subprocess that
+"""The openai backend against a real local server (`python -m loopbus.models.server`, a subprocess that
 serves the tiny model through the mlx backend) - no mock objects."""
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from models import load_runtime
-from models.errors import BackendUnreachable, ModelError
-from models.mlx_backend import MLXRuntime
-from models.openai_backend import OpenAIRuntime
+from loopbus.models import load_runtime
+from loopbus.models.errors import BackendUnreachable, ModelError
+from loopbus.models.mlx_backend import MLXRuntime
+from loopbus.models.openai_backend import OpenAIRuntime
 
 REPO = Path(__file__).resolve().parents[2]
 SCHEMA = {
@@ -45,7 +45,15 @@ SCHEMA = {
 @pytest.fixture(scope="module")
 def server_url(tiny_model_path: Path) -> Iterator[str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "models.server", "--model", str(tiny_model_path), "--port", "0"],
+        [
+            sys.executable,
+            "-m",
+            "loopbus.models.server",
+            "--model",
+            str(tiny_model_path),
+            "--port",
+            "0",
+        ],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -146,7 +154,7 @@ def test_unreachable_server() -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     rt = load_runtime(f"openai:http://127.0.0.1:{port}/v1#m")  # loading does not connect
-    with pytest.raises(BackendUnreachable, match="python -m models.server"):
+    with pytest.raises(BackendUnreachable, match="python -m loopbus.models.server"):
         rt.generate([{"role": "user", "content": "hi"}], max_tokens=4)
     with pytest.raises(BackendUnreachable):
         _drain(rt.stream([{"role": "user", "content": "hi"}], max_tokens=4))
@@ -163,7 +171,15 @@ def test_wrong_path_is_an_http_error(server_url: str) -> None:
 
 def test_server_cli_reports_a_missing_model(tmp_path: Path) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "models.server", "--model", str(tmp_path / "nope"), "--port", "0"],
+        [
+            sys.executable,
+            "-m",
+            "loopbus.models.server",
+            "--model",
+            str(tmp_path / "nope"),
+            "--port",
+            "0",
+        ],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from models.mlx_backend import MLXRuntime, PrefixCache
+from loopbus.models.mlx_backend import MLXRuntime, PrefixCache
 
 USER_TURNS = [
     "Count the lines of README.md.",

@@ -9,8 +9,8 @@ from typing import Annotated, Any, Literal
 import pytest
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
-from models import load_runtime
-from models.mlx_backend import MLXRuntime
+from loopbus.models import load_runtime
+from loopbus.models.mlx_backend import MLXRuntime
 
 pytestmark = pytest.mark.slow
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from models import load_runtime, parse_spec
-from models.errors import InvalidModelSpec, ModelError, ModelNotFound
-from models.runtime import ModelSpec, resolve_mlx_target
+from loopbus.models import load_runtime, parse_spec
+from loopbus.models.errors import InvalidModelSpec, ModelError, ModelNotFound
+from loopbus.models.runtime import ModelSpec, resolve_mlx_target
 
 
 @pytest.mark.parametrize(
@@ -91,7 +91,7 @@ def test_hf_id_in_the_local_cache_loads(
 
 def test_import_models_is_light() -> None:
     code = (
-        "import sys, models, models.errors, models.runtime;"
+        "import sys, loopbus.models, loopbus.models.errors, loopbus.models.runtime;"
         "heavy = [m for m in ('mlx', 'mlx_lm', 'transformers', 'llguidance') if m in sys.modules];"
         "print(heavy); raise SystemExit(1 if heavy else 0)"
     )

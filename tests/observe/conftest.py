@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from agents.testing import CountingRuntime
+from loopbus.agents.testing import CountingRuntime
 
 FIXTURE_WORKSPACE = Path(__file__).resolve().parents[1] / "fixtures" / "workspace"
 
@@ -70,9 +70,9 @@ MISSING = {"action": "read_file", "path": "missing.txt"}
 @pytest.fixture(scope="session")
 def observed(tmp_path_factory: pytest.TempPathFactory, tiny_model_path: Path) -> ObservedBus:
     """One bus with five runs: done after a tool error (4 turns), max_turns, elided, a watcher."""
-    from agents.loop import run_agent
-    from bus import SyncBus
-    from models import load_runtime
+    from loopbus.agents.run.loop import run_agent
+    from loopbus.bus import SyncBus
+    from loopbus.models import load_runtime
 
     root = tmp_path_factory.mktemp("observed")
     workspace = root / "workspace"
@@ -147,7 +147,7 @@ def loopbus(bus: Path, *args: str, **options: Any) -> subprocess.CompletedProces
     """The real command line in a fresh interpreter."""
     env = {k: v for k, v in os.environ.items() if k != "LOOPBUS_BUS"}
     return subprocess.run(
-        [sys.executable, "-m", "agents.cli", "--bus", str(bus), *args],
+        [sys.executable, "-m", "loopbus.agents.cli", "--bus", str(bus), *args],
         capture_output=True,
         text=True,
         env=env,

@@ -16,11 +16,11 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agents.cli import main
-from agents.report import build_report
-from agents.runs import RunNotFound, list_runs, load_timeline
-from agents.serve import make_server, state
-from bus import SyncBus
+from loopbus.agents.cli import main
+from loopbus.agents.observe.report import build_report
+from loopbus.agents.observe.runs import RunNotFound, list_runs, load_timeline
+from loopbus.agents.observe.serve import make_server, state
+from loopbus.bus import SyncBus
 
 RUN = "forged-1"
 # Published with the bus API (the library refuses run.* events only from tools).

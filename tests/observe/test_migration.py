@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from bus import SyncBus, query
-from bus.migrations import MIGRATIONS, SCHEMA_VERSION
+from loopbus.bus import SyncBus, query
+from loopbus.bus.migrations import MIGRATIONS, SCHEMA_VERSION
 
 
 def _v4_file(path: Path) -> None:

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from agents.decide import get_decider
-from agents.eventlog import EventLog, LogEvent
-from agents.runs import prompt_record
+from loopbus.agents.observe.runs import prompt_record
+from loopbus.agents.run.context import EventLog, LogEvent
+from loopbus.agents.run.decide import get_decider
 
 
 class _State:

@@ -1,5 +1,5 @@
 """Property: whatever a run's events hold, a turn's prompt rebuilt from the bus is the prompt the
-loop rendered (the same code path as agents.turn.ask_model, minus the model)."""
+loop rendered (the same code path as loopbus.agents.run.turn.ask_model, minus the model)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agents.decide import get_decider, prompt_hash
-from agents.runs import EVENTS_PLACEHOLDER, load_timeline, prompt_record, rebuild_prompt
-from agents.runstate import RunSettings, RunState
-from bus import SyncBus
+from loopbus.agents.observe.runs import (
+    EVENTS_PLACEHOLDER,
+    load_timeline,
+    prompt_record,
+    rebuild_prompt,
+)
+from loopbus.agents.run.decide import get_decider, prompt_hash
+from loopbus.agents.run.state import RunSettings, RunState
+from loopbus.bus import SyncBus
 
 # Hostile text: markup, the log's own tags, the template placeholder, controls, any unicode.
 HOSTILE = st.one_of(

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from agents.cli import main
-from agents.report import (
+from loopbus.agents.cli import main
+from loopbus.agents.observe.report import (
     AGENT_COLOURS,
     BUDGET_COLOUR,
     FILL_COLOUR,

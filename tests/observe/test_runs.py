@@ -9,8 +9,14 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from agents.cli import main
-from agents.runs import PromptUnavailable, RunNotFound, list_runs, load_timeline, rebuild_prompt
+from loopbus.agents.cli import main
+from loopbus.agents.observe.runs import (
+    PromptUnavailable,
+    RunNotFound,
+    list_runs,
+    load_timeline,
+    rebuild_prompt,
+)
 
 from .conftest import ObservedBus
 
@@ -85,7 +91,7 @@ def test_show_prompt_is_exactly_what_the_model_got(observed: ObservedBus) -> Non
 def test_a_prompt_that_does_not_match_its_hash_is_refused(
     observed: ObservedBus, tmp_path: Path
 ) -> None:
-    from bus import NewEvent, SyncBus
+    from loopbus.bus import NewEvent, SyncBus
 
     run = observed.run_of("done")
     events = load_timeline(observed.path, run).events
@@ -135,8 +141,8 @@ def test_reading_never_writes(observed: ObservedBus, tmp_path: Path) -> None:
 
 
 def test_a_run_without_outcome_is_running(observed: ObservedBus, tmp_path: Path) -> None:
-    from agents.report import build_report
-    from bus import SyncBus
+    from loopbus.agents.observe.report import build_report
+    from loopbus.bus import SyncBus
 
     bus_file = tmp_path / "bus.db"
     shutil.copy(observed.path, bus_file)
@@ -159,7 +165,7 @@ def test_observing_imports_no_model_runtime(observed: ObservedBus) -> None:
     run = observed.run_of("done")
     code = (
         "import sys\n"
-        "from agents.cli import main\n"
+        "from loopbus.agents.cli import main\n"
         f"for args in (['runs'], ['show', {run!r}], ['show', {run!r}, '--prompt', '1'],"
         f" ['report', {run!r}, '-o', '/dev/null']):\n"
         f"    main(['--bus', {str(observed.path)!r}, *args], standalone_mode=False)\n"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from agents.report import OUTCOME_COLOURS
+from loopbus.agents.observe.report import OUTCOME_COLOURS
 
 from .conftest import ObservedBus, chromium_run
 from .pngread import colour_pixels, read_png
@@ -26,7 +26,7 @@ def served(observed: ObservedBus, tmp_path: Path) -> Iterator[tuple[str, Path]]:
     bus = tmp_path / "bus.db"
     shutil.copy(observed.path, bus)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "agents.cli", "--bus", str(bus), "serve", "--port", "0"],
+        [sys.executable, "-m", "loopbus.agents.cli", "--bus", str(bus), "serve", "--port", "0"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -52,7 +52,7 @@ def _get(url: str, host: str | None = None) -> tuple[int, str]:
 
 
 def test_state_endpoint_and_reports(served: tuple[str, Path], observed: ObservedBus) -> None:
-    from bus import SyncBus
+    from loopbus.bus import SyncBus
 
     url, bus = served
     status, body = _get(url + "api/state")
@@ -88,7 +88,7 @@ def test_state_endpoint_and_reports(served: tuple[str, Path], observed: Observed
 
 
 def test_live_page_in_chromium(served: tuple[str, Path], tmp_path: Path) -> None:
-    from bus import SyncBus
+    from loopbus.bus import SyncBus
 
     url, bus = served
     with SyncBus(bus) as writer:
@@ -112,7 +112,7 @@ def test_live_page_in_chromium(served: tuple[str, Path], tmp_path: Path) -> None
 
 def test_serve_refuses_a_missing_bus(tmp_path: Path) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "agents.cli", "--bus", str(tmp_path / "no.db"), "serve"],
+        [sys.executable, "-m", "loopbus.agents.cli", "--bus", str(tmp_path / "no.db"), "serve"],
         capture_output=True,
         text=True,
         timeout=30,

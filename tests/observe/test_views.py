@@ -6,8 +6,8 @@ import json
 import re
 from pathlib import Path
 
-from agents.runs import list_runs, load_timeline
-from bus import query
+from loopbus.agents.observe.runs import list_runs, load_timeline
+from loopbus.bus import query
 
 from .conftest import ObservedBus
 

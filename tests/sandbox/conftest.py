@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agents.sandbox import Sandbox, SandboxLimits, get_runtime
+from loopbus.agents.sandbox.core import Sandbox, SandboxLimits, get_runtime
 
 
 @pytest.fixture(scope="session")

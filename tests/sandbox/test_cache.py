@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from agents.sandbox import default_cache_dir, get_runtime
+from loopbus.agents.sandbox.core import default_cache_dir, get_runtime
 
 ROOT = Path(__file__).resolve().parents[2]
 
 _CHILD = """
 import json, sys, time
 t0 = time.perf_counter()
-from agents.sandbox import Sandbox, get_runtime
+from loopbus.agents.sandbox.core import Sandbox, get_runtime
 t1 = time.perf_counter()
 with Sandbox(cache_dir=sys.argv[1]) as box:
     r = box.run("print(6 * 7)")

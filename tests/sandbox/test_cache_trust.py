@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import wasmtime
 
-from agents.sandbox import get_runtime
-from agents.sandbox_runtime import (
+from loopbus.agents.sandbox.core import get_runtime
+from loopbus.agents.sandbox.runtime import (
     _KEY_FILE,
     _cache_key,
     _load,

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from agents.errors import SandboxClosed
-from agents.sandbox import SandboxLimits
+from loopbus.agents.errors import SandboxClosed
+from loopbus.agents.sandbox.core import SandboxLimits
 
 
 @pytest.mark.parametrize("event_type", ["run.outcome", "run.decision", "run", " Run.task"])
@@ -141,7 +141,7 @@ def test_guest_open_of_a_fifo_fails_instead_of_blocking(
 
 
 def test_host_read_checks_the_file_it_opened(workspace: Path) -> None:
-    from agents.sandbox import workspace_reader
+    from loopbus.agents.sandbox.core import workspace_reader
 
     read = workspace_reader(workspace, 1024)
     assert read("notes.txt") == "alpha\nbeta\n"

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from agents.errors import AgentError, SandboxClosed, SandboxConfigError, SandboxError
-from agents.sandbox import Sandbox, SandboxLimits, SandboxSession, SnippetResult
+from loopbus.agents.errors import AgentError, SandboxClosed, SandboxConfigError, SandboxError
+from loopbus.agents.sandbox.core import Sandbox, SandboxLimits, SandboxSession, SnippetResult
 
 CONFIGS = {
     "defaults": SandboxLimits(),

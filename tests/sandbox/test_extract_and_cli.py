@@ -10,8 +10,8 @@ from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agents.cli import main
-from agents.sandbox import extract_code
+from loopbus.agents.cli import main
+from loopbus.agents.sandbox.core import extract_code
 
 
 def test_fenced_python_block_with_prose() -> None:

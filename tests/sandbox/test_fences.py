@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agents.sandbox import extract_code
+from loopbus.agents.sandbox.core import extract_code
 
 # The regex implementation extract_code had before issue 14 (quadratic on hostile input):
 # the oracle for what ordinary replies must still give.

@@ -6,7 +6,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from agents.sandbox import SandboxLimits
+from loopbus.agents.sandbox.core import SandboxLimits
 
 
 def test_read_workspace_files(make_sandbox, workspace: Path) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from agents.sandbox import SandboxLimits
+from loopbus.agents.sandbox.core import SandboxLimits
 
 MiB = 1024 * 1024
 
@@ -168,7 +168,7 @@ print(len(str(summarize('s' * 1000))), churn())
 
 
 def test_frame_state_patch_applies_to_the_shipped_artifact() -> None:
-    from agents.sandbox_runtime import default_artifact, patch_frame_state
+    from loopbus.agents.sandbox.runtime import default_artifact, patch_frame_state
 
     data = default_artifact().read_bytes()
     patched = patch_frame_state(data)

@@ -29,7 +29,7 @@ def target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield str(tmp_path / "bus.db")
     elif request.param == "postgres":
-        from bus.postgres.testing import fresh_schema
+        from loopbus.bus.postgres.testing import fresh_schema
 
         with fresh_schema() as url:
             yield url
@@ -38,7 +38,7 @@ def target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
 
 
 def _open(target: str, **options: Any) -> Any:
-    import bus
+    from loopbus import bus
 
     return bus.open(target, **options)
 

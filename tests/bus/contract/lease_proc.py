@@ -10,7 +10,7 @@ import time
 
 
 def main(target: str, name: str) -> None:
-    import bus as loopbus
+    import loopbus.bus as loopbus
 
     store = loopbus.open(target)
     lease = store.lease(name)

@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[3]
 
 def _loopbus(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "agents.cli", *args],
+        [sys.executable, "-m", "loopbus.agents.cli", *args],
         capture_output=True,
         text=True,
         cwd=REPO,

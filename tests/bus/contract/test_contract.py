@@ -18,8 +18,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import bus
-from bus.errors import (
+from loopbus import bus
+from loopbus.bus.errors import (
     BusError,
     InvalidEventType,
     InvalidPayload,
@@ -28,7 +28,7 @@ from bus.errors import (
     QueryTimeout,
     ReadOnlyViolation,
 )
-from bus.lease import LeaseHeld
+from loopbus.bus.lease import LeaseHeld
 
 OpenBus = Callable[..., Any]
 

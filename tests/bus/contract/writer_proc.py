@@ -9,7 +9,7 @@ import sys
 
 
 def main(target: str, name: str, count: int) -> None:
-    import bus as loopbus
+    import loopbus.bus as loopbus
 
     with loopbus.open(target) as bus:
         for seq in range(count):

@@ -1,0 +1,1 @@
+"""Distillation: recorded and gold runs -> chat JSONL -> a LoRA adapter; the generated task suite."""

@@ -1,0 +1,258 @@
+"""Per-agent decoding policies: the JSON schema given to constrained decoding, built each turn.
+
+A small model under a static schema may read a file that does not exist, answer before it has
+looked at anything, or repeat the call that just failed. A :class:`Policy` (declared per agent
+in :mod:`loopbus.agents.builtin`, recorded in the run's ``run.task`` settings) narrows the decision
+union each turn from what the run has seen (:class:`RunFacts`, fed every event of the run):
+
+* ``paths``: ``read_file.path`` is one of the workspace's files and ``list_dir.path`` one of its
+  folders (an ``enum``): the workspace's bounded tree (breadth first, hidden names skipped, at
+  most ``tree_limit`` entries) plus every path seen in a ``list_dir`` result;
+* ``observe_first``: ``done`` is left out until a tool has returned a result (not an error),
+  or one of ``observe_tools`` when that is set (``assistant``: until a file has been read);
+* ``no_repeat``: a call identical to one already made is left out (its result or error is in
+  the context already): its path is removed from the enum, and an argument-free tool that ran
+  is left out whole.
+
+A member left with no allowed value is dropped; if nothing would remain the union is kept
+whole. :func:`turn_schema` returns the schema and its sha256 (recorded per model call, so a
+replay checks that it rebuilt the same schema), and :func:`violation` checks a decision
+against it (for runtimes without constrained decoding, and for replays).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+#: The path field of each tool whose argument ``paths`` limits: files or folders.
+PATH_TOOLS = {"read_file": "files", "list_dir": "dirs"}
+
+
+class Policy(BaseModel):
+    """How an agent's decisions are constrained beyond their types (all off by default)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    paths: bool = False
+    observe_first: bool = False
+    observe_tools: tuple[str, ...] = ()  # the tools whose result counts (empty: any)
+    no_repeat: bool = False
+    tree_limit: int = Field(300, ge=1, le=5000)
+
+    @property
+    def active(self) -> bool:
+        """Whether the schema can differ from the static union schema."""
+        return self.paths or self.observe_first or self.no_repeat
+
+
+#: The policy of agents that explore a workspace (assistant, watcher): only existing paths, no
+#: call twice, and no answer before a file has been read (a listing alone rarely answers, and
+#: a 135M model otherwise answers straight after one).
+EXPLORE = Policy(paths=True, observe_first=True, no_repeat=True, observe_tools=("read_file",))
+#: The policy of agents whose job is one tool, then done (the demo chains' agents).
+ACT_FIRST = Policy(observe_first=True, no_repeat=True)
+#: Each agent's policy unless it registers with its own (``register_agent(policy=...)``).
+#: The demo chains' agents act before they may answer: with ``done`` left out of their first
+#: turn, the only member left is their tool, so no ``first_tool`` is needed.
+AGENT_POLICIES: dict[str, Policy] = {
+    "assistant": EXPLORE,
+    "watcher": EXPLORE,
+    "scanner": ACT_FIRST,
+    "reviewer": ACT_FIRST,
+    "reporter": ACT_FIRST,
+    "writer": ACT_FIRST,
+}
+
+
+@dataclass
+class RunFacts:
+    """What a run's events say that a policy needs; :meth:`observe` is fed every event."""
+
+    succeeded: set[str] = field(default_factory=set)  # the tools that returned a result
+    failed: set[str] = field(default_factory=set)  # call keys (see call_key) that failed
+    made: set[str] = field(default_factory=set)  # call keys of every call that ran
+    seen_files: set[str] = field(default_factory=set)  # from list_dir results
+    seen_dirs: set[str] = field(default_factory=set)
+    tree: tuple[frozenset[str], frozenset[str]] | None = None  # (files, dirs), built once
+    _calls: dict[int | None, tuple[str, dict[str, Any]]] = field(default_factory=dict)
+    _last_call: tuple[str, dict[str, Any]] | None = None
+
+    def observe(
+        self,
+        event_type: str,
+        payload: Any,
+        event_id: int | None = None,
+        caused_by: int | None = None,
+    ) -> None:
+        """Update the facts with one event of the run (as published or read back)."""
+        if not isinstance(payload, dict):
+            return
+        if event_type == "run.tool_call":
+            call = (str(payload.get("tool")), payload.get("args") or {})
+            self._last_call = call
+            self._calls[event_id] = call
+        elif event_type in ("run.tool_result", "run.error"):
+            call = self._calls.pop(caused_by, None) or self._last_call
+            if event_type == "run.error" and payload.get("kind") == "parse":
+                return
+            self._last_call = None
+            if call is None:
+                return
+            self.made.add(call_key(*call))
+            if event_type == "run.error":
+                self.failed.add(call_key(*call))
+                return
+            self.succeeded.add(call[0])
+            if call[0] == "list_dir" and isinstance(payload.get("result"), str):
+                self._add_listing(str(call[1].get("path", ".")), payload["result"])
+
+    def _add_listing(self, folder: str, listing: str) -> None:
+        base = _normal(folder)
+        for line in listing.splitlines():
+            name = line.strip()
+            if not name or name.startswith(("(", "...[")) or "/" in name.rstrip("/"):
+                continue
+            is_dir = name.endswith("/")
+            name = name.rstrip("/")
+            path = name if base == "." else f"{base}/{name}"
+            (self.seen_dirs if is_dir else self.seen_files).add(path)
+        self.seen_dirs.add(base)
+
+    def workspace_tree(self, root: Path, limit: int) -> tuple[frozenset[str], frozenset[str]]:
+        """(files, folders) of ``root``, relative posix paths, breadth first, at most ``limit``
+        entries in all; built once per run (the workspace is read-only)."""
+        if self.tree is None:
+            self.tree = _tree(root, limit)
+        return self.tree
+
+
+def _normal(path: str) -> str:
+    parts = [p for p in path.replace("\\", "/").split("/") if p not in ("", ".")]
+    return "/".join(parts) or "."
+
+
+def _tree(root: Path, limit: int) -> tuple[frozenset[str], frozenset[str]]:
+    files: set[str] = set()
+    dirs: set[str] = {"."}
+    queue = [(root, "")]
+    count = 0
+    while queue and count < limit:
+        folder, prefix = queue.pop(0)
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.name.startswith(".") or count >= limit:
+                continue  # hidden names: list_dir does not show them either
+            rel = prefix + entry.name
+            try:
+                is_dir = entry.is_dir()  # follows links; a link out is refused when used
+            except OSError:
+                continue
+            count += 1
+            if is_dir:
+                dirs.add(rel)
+                queue.append((Path(entry.path), rel + "/"))
+            else:
+                files.add(rel)
+    return frozenset(files), frozenset(dirs)
+
+
+def call_key(tool: str, args: dict[str, Any]) -> str:
+    """A canonical text of a tool call (its name and arguments, path normalised)."""
+    args = {k: v for k, v in args.items() if k != "action"}
+    if tool in PATH_TOOLS and isinstance(args.get("path"), str):
+        args["path"] = _normal(args["path"])
+    return json.dumps([tool, args], sort_keys=True, ensure_ascii=False)
+
+
+def _action(member: dict[str, Any]) -> str | None:
+    prop = member.get("properties", {}).get("action", {})
+    if "const" in prop:
+        return prop["const"]
+    enum = prop.get("enum")
+    return enum[0] if isinstance(enum, list) and len(enum) == 1 else None
+
+
+def turn_schema(
+    base: dict[str, Any], policy: Policy, facts: RunFacts, workspace: Path | None
+) -> dict[str, Any]:
+    """The union schema ``base`` narrowed by ``policy`` for this turn (``base`` if inactive)."""
+    if not policy.active:
+        return base
+    members: list[dict[str, Any]] = []
+    for member in base.get("anyOf", [base]):
+        action = _action(member)
+        props = member.get("properties", {})
+        if action == "done":
+            wanted = set(policy.observe_tools) or facts.succeeded
+            if policy.observe_first and not (facts.succeeded & wanted):
+                continue
+            members.append(member)
+            continue
+        if action in PATH_TOOLS and "path" in props and policy.paths and workspace is not None:
+            files, dirs = facts.workspace_tree(workspace, policy.tree_limit)
+            kind = PATH_TOOLS[action]
+            allowed = set(files | facts.seen_files) if kind == "files" else set(dirs)
+            if kind == "dirs":
+                allowed |= facts.seen_dirs
+            if policy.no_repeat:
+                allowed = {p for p in allowed if call_key(action, {"path": p}) not in facts.made}
+            if not allowed:
+                continue
+            member = copy.deepcopy(member)
+            # "." first: the natural first step of an exploration
+            values = sorted(allowed, key=lambda p: (p != ".", p))
+            member["properties"]["path"] = {"type": "string", "enum": values}
+            members.append(member)
+            continue
+        fields = set(props) - {"action"}
+        if (
+            policy.no_repeat
+            and action is not None
+            and not fields
+            and call_key(action, {}) in facts.made
+        ):
+            continue
+        members.append(member)
+    if not members:
+        return base
+    schema = {k: v for k, v in base.items() if k != "anyOf"}
+    schema["anyOf"] = members
+    return schema
+
+
+def schema_sha(schema: dict[str, Any]) -> str:
+    """sha256 of a schema's canonical JSON (recorded with each model call)."""
+    text = json.dumps(schema, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def violation(decision: dict[str, Any], schema: dict[str, Any]) -> str | None:
+    """Why ``decision`` (a parsed decision as JSON) is outside this turn's ``schema``, or None.
+
+    Checks what policies narrow: the action is a member, and enum'd fields hold allowed values.
+    """
+    members = schema.get("anyOf", [schema])
+    action = decision.get("action")
+    allowed_actions = [a for a in (_action(m) for m in members) if a is not None]
+    for member in members:
+        if _action(member) != action:
+            continue
+        for name, prop in member.get("properties", {}).items():
+            enum = prop.get("enum") if isinstance(prop, dict) else None
+            if name != "action" and isinstance(enum, list) and decision.get(name) not in enum:
+                shown = ", ".join(str(v) for v in enum[:12])
+                more = f" (and {len(enum) - 12} more)" if len(enum) > 12 else ""
+                return f"{action} {name} {decision.get(name)!r} is not one of: {shown}{more}"
+        return None
+    return f"{action!r} is not allowed now; choose one of: {', '.join(allowed_actions)}"

@@ -1,0 +1,1 @@
+"""The MicroPython/WASI sandbox agent-written code runs in (wasmtime)."""

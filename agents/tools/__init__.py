@@ -1,0 +1,1 @@
+"""Tools: typed tool calls and their handlers, the workspace and the RunPython tool."""
