@@ -2,11 +2,14 @@
 
 The folders install under one namespace through setuptools' package-dir (agents/ is
 `loopbus.agents`, ...), and pyright cannot follow the editable install's import hook. So the
-`loopbus.*` imports are resolved through build/typecheck/loopbus/, a folder of symlinks to the
-repository's folders that pyproject.toml's `[tool.pyright] extraPaths` names. The rest of the
-configuration (standard mode, strict modules, excludes) is in `[tool.pyright]`.
+`loopbus.*` imports resolve through build/typecheck/loopbus/, a folder of symlinks to the
+repository's folders that `[tool.pyright] extraPaths` in pyproject.toml names. The checked files
+are passed through those same symlinks: checked as agents/x.py, a module would be a second copy
+of `loopbus.agents.x` whose classes pyright holds distinct from the imported ones. The output
+names the repository's paths again. The rest of the configuration is in `[tool.pyright]`.
 
-Usage: python tests/typecheck.py [pyright arguments]; exit status is pyright's.
+Usage: python tests/typecheck.py [pyright options] [files under agents/, bus/, models/];
+the exit status is pyright's.
 """
 
 from __future__ import annotations
@@ -20,6 +23,9 @@ ROOT = Path(__file__).resolve().parents[1]
 LINK_ROOT = ROOT / "build" / "typecheck" / "loopbus"
 # Import name under `loopbus` -> the repository folder it installs from (pyproject.toml).
 PACKAGES = {"agents": "agents", "bus": "bus", "models": "models", "baml_client": "baml_client"}
+# What is checked: the package less the generated client and the demo's fixture project.
+CHECKED = ("agents", "bus", "models")
+SKIPPED = (ROOT / "agents" / "examples" / "fixture_project",)
 
 
 def link_packages() -> Path:
@@ -36,14 +42,59 @@ def link_packages() -> Path:
     return LINK_ROOT
 
 
+def _linked(path: Path) -> Path:
+    """`path` (a file in the repository) as seen through the symlink folder."""
+    rel = path.resolve().relative_to(ROOT)
+    return LINK_ROOT / rel
+
+
+def package_files() -> list[Path]:
+    """Every checked .py file, through the symlink folder."""
+    files: list[Path] = []
+    for folder in CHECKED:
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            if "__pycache__" in path.parts or any(path.is_relative_to(s) for s in SKIPPED):
+                continue
+            files.append(_linked(path))
+    return files
+
+
 def pyright_command(args: list[str]) -> list[str]:
-    """The pyright command line: this interpreter's packages are the third-party ones it sees."""
-    return [sys.executable, "-m", "pyright", "--pythonpath", sys.executable, *args]
+    """pyright on `args`' files (default: the package); this interpreter's packages are the
+    third-party ones it sees."""
+    options = [a for a in args if not a.endswith(".py")]
+    files = [_linked(Path(a)) for a in args if a.endswith(".py")] or package_files()
+    return [
+        sys.executable,
+        "-m",
+        "pyright",
+        "--pythonpath",
+        sys.executable,
+        *options,
+        *(str(f) for f in files),
+    ]
+
+
+def unlinked(text: str) -> str:
+    """pyright's output with the symlink paths turned back into the repository's."""
+    for name, folder in PACKAGES.items():
+        text = text.replace(f"{LINK_ROOT / name}{os.sep}", f"{ROOT / folder}{os.sep}")
+    return text
+
+
+def run(args: list[str]) -> tuple[int, str]:
+    """Run the check; (pyright's exit status, its output with repository paths)."""
+    link_packages()
+    done = subprocess.run(
+        pyright_command(args), cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    return done.returncode, unlinked(done.stdout + done.stderr)
 
 
 def main(argv: list[str]) -> int:
-    link_packages()
-    return subprocess.call(pyright_command(argv), cwd=ROOT)
+    code, output = run(argv)
+    sys.stdout.write(output)
+    return code
 
 
 if __name__ == "__main__":
