@@ -248,32 +248,33 @@ def events_from_rows(rows: Iterable[tuple[Any, ...]], cls: type[Event] = Event) 
     """
     out: list[Event] = []
     append = out.append
-    try:
-        for row in rows:
-            event = _new(cls)
-            _set(
-                event,
-                "__dict__",
-                {
-                    "id": row[0],
-                    "agent": row[1],
-                    "event_type": row[2],
-                    "payload": _loads(row[3]),
-                    "run_id": row[4],
-                    "caused_by": row[5],
-                    "created_at": row[6],
-                },
-            )
-            _set_fields_set(event, set(_EVENT_FIELDS))
-            _set_extra(event, None)
-            _set_private(event, None)
-            append(event)
-    except RecursionError:
-        # Only a file written by other means can hold one (publish refuses such payloads).
-        raise BusError(
-            f"event {row[0]} on the bus has a payload nested too deeply to decode; "
-            "inspect it with `loopbus sql`"
-        ) from None
+    for row in rows:
+        try:
+            payload = _loads(row[3])
+        except RecursionError:
+            # Only a file written by other means can hold one (publish refuses such payloads).
+            raise BusError(
+                f"event {row[0]} on the bus has a payload nested too deeply to decode; "
+                "inspect it with `loopbus sql`"
+            ) from None
+        event = _new(cls)
+        _set(
+            event,
+            "__dict__",
+            {
+                "id": row[0],
+                "agent": row[1],
+                "event_type": row[2],
+                "payload": payload,
+                "run_id": row[4],
+                "caused_by": row[5],
+                "created_at": row[6],
+            },
+        )
+        _set_fields_set(event, set(_EVENT_FIELDS))
+        _set_extra(event, None)
+        _set_private(event, None)
+        append(event)
     return out
 
 

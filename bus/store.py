@@ -19,7 +19,7 @@ import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, Self, runtime_checkable
 
 from loopbus.bus.errors import BusError
 
@@ -95,10 +95,17 @@ class Store(Protocol):
       change the bus, with a timeout; the views of migration 5 (``runs``, ``tool_calls``, ...) exist everywhere.
     """
 
-    max_payload_bytes: int
+    @property
+    def max_payload_bytes(self) -> int:
+        """The payload limit (bytes of JSON) this bus was opened with."""
+        ...
 
     @property
     def path(self) -> Any: ...
+
+    def __enter__(self) -> Self: ...
+
+    def __exit__(self, *exc: object) -> None: ...
 
     def publish(
         self,

@@ -99,7 +99,9 @@ class _Worker:
         self.greeted = False
         self.inbox: queue.Queue[tuple[Any, ...]] = queue.Queue()
         self.outbox: queue.Queue[tuple[Any, ...]] = queue.Queue()
-        self.snippet = _Snippet(Capture(limits.max_stdout_bytes), Capture(limits.max_stderr_bytes))
+        self.snippet: _Snippet = _Snippet(
+            Capture(limits.max_stdout_bytes), Capture(limits.max_stderr_bytes)
+        )
         self.store: Any = None
         self._deadline_callback: Any = None
         self._path_open: Any = None  # WASI's own path_open, bound to this store
@@ -210,7 +212,8 @@ class _Worker:
 
     def _outcome(self, exc: BaseException) -> tuple[str, str]:
         """The (kind, text) of a guest stopped by ``exc``."""
-        wt = self.runtime.wasmtime
+        import wasmtime as wt  # loaded already (the runtime has it); typed, unlike runtime.wasmtime
+
         if self.stopped is not None:
             return self.stopped  # our own deadline / stop check
         if self.stop_request is not None:
@@ -374,7 +377,8 @@ class _Worker:
         self.snippet.fuel_used = self.snippet.fuel_budget - self.store.get_fuel()
         self.outbox.put(("done", report))
         self._tick(False)
-        message = ("close",) if self.stop_request else self.inbox.get()  # the next snippet
+        # "close", or the next snippet to run
+        message: tuple[Any, ...] = ("close",) if self.stop_request else self.inbox.get()
         self._tick(True)
         if message[0] == "close":
             return b'{"op":"close"}'

@@ -62,6 +62,7 @@ def parse_url(url: str) -> PgTarget:
 def connect(target: PgTarget, *, autocommit: bool, connect_timeout_s: float = 10.0) -> Any:
     """A psycopg connection to ``target`` with ``search_path`` set to the bus schema."""
     import psycopg
+    from psycopg import sql
 
     try:
         conn = psycopg.connect(
@@ -73,7 +74,7 @@ def connect(target: PgTarget, *, autocommit: bool, connect_timeout_s: float = 10
     except psycopg.Error as exc:
         raise BusError(f"cannot connect to the bus {target}: {_first_line(exc)}") from exc
     try:
-        conn.execute(f'SET search_path TO "{target.schema}"')
+        conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(target.schema)))
         if not autocommit:
             conn.commit()
     except BaseException:

@@ -110,7 +110,9 @@ class PgBus(AppendMixin):
         self._tx_threads: set[int] = set()
         self._waker: Any = None  # loopbus.bus.postgres.subscription.Waker, started by subscribe
         self._wconn = connect(self.target, autocommit=False)
-        self._rconn = None
+        # Both psycopg connections are untyped (connect() returns Any); this one is None until
+        # the migrations are done.
+        self._rconn: Any = None
         try:
             where = f"schema {self.target.schema!r} of {self.target}"
             if create:
@@ -186,7 +188,7 @@ class PgBus(AppendMixin):
             raise BusClosed(f"the bus {self.target} is closed")
         with self._rlock:
             try:
-                return self._rconn.execute(sql, params).fetchall()  # type: ignore[union-attr]
+                return self._rconn.execute(sql, params).fetchall()
             except Exception as exc:
                 raise self._wrap(exc) from exc
 

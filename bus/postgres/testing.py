@@ -33,6 +33,7 @@ def _unreachable(reason: str) -> None:
 def fresh_schema(prefix: str = "t") -> Iterator[str]:
     """Yield a bus URL for a new, empty schema; drop the schema (and its bus) after."""
     import psycopg
+    from psycopg import sql
 
     schema = f"{prefix}_{uuid.uuid4().hex[:16]}"
     try:
@@ -44,7 +45,7 @@ def fresh_schema(prefix: str = "t") -> Iterator[str]:
         sep = "&" if "?" in server_url() else "?"
         yield f"{server_url()}{sep}schema={schema}"
     finally:
-        admin.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        admin.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
         admin.close()
 
 

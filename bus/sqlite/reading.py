@@ -7,12 +7,15 @@ fsync; subscriptions are :class:`loopbus.bus.sqlite.subscription.Subscription` o
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from loopbus.bus.errors import BusError
 from loopbus.bus.events import CursorInfo, Event, check_id, check_name
 from loopbus.bus.sqlite import sqlops
 from loopbus.bus.sqlite.subscription import Subscription, partition_filter
+
+if TYPE_CHECKING:
+    from loopbus.bus.sqlite.core import Bus
 
 
 class ReadAPI:
@@ -23,6 +26,10 @@ class ReadAPI:
         async def _rcall(self, fn: Any, *args: Any) -> Any: ...
 
         def _check_usable(self) -> None: ...
+
+    def _as_bus(self) -> Bus:
+        # ReadAPI exists only as a part of Bus (it keeps core.py short); subscriptions get the Bus.
+        return cast("Bus", self)
 
     async def events(
         self,
@@ -82,7 +89,9 @@ class ReadAPI:
             raise BusError(f"batch_size must be a positive integer, not {batch_size!r}")
         sqlops.type_filter(types)  # validate now, not at the first iteration
         partition_filter(partition)
-        return self._iterate(Subscription(self, consumer, types, batch_size, partition=partition))
+        return self._iterate(
+            Subscription(self._as_bus(), consumer, types, batch_size, partition=partition)
+        )
 
     def follow(
         self,
@@ -99,7 +108,9 @@ class ReadAPI:
         if not isinstance(batch_size, int) or batch_size < 1:
             raise BusError(f"batch_size must be a positive integer, not {batch_size!r}")
         sqlops.type_filter(types)
-        return self._iterate(Subscription(self, None, types, batch_size, since_id=since_id))
+        return self._iterate(
+            Subscription(self._as_bus(), None, types, batch_size, since_id=since_id)
+        )
 
     async def _iterate(self, sub: Subscription) -> AsyncIterator[Event]:
         await sub.start()
@@ -125,7 +136,7 @@ class ReadAPI:
         if not isinstance(batch_size, int) or batch_size < 1:
             raise BusError(f"batch_size must be a positive integer, not {batch_size!r}")
         sub = Subscription(
-            self, consumer, types, batch_size, since_id=since_id, partition=partition
+            self._as_bus(), consumer, types, batch_size, since_id=since_id, partition=partition
         )
         await sub.start()
         return sub

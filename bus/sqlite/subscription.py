@@ -143,6 +143,7 @@ class Subscription:
         listener = bus._listener
         deadline = None if timeout is None else bus._loop.time() + timeout
         quiet = False  # the last wait timed out and nothing was committed anywhere since
+        generation = listener.generation  # what the last fetch saw (a quiet pass keeps it)
         while True:
             ahead, self._ahead = self._ahead, None
             if ahead is not None and not bus.closed:
