@@ -15,16 +15,19 @@ from __future__ import annotations
 import json
 import threading
 from collections import OrderedDict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mlx.core as mx
 import numpy as np
 
 from loopbus.models.errors import SchemaRejected
 
+if TYPE_CHECKING:
+    from llguidance._lib import JsonCompileOptions  # only in llguidance's stubs
+
 #: Compact JSON by default: no free whitespace, so a weak model cannot spin on spaces or
 #: newlines until max_tokens. A schema's own "x-guidance" options still take precedence.
-JSON_DEFAULTS: dict[str, Any] = {"whitespace_flexible": False}
+JSON_DEFAULTS: JsonCompileOptions = {"whitespace_flexible": False}
 #: Compiled schemas kept per model. Decoding policies build a schema per turn from the run's
 #: state (agents/run/policy.py), so a long-lived agent process must not keep every one forever.
 MAX_COMPILED_SCHEMAS = 64
@@ -154,7 +157,8 @@ class JsonLogitsProcessor:
 
     def __call__(self, tokens: mx.array, logits: mx.array) -> mx.array:
         if self._started:
-            token = int(tokens[-1].item())
+            token = tokens[-1].item()
+            assert isinstance(token, int)  # token ids are an integer array
             if not self.matcher.consume_token(token):
                 raise SchemaRejected(
                     f"Constrained decoding diverged at token {token}: {self.matcher.get_error()}"
@@ -165,5 +169,6 @@ class JsonLogitsProcessor:
 
         fill_next_token_bitmask(self.matcher, self._bitmask)
         bits = np.unpackbits(self._bitmask.view(np.uint8), bitorder="little")
-        allowed = mx.array(bits[: self._vocab].astype(np.bool_))
+        # mlx's stub wants __dlpack__(*args, **kwargs), which numpy's keyword-only one is not.
+        allowed = mx.array(bits[: self._vocab].astype(np.bool_))  # pyright: ignore[reportArgumentType]
         return mx.where(allowed, logits, mx.array(-np.inf, dtype=logits.dtype))

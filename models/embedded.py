@@ -138,7 +138,7 @@ def ensure_default_model(*, progress: bool | None = None) -> Path:
         if progress is None:
             import sys
 
-            progress = sys.stderr.isatty()
+            progress = bool(sys.stderr.isatty())  # sys.stderr is typed TextIO | Any
         # A directory without the marker is debris from an old, interrupted version.
         import_gguf(src, target, progress=progress, overwrite=target.exists())
     return target

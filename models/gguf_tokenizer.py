@@ -181,7 +181,8 @@ def write_tokenizer(
     if add_bos or add_eos:
         single = " ".join([f"{bos}:0"] * add_bos + ["$A:0"] + [f"{eos}:0"] * add_eos)
         pair = single + " " + " ".join([f"{bos}:1"] * add_bos + ["$B:1"] + [f"{eos}:1"] * add_eos)
-        special = [(t, tokens.index(t)) for t in dict.fromkeys([bos] * add_bos + [eos] * add_eos)]
+        ends = [bos if add_bos else None, eos if add_eos else None]
+        special = [(t, tokens.index(t)) for t in dict.fromkeys(ends) if t is not None]
         tok.post_processor = processors.TemplateProcessing(
             single=single, pair=pair, special_tokens=special
         )

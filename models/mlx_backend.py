@@ -27,7 +27,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +83,7 @@ def _cast_for_cpu(model: Any) -> None:
 
     slow = (mx.bfloat16, mx.float16)
     params = tree_flatten(model.parameters())
+    assert isinstance(params, list)  # a list unless a dict `destination` is passed
     quantized = any(name.endswith(".scales") for name, _ in params)
     # Quantized models keep their (packed) weights; casting their scales would not help.
     if quantized:
@@ -99,13 +100,15 @@ def load_fresh(path: Path) -> tuple[Any, Any, dict[str, Any]]:
     import mlx_lm
 
     try:
-        model, tokenizer, config = mlx_lm.load(str(path), return_config=True)
+        loaded = mlx_lm.load(str(path), return_config=True)
     except (FileNotFoundError, ValueError) as exc:
         raise ModelNotFound(
             f"Could not load an mlx-lm model from {path}: {exc}. The directory needs "
             "config.json, *.safetensors and tokenizer files (`loopbus models import "
             "FILE.gguf` writes one)."
         ) from exc
+    assert len(loaded) == 3  # load()'s type covers both return_config values
+    model, tokenizer, config = loaded
     _cast_for_cpu(model)
     return model, tokenizer, config
 
@@ -123,7 +126,7 @@ def _load(path: Path, adapter: Path | None = None) -> tuple[Any, Any, dict[str, 
             if adapter is not None:
                 from loopbus.models.adapters import apply_adapter
 
-                apply_adapter(model, config, key[1], path)
+                apply_adapter(model, config, adapter.resolve(), path)
             _LOADED[key] = (model, tokenizer, config)
         return _LOADED[key]
 
@@ -340,7 +343,7 @@ class MLXRuntime:
 
     def _decode(
         self,
-        steps: Iterator[tuple[Any, Any]],
+        steps: Generator[tuple[Any, Any], None, None],
         prompt: list[int],
         reused: int,
         cache: PrefixCache | None,
@@ -371,8 +374,7 @@ class MLXRuntime:
                     finish = "stop"
                     break
         finally:
-            if hasattr(steps, "close"):
-                steps.close()
+            steps.close()
             if cache is not None:
                 self._record(cache, kv, prompt, generated, reused)
         detok.finalize()

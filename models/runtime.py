@@ -89,8 +89,12 @@ class Runtime(Protocol):
     """What the agent loop uses for every model call, whatever the backend."""
 
     spec: str
-    context_window: int
     supports_schema: bool
+
+    @property
+    def context_window(self) -> int:
+        """Prompt plus completion tokens the model takes (an attribute or a property)."""
+        ...
 
     def count_tokens(self, messages: list[Message]) -> int:
         """Tokens of the chat-templated prompt (with the assistant header) for ``messages``."""

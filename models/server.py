@@ -44,8 +44,14 @@ class ModelServer(ThreadingHTTPServer):
 class Handler(BaseHTTPRequestHandler):
     """Routes the OpenAI-compatible endpoints."""
 
-    server: ModelServer
     protocol_version = "HTTP/1.1"
+
+    @property
+    def model_server(self) -> ModelServer:
+        """The server of this request (the base class types ``self.server`` as BaseServer)."""
+        server = self.server
+        assert isinstance(server, ModelServer)
+        return server
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         pass  # quiet by default; errors are answered as JSON
@@ -67,14 +73,14 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802 - stdlib naming
         if self.path.rstrip("/") in ("/v1/models", "/models"):
-            rt = self.server.runtime
+            rt = self.model_server.runtime
             self._send_json(
                 200,
                 {
                     "object": "list",
                     "data": [
                         {
-                            "id": self.server.model_id,
+                            "id": self.model_server.model_id,
                             "object": "model",
                             "owned_by": "loopbus",
                             "context_window": rt.context_window,
@@ -93,7 +99,7 @@ class Handler(BaseHTTPRequestHandler):
             return
         path = self.path.rstrip("/")
         if path == "/tokenize":
-            rt = self.server.runtime
+            rt = self.model_server.runtime
             self._send_json(
                 200,
                 {
@@ -108,7 +114,7 @@ class Handler(BaseHTTPRequestHandler):
             if not isinstance(messages, list):
                 self._error(400, "messages must be a list")
                 return
-            self._send_json(200, {"prompt": self.server.runtime.render(messages)})
+            self._send_json(200, {"prompt": self.model_server.runtime.render(messages)})
         elif path in ("/v1/chat/completions", "/chat/completions"):
             self._chat(body)
         else:
@@ -126,9 +132,11 @@ class Handler(BaseHTTPRequestHandler):
             "temperature": float(body.get("temperature") or 0.0),
         }
         rid = f"chatcmpl-{uuid.uuid4().hex[:12]}"
-        with self.server.lock:
+        with self.model_server.lock:
             try:
-                it = self.server.runtime.stream(messages, cache=self.server.cache, **kwargs)
+                it = self.model_server.runtime.stream(
+                    messages, cache=self.model_server.cache, **kwargs
+                )
                 if body.get("stream"):
                     self._stream(rid, it)
                     return
@@ -148,7 +156,7 @@ class Handler(BaseHTTPRequestHandler):
                 "id": rid,
                 "object": "chat.completion",
                 "created": int(time.time()),
-                "model": self.server.model_id,
+                "model": self.model_server.model_id,
                 "choices": [
                     {
                         "index": 0,
@@ -177,7 +185,7 @@ class Handler(BaseHTTPRequestHandler):
             "id": rid,
             "object": "chat.completion.chunk",
             "created": int(time.time()),
-            "model": self.server.model_id,
+            "model": self.model_server.model_id,
         }
         try:
             while True:
@@ -238,7 +246,7 @@ def serve(
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point (``python -m loopbus.models.server``)."""
     parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0],
+        description=(__doc__ or "").split("\n\n")[0],
         epilog="example: python -m loopbus.models.server --model default --port 8080",
     )
     parser.add_argument("--model", default=None, help="model spec (default: embedded SmolLM2)")

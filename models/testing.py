@@ -124,7 +124,9 @@ def build_tiny_model(
     # numpy's generator (not mx.random) so weights are identical on every platform.
     rng = np.random.default_rng(seed)
     weights: dict[str, mx.array] = {}
-    for name, param in tree_flatten(model.parameters()):
+    params = tree_flatten(model.parameters())
+    assert isinstance(params, list)  # a list unless a dict `destination` is passed
+    for name, param in params:
         if name.endswith("norm.weight"):
             value = np.ones(param.shape, dtype=np.float32)
         elif "embed_tokens" in name:

@@ -126,7 +126,9 @@ def weights_hash(model: Any) -> str:
     import numpy as np
     from mlx.utils import tree_flatten
 
-    params = [(n, p) for n, p in tree_flatten(model.parameters()) if "lora_" not in n]
+    leaves = tree_flatten(model.parameters())
+    assert isinstance(leaves, list)  # a list unless a dict `destination` is passed
+    params = [(n, p) for n, p in leaves if "lora_" not in n]
     chosen = next((p for n, p in params if n.endswith("embed_tokens.weight")), None)
     if chosen is None:
         chosen = params[0][1]
