@@ -43,16 +43,13 @@ def render(sup: Supervisor, *, title: str = "", elapsed: float | None = None) ->
     if elapsed is not None:
         head += f"  ({elapsed:.0f} s)"
     table = Table(title=Text(printable(head)), title_justify="left", expand=True)
-    for col, kw in (
-        ("agent", {"no_wrap": True}),
-        ("pid", {"justify": "right"}),
-        ("state", {"no_wrap": True}),
-        ("run / event", {"no_wrap": True}),
-        ("doing", {"ratio": 1}),
-        ("restarts", {"justify": "right"}),
-        ("handled", {"justify": "right"}),
-    ):
-        table.add_column(col, **kw)
+    table.add_column("agent", no_wrap=True)
+    table.add_column("pid", justify="right")
+    table.add_column("state", no_wrap=True)
+    table.add_column("run / event", no_wrap=True)
+    table.add_column("doing", ratio=1)
+    table.add_column("restarts", justify="right")
+    table.add_column("handled", justify="right")
     for slot in sup.slots:
         st = slot.status
         run = st.get("run_id") or ""

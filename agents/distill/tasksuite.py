@@ -94,7 +94,7 @@ def _value(rng: random.Random, key: str) -> str:
 
 def _body(rng: random.Random, line: str) -> str:
     # The fact sits among filler lines, at a random position.
-    lines = rng.sample(_FILLER, 2)
+    lines: list[str] = rng.sample(_FILLER, 2)
     lines.insert(rng.randint(0, 2), line)
     return "\n".join(lines) + "\n"
 

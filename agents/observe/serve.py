@@ -179,8 +179,14 @@ def state(bus_path: Any, since: int = 0) -> dict[str, Any]:
 
 
 class _Handler(BaseHTTPRequestHandler):
-    server: BusServer
     server_version = "loopbus"
+
+    @property
+    def bus_server(self) -> BusServer:
+        """The server of this request (the base class types ``self.server`` as BaseServer)."""
+        server = self.server
+        assert isinstance(server, BusServer)
+        return server
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib's name
         log.debug("%s " + format, self.address_string(), *args)
@@ -216,12 +222,12 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(HTTPStatus.OK, SCRIPT, "text/javascript")
             elif url.path == "/api/state":
                 since = int((params.get("since") or ["0"])[0])
-                self._json(HTTPStatus.OK, state(self.server.bus_path, max(since, 0)))
+                self._json(HTTPStatus.OK, state(self.bus_server.bus_path, max(since, 0)))
             elif url.path == "/report":
                 from loopbus.agents.observe.report import build_report
 
                 run = (params.get("run") or [None])[0]
-                page = build_report(self.server.bus_path, run, limit=None if run else MAX_RUNS)
+                page = build_report(self.bus_server.bus_path, run, limit=None if run else MAX_RUNS)
                 self._send(HTTPStatus.OK, page, "text/html", _REPORT_CSP)
             else:
                 self._json(HTTPStatus.NOT_FOUND, {"error": f"no page {url.path}"})
