@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 # Run with OpenBLAS preloaded when one is usable (Linux CPU: ~10x faster float32 matmuls).
 FAST   := $(BIN)/python -m loopbus.models.blas exec
 
-.PHONY: install test demo bench lint generate clean adapter
+.PHONY: install test demo bench lint generate clean adapter wheel
 
 install: $(STAMP)
 
@@ -45,6 +45,14 @@ adapter: install
 	$(LOOPBUS) distill train $(DISTILL_WORK)/data --out $(ADAPTER) --iters $(DISTILL_ITERS) \
 		--batch-size 2 --layers 4 --rank 16 --learning-rate 2e-4 --seed 0
 
+# dist/loopbus-*.whl for `pip install` elsewhere (README "Install"; tests/test_wheel.py installs one
+# in a fresh venv). A stale build/lib would leak deleted modules into the wheel: start clean
+# (build/typecheck is `make typecheck`'s).
+wheel: install
+	rm -rf build/lib build/bdist.* dist
+	$(BIN)/python -m pip wheel --quiet --no-deps -w dist .
+	rm -rf build/lib build/bdist.*
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -53,4 +61,4 @@ generate: install
 	cd . && $(BIN)/baml-cli generate
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache build/lib build/bdist.* dist

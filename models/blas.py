@@ -25,7 +25,7 @@ Decisions:
   are renamed (``scipy_cblas_sgemm``), so preloading them changes nothing.
   ``cmeel-openblas`` needs ``libgfortran.so.5``; when the system has none, a directory of
   symlinks to the copy the ``mlx[cpu]`` wheel already ships (``mlx_cpu.libs``) is created in
-  the loopbus cache and put on ``LD_LIBRARY_PATH``. Every candidate is checked once by
+  the loopbus cache (one per environment) and put on ``LD_LIBRARY_PATH``. Every candidate is checked once by
   starting a child Python with it preloaded; the verdict is cached in
   ``$LOOPBUS_CACHE/blas.json``.
 * **Which processes.** A running process cannot swap its BLAS, so :func:`blas_env` adds the
@@ -38,6 +38,7 @@ Decisions:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -118,7 +119,10 @@ def _gfortran_shim_dir() -> Path | None:
         bundled = sorted(libs.glob("libgfortran-*.so*"))
         if not bundled:
             continue
-        shim = _cache_root() / "blas-shim"
+        # One shim per environment: venvs sharing the cache must not re-point each other's links
+        # (a deleted venv would leave the other's processes without libgfortran).
+        tag = hashlib.sha256(str(libs.resolve()).encode()).hexdigest()[:12]
+        shim = _cache_root() / "blas-shim" / tag
         shim.mkdir(parents=True, exist_ok=True)
         links = {"libgfortran.so.5": bundled[0]}
         # libgfortran finds its own (renamed) dependencies next to itself via $ORIGIN.

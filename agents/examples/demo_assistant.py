@@ -1,7 +1,11 @@
 """Offline demo of one agent run: the built-in `assistant` answers a question about a folder
 with the embedded SmolLM2 model, printing its event log live; everything lands on a bus file.
 
-    python -m loopbus.agents.examples.demo_assistant [--workspace DIR] [--question TEXT] [--bus FILE] [--model SPEC]
+    python -m loopbus.agents.examples.demo_assistant [--workspace DIR] [--question TEXT]
+        [--bus FILE] [--model SPEC]
+
+The default folder is ``agents/examples/workspace`` (shipped in the package, read only); the bus
+file goes to ``./demo-out/loopbus.db`` in the current directory.
 """
 
 from __future__ import annotations
@@ -13,7 +17,8 @@ import click
 
 from loopbus.agents.cli.common import handle_errors
 
-DEFAULT_WORKSPACE = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "workspace"
+#: A tiny project shipped with the package (a copy of tests/fixtures/workspace).
+DEFAULT_WORKSPACE = Path(__file__).resolve().parent / "workspace"
 DEFAULT_QUESTION = "Read README.md and tell me the version of Pebble."
 
 
@@ -68,7 +73,7 @@ def run_demo(
     "--workspace",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     default=DEFAULT_WORKSPACE,
-    show_default=True,
+    show_default="the shipped example workspace",
 )
 @click.option("--question", default=DEFAULT_QUESTION, show_default=True)
 @click.option(
