@@ -35,7 +35,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, cast, runtime_checkable
 
 from loopbus.models.errors import HOW_TO_GET_A_MODEL, InvalidModelSpec, ModelNotFound
 
@@ -45,13 +45,19 @@ ADAPTER_SEP = "+adapter:"
 _HF_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
+def _part_text(part: object) -> Any:
+    if isinstance(part, dict):
+        return cast("dict[str, Any]", part).get("text", "")
+    return str(part)
+
+
 def normalize_messages(messages: list[Message]) -> list[dict[str, Any]]:
     """Flatten OpenAI-style content parts (``[{"type": "text", "text": ...}]``) into strings."""
     out: list[dict[str, Any]] = []
     for m in messages:
         content = m.get("content", "")
         if isinstance(content, list):
-            content = "".join(p.get("text", "") if isinstance(p, dict) else str(p) for p in content)
+            content = "".join(_part_text(p) for p in cast("list[object]", content))
         elif content is None:
             content = ""
         out.append({**m, "content": content})
@@ -76,7 +82,7 @@ class Generation:
     prefill_s: float
     decode_s: float
     finish_reason: str
-    token_ids: list[int] = field(default_factory=list)
+    token_ids: list[int] = field(default_factory=list[int])
 
     @property
     def decode_tps(self) -> float:
@@ -222,7 +228,8 @@ def _hf_cached_snapshot(repo_id: str) -> Path:
         str(Path(os.environ["HF_HOME"]) / "hub") if os.environ.get("HF_HOME") else None
     )
     try:
-        from huggingface_hub import snapshot_download
+        # huggingface_hub's own annotation is partly unknown (an untyped dict parameter).
+        from huggingface_hub import snapshot_download  # pyright: ignore[reportUnknownVariableType]
 
         found = Path(snapshot_download(repo_id, local_files_only=True, cache_dir=cache_dir))
     except Exception as exc:  # LocalEntryNotFoundError, offline errors, bad ids...

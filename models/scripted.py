@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 from loopbus.models.errors import ModelError
 from loopbus.models.runtime import Generation
@@ -93,7 +93,7 @@ class ScriptedRuntime:
         except json.JSONDecodeError:
             decision = None  # left to the loop's parser (a parse-error turn)
         if schema is not None and isinstance(decision, dict):
-            if problem := violation(decision, schema):
+            if problem := violation(cast("dict[str, Any]", decision), schema):
                 raise ModelError(f"scripted decision {self.calls} is outside the schema: {problem}")
         return Generation(
             text=text,
