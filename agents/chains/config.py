@@ -66,6 +66,7 @@ from pydantic import (
 
 from loopbus.agents.chains.tomlshape import shape_problem
 from loopbus.agents.errors import AgentError, SandboxConfigError
+from loopbus.agents.run.events import RUN_NAMESPACE, RunEventType
 from loopbus.agents.sandbox.types import SandboxLimits
 
 __all__ = [
@@ -118,7 +119,16 @@ _NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 _FIELD_RE = re.compile(r"\{\{|\}\}|\{([^{}]*)\}")
 _FIELDS = {"id", "type", "agent", "run_id", "caused_by", "payload"}
 # Events every run publishes; an agent triggered by them would start a run per run event.
-_RUN_PROBES = ("run.task", "run.decision", "run.tool_call", "run.tool_result", "run.outcome")
+_RUN_PROBES = tuple(
+    t.value
+    for t in (
+        RunEventType.TASK,
+        RunEventType.DECISION,
+        RunEventType.TOOL_CALL,
+        RunEventType.TOOL_RESULT,
+        RunEventType.OUTCOME,
+    )
+)
 
 
 def _check_glob(pattern: str) -> str:
@@ -237,7 +247,7 @@ class AgentConfig(BaseModel):
     def _emit(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        if not _TYPE_RE.match(value) or value.startswith("run."):
+        if not _TYPE_RE.match(value) or value.startswith(RUN_NAMESPACE):
             raise ValueError(
                 f"emit {value!r} must be a lowercase dotted event type outside 'run.', "
                 "e.g. 'review.done'"

@@ -45,6 +45,7 @@ from typing import Any
 
 from loopbus.agents.chains.config import AgentConfig, ChainConfig, consumer_name
 from loopbus.agents.errors import AgentError
+from loopbus.agents.run.events import RUN_NAMESPACE, RunEventType
 
 __all__ = ["ChainGaveUp", "Slot", "Supervisor", "parse_share", "state_dir_for", "worker_command"]
 
@@ -360,7 +361,8 @@ class Supervisor:
         for event in self._bus.events(since_id=self._seen_id, limit=500):
             self._seen_id = event.id
             self.counts[event.event_type] = self.counts.get(event.event_type, 0) + 1
-            if not event.event_type.startswith("run.") or event.event_type == "run.outcome":
+            kind = event.event_type
+            if not kind.startswith(RUN_NAMESPACE) or kind == RunEventType.OUTCOME:
                 self.recent.append(event)
 
     def stop(self) -> None:

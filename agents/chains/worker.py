@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from loopbus.agents.chains.config import AgentConfig, ChainConfig, consumer_name, render_task
+from loopbus.agents.run.events import RunEventType
 from loopbus.agents.tools.python import set_sandbox_limits
 
 __all__ = ["AgentWorker", "FirstDecision", "parse_instance", "run_id_for"]
@@ -78,21 +79,21 @@ def describe(event: Any) -> str:
     """A one-line description of a run event, for the status table and the log."""
     p = event.payload if isinstance(event.payload, dict) else {}
     kind = event.event_type
-    if kind == "run.task":
+    if kind == RunEventType.TASK:
         return f"task: {_short(p.get('task', ''))}"
-    if kind == "run.model_call":
+    if kind == RunEventType.MODEL_CALL:
         return f"model answered ({p.get('completion_tokens')} tokens)"
-    if kind == "run.decision":
+    if kind == RunEventType.DECISION:
         return f"decided {_short(p.get('decision', {}))}"
-    if kind == "run.tool_call":
+    if kind == RunEventType.TOOL_CALL:
         return f"calling {p.get('tool')}"
-    if kind == "run.llm_call":
+    if kind == RunEventType.LLM_CALL:
         return f"tool asked the model ({p.get('completion_tokens')} tokens)"
-    if kind == "run.tool_result":
+    if kind == RunEventType.TOOL_RESULT:
         return f"{p.get('tool')} -> {_short(p.get('result', ''))}"
-    if kind == "run.error":
+    if kind == RunEventType.ERROR:
         return f"error: {_short(p.get('error', ''))}"
-    if kind == "run.outcome":
+    if kind == RunEventType.OUTCOME:
         return f"outcome {p.get('kind')}: {_short(p.get('summary') or p.get('reason') or '')}"
     return f"published {kind} {_short(event.payload, 50)}"
 
@@ -285,7 +286,7 @@ class AgentWorker:
 
         runtime = self.runtime
         if self.agent.first_tool and not self.bus.events(
-            run_id=run_id, types=["run.model_call"], limit=1
+            run_id=run_id, types=[RunEventType.MODEL_CALL], limit=1
         ):
             runtime = FirstDecision(self.runtime, {"action": self.agent.first_tool})
         if event is None:

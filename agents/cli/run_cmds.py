@@ -24,17 +24,18 @@ from loopbus.agents.cli.common import (
     handle_errors,
 )
 from loopbus.agents.cli.sandbox_cmds import _parse_bytes
+from loopbus.agents.run.events import RunEventType
 from loopbus.agents.termsafe import printable, safe_json_text
 
 _STYLE = {
-    "run.task": "bold cyan",
-    "run.decision": "green",
-    "run.tool_result": "white",
-    "run.error": "red",
-    "run.outcome": "bold magenta",
-    "run.model_call": "dim",
-    "run.tool_call": "dim",
-    "run.llm_call": "dim",
+    RunEventType.TASK: "bold cyan",
+    RunEventType.DECISION: "green",
+    RunEventType.TOOL_RESULT: "white",
+    RunEventType.ERROR: "red",
+    RunEventType.OUTCOME: "bold magenta",
+    RunEventType.MODEL_CALL: "dim",
+    RunEventType.TOOL_CALL: "dim",
+    RunEventType.LLM_CALL: "dim",
 }
 
 
@@ -48,9 +49,9 @@ def describe(event: Any) -> str:
     """One human line for a run event."""
     p = event.payload if isinstance(event.payload, dict) else {}
     match event.event_type:
-        case "run.task":
+        case RunEventType.TASK:
             return f"task: {p.get('task')}"
-        case "run.model_call":
+        case RunEventType.MODEL_CALL:
             from loopbus.agents.observe.progress import model_call_rates
 
             prefill, decode = model_call_rates(p)
@@ -65,18 +66,18 @@ def describe(event: Any) -> str:
                 f"tokens, {(p.get('prefill_s') or 0) + (p.get('decode_s') or 0):.2f}s"
                 + (f" ({rates})" if rates else "")
             )
-        case "run.decision":
+        case RunEventType.DECISION:
             return f"decision: {_short(p.get('decision'))}"
-        case "run.tool_call":
+        case RunEventType.TOOL_CALL:
             return f"call {p.get('tool')}"
-        case "run.tool_result":
+        case RunEventType.TOOL_RESULT:
             return f"result: {_short(p.get('result'))}"
-        case "run.llm_call":
+        case RunEventType.LLM_CALL:
             answer = p["raw"] if "raw" in p else p.get("error")
             return f"tool asked the model: {_short(p.get('prompt'), 60)} -> {_short(answer)}"
-        case "run.error":
+        case RunEventType.ERROR:
             return f"error ({p.get('kind')}): {_short(p.get('error'))}"
-        case "run.outcome":
+        case RunEventType.OUTCOME:
             detail = p.get("summary") or p.get("reason") or ""
             return f"outcome: {p.get('kind')} {_short(detail, 400)}"
     return f"published: {_short(event.payload)}"

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from loopbus.agents.errors import AgentError
+from loopbus.agents.run.events import RunEventType
 from loopbus.models.scripted import ScriptedRuntime  # the oracle's "model" (re-exported here)
 
 #: The event recording whether a run's answer was correct (published by :func:`oracle_runs`).
@@ -44,9 +45,9 @@ MANIFEST = "manifest.json"
 _ROOT = Path(__file__).resolve().parents[2]
 _TS = 'ts="2026-01-01T00:00:00.000Z"'
 _PROBE_LOG = (
-    f'<event type="run.task" {_TS}>{{"task":"Which files are here?"}}</event>\n'
-    f'<event type="run.decision" {_TS}>{{"action":"list_dir","path":"."}}</event>\n'
-    f'<event type="run.tool_result" {_TS}>{{"tool":"list_dir","result":"a.txt"}}</event>'
+    f'<event type="{RunEventType.TASK}" {_TS}>{{"task":"Which files are here?"}}</event>\n'
+    f'<event type="{RunEventType.DECISION}" {_TS}>{{"action":"list_dir","path":"."}}</event>\n'
+    f'<event type="{RunEventType.TOOL_RESULT}" {_TS}>{{"tool":"list_dir","result":"a.txt"}}</event>'
 )
 
 
@@ -148,7 +149,7 @@ def run_examples(run_id: str, events: list[Any]) -> list[Example]:
     from loopbus.agents.run.decide import get_decider
     from loopbus.agents.run.state import context_view
 
-    if not events or events[0].event_type != "run.task":
+    if not events or events[0].event_type != RunEventType.TASK:
         raise DistillError(f"run {run_id!r} has no run.task event first")
     try:
         function = events[0].payload["settings"]["function"]
@@ -160,7 +161,7 @@ def run_examples(run_id: str, events: list[Any]) -> list[Example]:
     pending: Example | None = None
     for event in events:
         kind, payload = event.event_type, event.payload
-        if kind == "run.model_call" and isinstance(payload, dict):
+        if kind == RunEventType.MODEL_CALL and isinstance(payload, dict):
             pending = None
             raw = payload.get("raw")
             if isinstance(raw, str) and raw.strip() and not payload.get("parse_error"):
@@ -170,13 +171,13 @@ def run_examples(run_id: str, events: list[Any]) -> list[Example]:
                 messages = decider.messages(log.render())
                 turn = int(payload.get("turn") or 0)
                 pending = Example(run_id, function, turn, messages, raw.strip())
-        elif kind == "run.decision" and pending is not None:
+        elif kind == RunEventType.DECISION and pending is not None:
             examples.append(pending)
             pending = None
         view = context_view(kind, payload) if isinstance(payload, dict) else None
         if view is not None:
             ts = payload.get("ts") or event.created_at
-            log.append(LogEvent(kind, ts, view), pinned=kind == "run.task")
+            log.append(LogEvent(kind, ts, view), pinned=kind == RunEventType.TASK)
     return examples
 
 

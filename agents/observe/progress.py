@@ -140,6 +140,8 @@ class ChainProgress:
                 self._bus = None
 
     def _print_outcomes(self) -> None:
+        from loopbus.agents.run.events import RunEventType
+
         if self._bus is None:
             import loopbus.bus as loopbus
             from loopbus.bus.store import backend_of
@@ -150,7 +152,9 @@ class ChainProgress:
                 self._bus = loopbus.open(self.bus_path, create=False)
             else:
                 self._bus = loopbus.open(self._bus_url, create=False)
-        for event in self._bus.events(since_id=self._seen, types=["run.outcome"], limit=1000):
+        for event in self._bus.events(
+            since_id=self._seen, types=[RunEventType.OUTCOME], limit=1000
+        ):
             self._seen = event.id
             p = event.payload if isinstance(event.payload, dict) else {}
             kind = str(p.get("kind", "?"))

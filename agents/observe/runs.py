@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from loopbus.agents.errors import AgentError
+from loopbus.agents.run.events import RunEventType
 
 # Stands for the event log inside a recorded prompt template.
 EVENTS_PLACEHOLDER = "\u27e6loopbus:events\u27e7"
@@ -295,7 +296,7 @@ def build_timeline(run_id: str, events: list[Any]) -> Timeline:
     Malformed events (wrong types, payloads that are not objects) never raise: a field of
     the wrong type is left out (counts, seconds) or kept as text (kinds, tools, errors).
     """
-    first = next((e for e in events if e.event_type == "run.task"), None)
+    first = next((e for e in events if e.event_type == RunEventType.TASK), None)
     if first is None:
         raise RunNotFound(f"no run {run_id!r} on this bus; `loopbus runs` lists the run ids")
     task = first.payload
@@ -322,7 +323,7 @@ def build_timeline(run_id: str, events: list[Any]) -> Timeline:
         raw = event.payload
         p = raw if isinstance(raw, dict) else {}
         kind = event.event_type
-        if kind == "run.model_call":
+        if kind == RunEventType.MODEL_CALL:
             number = _count(p.get("turn"))
             tokens = _count(p.get("prompt_tokens"))
             prefill, decode = _seconds(p.get("prefill_s")), _seconds(p.get("decode_s"))
@@ -343,25 +344,25 @@ def build_timeline(run_id: str, events: list[Any]) -> Timeline:
                 model_call_id=event.id,
             )
             timeline.turns.append(turn)
-        elif kind == "run.decision" and turn is not None:
+        elif kind == RunEventType.DECISION and turn is not None:
             turn.decision = p.get("decision") if isinstance(raw, dict) else raw
-        elif kind == "run.tool_call" and turn is not None:
+        elif kind == RunEventType.TOOL_CALL and turn is not None:
             turn.tool, turn.args = as_text(p.get("tool")) or "?", p.get("args")
             calls[event.id], call_ts[event.id] = turn, _ts(event)
-        elif kind in ("run.tool_result", "run.error"):
+        elif kind in (RunEventType.TOOL_RESULT, RunEventType.ERROR):
             owner = calls.get(event.caused_by) if event.caused_by is not None else None
             target = owner or turn
             if target is None:
                 continue
-            if kind == "run.tool_result":
+            if kind == RunEventType.TOOL_RESULT:
                 target.result = p.get("result") if isinstance(raw, dict) else raw
             else:
                 target.error = as_text(p.get("error") if isinstance(raw, dict) else raw) or "?"
             if owner is not None:
                 target.tool_s = seconds_between(call_ts.get(event.caused_by), _ts(event))
-        elif kind == "run.llm_call" and turn is not None:
+        elif kind == RunEventType.LLM_CALL and turn is not None:
             turn.llm_calls += 1
-        elif kind == "run.outcome":
+        elif kind == RunEventType.OUTCOME:
             timeline.outcome = raw
             counts = p.get("counts")
             if p.get("kind") == "budget_exceeded" and isinstance(counts, dict) and counts:
@@ -410,7 +411,7 @@ def rebuild_prompt(timeline: Timeline, turn: int) -> list[dict[str, Any]]:
     for event in timeline.events:
         if event.id > call.id:
             break
-        if event.event_type == "run.model_call" and isinstance(event.payload, dict):
+        if event.event_type == RunEventType.MODEL_CALL and isinstance(event.payload, dict):
             template = event.payload.get("prompt_template", template)
     payload = call.payload
     if "prompt_messages" in payload:
@@ -433,7 +434,7 @@ def rebuild_prompt(timeline: Timeline, turn: int) -> list[dict[str, Any]]:
                     f"event {event.id} of run {timeline.run_id} is malformed ({exc!r})"
                 ) from None
             if view is not None:
-                pinned = event.event_type == "run.task"
+                pinned = event.event_type == RunEventType.TASK
                 log.append(LogEvent(event.event_type, _ts(event), view), pinned=pinned)
         if _count(payload.get("elided")):
             log.elide_oldest(payload["elided"])
@@ -468,7 +469,7 @@ def _messages(timeline: Timeline, turn: int, value: Any) -> list[dict[str, Any]]
 
 def _is_call(event: Any, turn: int) -> bool:
     return (
-        event.event_type == "run.model_call"
+        event.event_type == RunEventType.MODEL_CALL
         and isinstance(event.payload, dict)
         and event.payload.get("turn") == turn
     )

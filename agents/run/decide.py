@@ -30,6 +30,7 @@ from pydantic import BaseModel
 
 from loopbus.agents.errors import AgentError
 from loopbus.agents.run.context import LogEvent, parse_log
+from loopbus.agents.run.events import RunEventType
 
 # BAML logs every failed parse with a backtrace on stderr; we record and feed back our own.
 os.environ.setdefault("BAML_LOG", "off")
@@ -143,7 +144,7 @@ def log_turns(events: str) -> list[dict[str, str]]:
     """
     turns: list[dict[str, str]] = []
     for item in parse_log(events):
-        if isinstance(item, LogEvent) and item.type == "run.decision":
+        if isinstance(item, LogEvent) and item.type == RunEventType.DECISION:
             role = "assistant"
             content = json.dumps(item.data, ensure_ascii=False, separators=(",", ":"))
         else:

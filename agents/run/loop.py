@@ -48,6 +48,7 @@ from pydantic import ValidationError
 from loopbus.agents.errors import AgentError
 from loopbus.agents.run import turn
 from loopbus.agents.run.decide import Decider, get_decider
+from loopbus.agents.run.events import RunEventType
 from loopbus.agents.run.state import Outcome, RunSettings, RunState, RunUnrecordable
 
 __all__ = ["Outcome", "resume_run", "run", "run_agent", "step", "unfinished_runs"]
@@ -120,7 +121,7 @@ def run_agent(
     """
     from loopbus.agents.builtin import get_agent
 
-    if run_id is not None and bus.events(run_id=run_id, types=["run.task"], limit=1):
+    if run_id is not None and bus.events(run_id=run_id, types=[RunEventType.TASK], limit=1):
         return resume_run(
             run_id, runtime=runtime, bus=bus, workspace=workspace, on_event=on_event, output=output
         )

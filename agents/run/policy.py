@@ -32,6 +32,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from loopbus.agents.run.events import RunEventType
+
 #: The path field of each tool whose argument ``paths`` limits: files or folders.
 PATH_TOOLS = {"read_file": "files", "list_dir": "dirs"}
 
@@ -95,19 +97,19 @@ class RunFacts:
         """Update the facts with one event of the run (as published or read back)."""
         if not isinstance(payload, dict):
             return
-        if event_type == "run.tool_call":
+        if event_type == RunEventType.TOOL_CALL:
             call = (str(payload.get("tool")), payload.get("args") or {})
             self._last_call = call
             self._calls[event_id] = call
-        elif event_type in ("run.tool_result", "run.error"):
+        elif event_type in (RunEventType.TOOL_RESULT, RunEventType.ERROR):
             call = self._calls.pop(caused_by, None) or self._last_call
-            if event_type == "run.error" and payload.get("kind") == "parse":
+            if event_type == RunEventType.ERROR and payload.get("kind") == "parse":
                 return
             self._last_call = None
             if call is None:
                 return
             self.made.add(call_key(*call))
-            if event_type == "run.error":
+            if event_type == RunEventType.ERROR:
                 self.failed.add(call_key(*call))
                 return
             self.succeeded.add(call[0])

@@ -18,8 +18,15 @@ from pydantic import BaseModel, ValidationError
 
 from loopbus.agents.errors import AgentError
 from loopbus.agents.run.context import EventLogError, LogEvent, iter_log
+from loopbus.agents.run.events import (
+    MalformedRunEvent,
+    ModelCall,
+    RunEventType,
+    is_run_event,
+    read_run_event,
+)
 from loopbus.agents.run.replay_context import context_events
-from loopbus.agents.run.state import RunSettings, malformed
+from loopbus.agents.run.state import RunSettings
 
 __all__ = [
     "FORMAT",
@@ -85,7 +92,7 @@ class Recording(BaseModel):
     def loop_events(self) -> list[RecordedEvent]:
         """The events the loop published: up to the run's outcome (what a replay compares)."""
         for index, event in enumerate(self.events):
-            if event.type == "run.outcome":
+            if event.type == RunEventType.OUTCOME:
                 return self.events[: index + 1]
         return self.events
 
@@ -93,7 +100,7 @@ class Recording(BaseModel):
     def from_events(cls, run_id: str, events: list[Any], context: Iterable[Any] = ()) -> Recording:
         """From bus ``Event`` objects of one run (the first must be its ``run.task``) and the
         events its tools read (``context``)."""
-        if not events or events[0].event_type != "run.task":
+        if not events or events[0].event_type != RunEventType.TASK:
             raise AgentError(f"no run {run_id!r} on this bus (no run.task event)")
         return cls(
             run_id=run_id,
@@ -103,7 +110,7 @@ class Recording(BaseModel):
 
     def checked(self) -> Recording:
         """Self, after checking the run.task event replay starts from (AgentError if not)."""
-        if not self.events or self.events[0].type != "run.task":
+        if not self.events or self.events[0].type != RunEventType.TASK:
             raise AgentError(f"malformed recording of run {self.run_id!r}: no run.task event first")
         payload = self.events[0].payload
         if not isinstance(payload, dict) or not isinstance(payload.get("task"), str):
@@ -118,9 +125,15 @@ class Recording(BaseModel):
                 f"{first['msg']}"
             ) from None
         for event in self.events[1:]:  # a forged or corrupt event: an error, not a traceback
-            problem = malformed(event.type, event.payload)
-            if problem is None and event.type == "run.model_call":
-                if not isinstance(event.payload.get("raw"), str):
+            if not is_run_event(event.type):
+                continue
+            problem = None
+            try:
+                typed = read_run_event(event.type, event.payload)
+            except MalformedRunEvent as exc:
+                problem = exc.problem
+            else:
+                if isinstance(typed, ModelCall) and not isinstance(typed.raw, str):
                     problem = "it has no 'raw' text (the model's answer)"
             if problem is not None:
                 raise AgentError(

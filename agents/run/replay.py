@@ -46,6 +46,14 @@ from pydantic import BaseModel
 
 from loopbus.agents.errors import AgentError
 from loopbus.agents.run.decide import prompt_hash
+from loopbus.agents.run.events import (
+    LlmCall,
+    ModelCall,
+    OutcomeEvent,
+    RunEventType,
+    is_run_event,
+    read_run_event,
+)
 from loopbus.agents.run.recording import (  # the recording format, re-exported: `loopbus.agents.run.replay` names
     FORMAT,
     FORMAT_WITH_CONTEXT,
@@ -112,20 +120,22 @@ class ReplayRuntime:
         self.spec = f"replay:{recording.run_id}"
         self.context_window = settings.context_window
         self.supports_schema = settings.supports_schema
+        # A checked recording (Recording.checked): its run events read back.
+        typed = [
+            read_run_event(e.type, e.payload) for e in recording.events if is_run_event(e.type)
+        ]
         # (whether it is a decision, the recorded call), in order
-        self.calls = [
-            (e.type == "run.model_call", e.payload)
-            for e in recording.events
-            if e.type in ("run.model_call", "run.llm_call")
+        self.calls: list[tuple[bool, ModelCall | LlmCall]] = [
+            (isinstance(e, ModelCall), e) for e in typed if isinstance(e, ModelCall | LlmCall)
         ]
         self.turns = 0  # decisions answered (tools' own calls not counted)
         self.counts: dict[str, int] = {}
         self.failure: dict[str, Any] | None = None  # the model error that ended the run
-        for e in recording.events:
-            if e.type in ("run.model_call", "run.outcome"):
-                self.counts.update(e.payload.get("counts") or {})
-            if e.type == "run.outcome" and isinstance(e.payload.get("model_error"), dict):
-                self.failure = e.payload["model_error"]
+        for e in typed:
+            if isinstance(e, ModelCall | OutcomeEvent):
+                self.counts.update(e.counts or {})
+            if isinstance(e, OutcomeEvent) and isinstance(e.model_error, dict):
+                self.failure = e.model_error
         self.used = 0
 
     def _hash(self, messages: list[dict[str, Any]]) -> str:
@@ -180,10 +190,10 @@ class ReplayRuntime:
             raise self._exhausted()
         decision, call = self.calls[self.used]
         self.used += 1
-        if decision and schema is not None:
+        if isinstance(call, ModelCall) and schema is not None:
             _check_schema(call, schema)
         sha = self._hash(messages)
-        if sha != call.get("prompt_sha256"):
+        if sha != call.prompt_sha256:
             what = (
                 "the prompt template (baml_src) or the context changed"
                 if decision
@@ -191,30 +201,30 @@ class ReplayRuntime:
                 "tool asked where the recording has a decision"
             )
             raise ReplayDivergence(
-                f"replay diverged at model call {self.used} (turn {call.get('turn')}): prompt "
-                f"hash changed\n  recorded: {call.get('prompt_sha256')}\n  replayed: {sha}\n" + what
+                f"replay diverged at model call {self.used} (turn {call.turn}): prompt "
+                f"hash changed\n  recorded: {call.prompt_sha256}\n  replayed: {sha}\n" + what
             )
         if decision:
             self.turns += 1
-        elif isinstance(call.get("error"), dict):
-            raise _model_error(call["error"])
+        elif isinstance(call, LlmCall) and isinstance(call.error, dict):
+            raise _model_error(call.error)
         return ReplayGeneration(
-            call["raw"],
-            call.get("prompt_tokens") or 0,
-            call.get("finish_reason"),
-            call.get("completion_tokens"),
+            call.raw,
+            call.prompt_tokens or 0,
+            call.finish_reason,
+            call.completion_tokens,
         )
 
 
-def _check_schema(call: dict[str, Any], schema: dict[str, Any]) -> None:
+def _check_schema(call: ModelCall, schema: dict[str, Any]) -> None:
     """The replayed turn's decoding schema (loopbus.agents.run.policy) is the recorded one, and the
     recorded decision is allowed by it; ReplayDivergence otherwise."""
     from loopbus.agents.run.policy import schema_sha, violation
 
-    recorded = call.get("schema_sha256")
+    recorded = call.schema_sha256
     if recorded is None:  # recorded without a policy: the static union, nothing to check
         return
-    turn = call.get("turn")
+    turn = call.turn
     if schema_sha(schema) != recorded:
         raise ReplayDivergence(
             f"replay diverged at turn {turn}: the decoding schema changed\n"
@@ -222,7 +232,7 @@ def _check_schema(call: dict[str, Any], schema: dict[str, Any]) -> None:
             "the agent's policy, the workspace's files or the decision types differ"
         )
     try:
-        decision = json.loads(call.get("raw") or "")
+        decision = json.loads(call.raw or "")
     except json.JSONDecodeError:
         return  # not a decision: the loop records the parse error as it did then
     if isinstance(decision, dict) and (problem := violation(decision, schema)):
@@ -245,18 +255,22 @@ def _model_error(recorded: dict[str, Any]) -> Exception:
     return cls(recorded.get("message", ""))
 
 
+# What must match in a replay, per run event type (see essence).
+_ESSENCE: dict[str, tuple[str, ...]] = {
+    RunEventType.TASK: ("task",),
+    RunEventType.MODEL_CALL: ("turn", "prompt_sha256", "prompt_tokens", "elided", "raw"),
+    RunEventType.DECISION: ("turn", "decision"),
+    RunEventType.TOOL_CALL: ("turn", "tool", "args"),
+    RunEventType.TOOL_RESULT: ("turn", "tool", "result"),
+    RunEventType.LLM_CALL: ("turn", "prompt_sha256", "raw", "error"),
+    RunEventType.ERROR: ("turn", "kind", "tool", "error"),
+    RunEventType.OUTCOME: ("kind", "summary", "reason", "turns", "model_error"),
+}
+
+
 def essence(event_type: str, payload: Any) -> Any:
     """The parts of an event that must match in a replay (not timings, ids or paths)."""
-    keep = {
-        "run.task": ("task",),
-        "run.model_call": ("turn", "prompt_sha256", "prompt_tokens", "elided", "raw"),
-        "run.decision": ("turn", "decision"),
-        "run.tool_call": ("turn", "tool", "args"),
-        "run.tool_result": ("turn", "tool", "result"),
-        "run.llm_call": ("turn", "prompt_sha256", "raw", "error"),
-        "run.error": ("turn", "kind", "tool", "error"),
-        "run.outcome": ("kind", "summary", "reason", "turns", "model_error"),
-    }.get(event_type)
+    keep = _ESSENCE.get(event_type)
     if keep is None or not isinstance(payload, dict):
         return payload
     return {key: payload.get(key) for key in keep}

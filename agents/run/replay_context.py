@@ -11,6 +11,8 @@ import fnmatch
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from loopbus.agents.run.events import RunEventType
+
 if TYPE_CHECKING:
     from loopbus.agents.run.replay import RecordedEvent, Recording
 
@@ -20,7 +22,7 @@ __all__ = ["RecordedReads", "context_events"]
 def context_events(bus: Any, events: list[Any]) -> list[Any]:
     """What the tools of a run read besides its own events: its trigger, and the events of
     the types its tools declare in ``reads`` committed before its last call to such a tool."""
-    if not events or events[0].event_type != "run.task":
+    if not events or events[0].event_type != RunEventType.TASK:
         return []
     found: dict[int, Any] = {}
     trigger_id = events[0].caused_by
@@ -29,7 +31,7 @@ def context_events(bus: Any, events: list[Any]) -> list[Any]:
     reads: set[str] = set()
     horizon = 0
     for event in events:
-        if event.event_type == "run.tool_call":
+        if event.event_type == RunEventType.TOOL_CALL:
             declared = _declared_reads(events[0].payload, event.payload.get("tool"))
             if declared:
                 reads.update(declared)

@@ -3,7 +3,7 @@
 Every event of a run is published on the bus as it happens, with ``run_id`` and the agent name,
 so the bus alone can rebuild the run (:meth:`RunState.rebuild`) — durable resume and replay rely
 on that. Event types and payloads (all plain JSON; BAML objects are converted with
-``model_dump`` at this boundary):
+``model_dump`` at this boundary), each typed in :mod:`loopbus.agents.run.events`:
 
 =================  ==================================================================  =========
 type               payload                                                             caused_by
@@ -39,8 +39,9 @@ UTF-8 such as a lone surrogate in a model answer) would crash the agent on every
 :meth:`RunState.emit` ends the run ``failed`` with a small ``run.outcome`` saying what could not
 be recorded (with a stand-in ``run.task`` when the task itself was refused) and raises
 :class:`RunUnrecordable`, which :func:`loopbus.agents.run.loop.run` turns into that outcome.
-:func:`malformed` checks the shape of a recorded run event, so reading a run back never
-crashes on a forged or corrupt one.
+:func:`malformed` (from :mod:`loopbus.agents.run.events`, where each event type has its typed
+payload model) checks the shape of a recorded run event, so reading a run back never crashes on
+a forged or corrupt one.
 """
 
 from __future__ import annotations
@@ -55,11 +56,15 @@ from pydantic import BaseModel, Field
 
 from loopbus.agents.errors import AgentError
 from loopbus.agents.run.context import EventLog, LogEvent
+from loopbus.agents.run.events import OUTCOME_KINDS as OUTCOME_KINDS  # re-exported
+from loopbus.agents.run.events import RUN_NAMESPACE, RunEventType
+from loopbus.agents.run.events import malformed as malformed  # re-exported
 from loopbus.agents.run.policy import Policy, RunFacts
 
 OutcomeKind = Literal["done", "budget_exceeded", "max_turns", "failed"]
-CONTEXT_TYPES = frozenset({"run.task", "run.decision", "run.tool_result", "run.error"})
-OUTCOME_KINDS = ("done", "budget_exceeded", "max_turns", "failed")
+CONTEXT_TYPES = frozenset(
+    {RunEventType.TASK, RunEventType.DECISION, RunEventType.TOOL_RESULT, RunEventType.ERROR}
+)
 #: Longest reason of an outcome written because something could not be recorded.
 MAX_REASON_CHARS = 1000
 
@@ -118,64 +123,16 @@ def context_view(event_type: str, payload: Any) -> Any:
     """What the model sees of a bus event, or None when the event is not part of its context."""
     if event_type not in CONTEXT_TYPES:
         return None
-    if event_type == "run.task":
+    if event_type == RunEventType.TASK:
         return {"task": payload["task"]}
-    if event_type == "run.decision":
+    if event_type == RunEventType.DECISION:
         return payload["decision"]
-    if event_type == "run.tool_result":
+    if event_type == RunEventType.TOOL_RESULT:
         return {"tool": payload["tool"], "result": payload["result"]}
     view = {"error": payload["error"]}
     if payload.get("tool"):
         view["tool"] = payload["tool"]
     return view
-
-
-# Required keys of the run events a run is read back from, and their JSON types.
-_SHAPES: dict[str, dict[str, tuple[type, ...]]] = {
-    "run.task": {"task": (str,), "settings": (dict,)},
-    "run.model_call": {"turn": (int,)},
-    "run.decision": {"turn": (int,), "decision": (dict,)},
-    "run.tool_call": {"turn": (int,), "tool": (str,), "args": (dict,), "idempotent": (bool,)},
-    "run.tool_result": {"tool": (str,), "result": (str, int, float, bool, list, dict, type(None))},
-    "run.llm_call": {"turn": (int,)},
-    "run.error": {"error": (str,)},
-    "run.outcome": {"kind": (str,)},
-}
-_OPTIONAL: dict[str, dict[str, tuple[type, ...]]] = {
-    "run.error": {"tool": (str, type(None)), "kind": (str, type(None))},
-    "run.outcome": {"summary": (str, type(None)), "reason": (str, type(None))},
-}
-
-
-def _json_type(value: Any) -> str:
-    return {dict: "object", list: "array", str: "string", bool: "boolean"}.get(
-        type(value), "null" if value is None else "number"
-    )
-
-
-def malformed(event_type: str, payload: Any) -> str | None:
-    """What is wrong with a recorded run event's payload (missing keys, wrong types, an unknown
-    outcome kind), or None when the loop can read it back. Other event types are never
-    malformed. ``bool`` is no ``int`` here (JSON has both)."""
-    shape = _SHAPES.get(event_type)
-    if shape is None:
-        return None
-    if not isinstance(payload, dict):
-        return f"its payload is a JSON {_json_type(payload)}, not an object"
-    for fields, required in ((shape, True), (_OPTIONAL.get(event_type, {}), False)):
-        for key, types in fields.items():
-            if key not in payload:
-                if required:
-                    return f"it has no {key!r}"
-                continue
-            value = payload[key]
-            if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
-                return f"its {key!r} is a JSON {_json_type(value)}"
-    if event_type == "run.outcome" and payload["kind"] not in OUTCOME_KINDS:
-        return f"its kind {clip(repr(payload['kind']), 80)} is none of {', '.join(OUTCOME_KINDS)}"
-    if "turn" in shape and payload["turn"] < 0:
-        return f"its turn {payload['turn']} is negative"
-    return None
 
 
 def clip(text: str, limit: int = MAX_REASON_CHARS) -> str:
@@ -250,7 +207,7 @@ class RunState:
         try:
             events = self._publish(stamped)
         except (PayloadTooLarge, InvalidPayload) as exc:
-            if not any(kind.startswith("run.") for kind, *_ in stamped):
+            if not any(kind.startswith(RUN_NAMESPACE) for kind, *_ in stamped):
                 raise  # a tool's own output: the tool gets the error, the run goes on
             raise self._unrecordable([kind for kind, *_ in stamped], exc) from None
         self._deliver(events)
@@ -259,8 +216,9 @@ class RunState:
     def _stamp(self, items: tuple[tuple[str, Any, int | None], ...]) -> list[tuple[Any, ...]]:
         stamped = []
         for i, (kind, payload, caused_by) in enumerate(items):
+            kind = str(kind)  # a RunEventType member: published as plain text
             ts = self.stamp(self.emitted + i, kind) if self.stamp else utc_now()
-            if kind.startswith("run."):
+            if kind.startswith(RUN_NAMESPACE):
                 payload = {**payload, "ts": ts}
             stamped.append((kind, payload, caused_by, ts))
         return stamped
@@ -296,7 +254,7 @@ class RunState:
 
     def _deliver(self, events: list[Any]) -> None:
         for event in events:
-            if event.event_type == "run.task" and self.task_event_id is None:
+            if event.event_type == RunEventType.TASK and self.task_event_id is None:
                 self.task_event_id = event.id
             self.observe(event)
             if self.on_event is not None:
@@ -311,12 +269,12 @@ class RunState:
         ``run.task`` if the task was among them, then the outcome); the error to raise."""
         reason = clip(f"could not record {', '.join(kinds)} on the bus: {exc}")
         items: list[tuple[str, Any, int | None]] = []
-        if "run.task" in kinds:  # a run always starts with its task: resume reads it first
+        if RunEventType.TASK in kinds:  # a run always starts with its task: resume reads it first
             stand_in = f"[a task of {len(self.task)} characters that could not be recorded]"
             task = {"task": stand_in, "settings": self.settings.model_dump(mode="json")}
-            items.append(("run.task", {**task, "unrecorded": True}, self.trigger))
+            items.append((RunEventType.TASK, {**task, "unrecorded": True}, self.trigger))
         payload = {"kind": "failed", "summary": None, "reason": reason, "turns": self.turn}
-        items.append(("run.outcome", {**payload, "unrecorded": kinds}, self.origin))
+        items.append((RunEventType.OUTCOME, {**payload, "unrecorded": kinds}, self.origin))
         events = self._publish(self._stamp(tuple(items)))
         self.outcome = Outcome(kind="failed", run_id=self.run_id, reason=reason)
         error = RunUnrecordable(reason)
@@ -333,7 +291,7 @@ class RunState:
         view = context_view(event.event_type, event.payload)
         if view is not None:
             ts = event.payload.get("ts") or event.created_at
-            pinned = pinned or event.event_type == "run.task"
+            pinned = pinned or event.event_type == RunEventType.TASK
             self.log.append(LogEvent(event.event_type, ts, view), pinned=pinned)
 
     def workspace_path(self) -> Path | None:

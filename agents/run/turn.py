@@ -22,6 +22,20 @@ from loopbus.agents.run.decide import (
     get_decider,
     prompt_hash,
 )
+from loopbus.agents.run.events import (
+    Decision,
+    MalformedRunEvent,
+    ModelCall,
+    OutcomeEvent,
+    RunError,
+    RunEventType,
+    Task,
+    ToolCall,
+    ToolResult,
+    is_run_event,
+    read_payload,
+    read_run_event,
+)
 from loopbus.agents.run.policy import schema_sha, turn_schema, violation
 from loopbus.agents.run.state import (
     Outcome,
@@ -30,7 +44,6 @@ from loopbus.agents.run.state import (
     RunState,
     RunUnrecordable,
     clip,
-    malformed,
 )
 from loopbus.agents.tools.core import BusReads, ToolContext, shape_result, tool_for
 
@@ -58,7 +71,7 @@ def finish(
         return state.outcome
     outcome = Outcome(kind=kind, run_id=state.run_id, summary=summary, reason=reason)  # type: ignore[arg-type]
     payload = {"kind": kind, "summary": summary, "reason": reason, "turns": state.turn, **extra}
-    state.emit(("run.outcome", payload, state.origin))
+    state.emit((RunEventType.OUTCOME, payload, state.origin))
     state.outcome = outcome
     return outcome
 
@@ -153,8 +166,8 @@ def ask_model(state: RunState, runtime: Any, decider: Decider) -> Outcome | None
             error = f"your answer was not valid: {exc}"
         call["parse_error"] = str(exc)  # the details stay out of the context
         state.stage(
-            ("run.model_call", call, None),
-            ("run.error", {"turn": state.turn, "kind": "parse", "error": error}, None),
+            (RunEventType.MODEL_CALL, call, None),
+            (RunEventType.ERROR, {"turn": state.turn, "kind": "parse", "error": error}, None),
         )
         if state.parse_failures > settings.max_parse_failures:
             return finish(  # the outcome joins the staged events in one commit
@@ -170,7 +183,7 @@ def ask_model(state: RunState, runtime: Any, decider: Decider) -> Outcome | None
     record = {"turn": state.turn, "decision": decision.model_dump(mode="json")}
     # Published with what the decision leads to (tool_call or outcome): one commit per turn
     # before the tool runs (see loopbus.agents.run.state).
-    state.stage(("run.model_call", call, None), ("run.decision", record, None))
+    state.stage((RunEventType.MODEL_CALL, call, None), (RunEventType.DECISION, record, None))
     state.pending, state.pending_id = decision, None
     return None
 
@@ -201,7 +214,7 @@ def tool_llm(state: RunState, runtime: Any, prompt: str) -> str:
             state.interrupted = exc
             raise
         call["error"] = {"type": type(exc).__name__, "message": str(exc)}
-        state.emit(("run.llm_call", call, caused_by))
+        state.emit((RunEventType.LLM_CALL, call, caused_by))
         raise
     except BaseException as exc:
         # Not the tool's failure (Ctrl-C, a replay divergence): the loop re-raises it after
@@ -212,7 +225,7 @@ def tool_llm(state: RunState, runtime: Any, prompt: str) -> str:
     call["prompt_tokens"] = getattr(gen, "prompt_tokens", None)
     call["completion_tokens"] = getattr(gen, "completion_tokens", None)
     call["finish_reason"] = getattr(gen, "finish_reason", None)
-    state.emit(("run.llm_call", call, caused_by))
+    state.emit((RunEventType.LLM_CALL, call, caused_by))
     return gen.text
 
 
@@ -224,7 +237,7 @@ def call_tool(state: RunState, decision: BaseModel) -> None:
     tool = tool_for(decision)
     args = decision.model_dump(mode="json")
     payload = {"turn": state.turn, "tool": tool.name, "args": args, "idempotent": tool.idempotent}
-    event = state.emit(("run.tool_call", payload, state.pending_id))[-1]
+    event = state.emit((RunEventType.TOOL_CALL, payload, state.pending_id))[-1]
     state.pending = state.pending_id = None
     state.pending_call = PendingCall(event.id, tool.name, args, tool.idempotent)
     _run_handler(state, decision)
@@ -239,7 +252,7 @@ def recover_call(state: RunState, decider: Decider) -> None:
         return
     error = UNKNOWN_OUTCOME.format(tool=call.tool)
     payload = {"turn": state.turn, "kind": "unknown_outcome", "tool": call.tool, "error": error}
-    state.emit(("run.error", payload, call.event_id))
+    state.emit((RunEventType.ERROR, payload, call.event_id))
     state.pending_call = None
 
 
@@ -257,12 +270,12 @@ def _run_handler(state: RunState, decision: BaseModel) -> None:
         if state.interrupted is not None:  # on_event failed on an output the tool published
             raise state.interrupted from None
         message = str(exc) if isinstance(exc, AgentError) else f"{type(exc).__name__}: {exc}"
-        state.emit(("run.error", {**base, "kind": "tool", "error": message}, call.event_id))
+        state.emit((RunEventType.ERROR, {**base, "kind": "tool", "error": message}, call.event_id))
     else:
         if state.interrupted is not None:  # ... and the tool swallowed the exception
             raise state.interrupted
         result = shape_result(result, state.settings.max_result_chars)
-        state.emit(("run.tool_result", {**base, "result": result}, call.event_id))
+        state.emit((RunEventType.TOOL_RESULT, {**base, "result": result}, call.event_id))
     state.pending_call = None
 
 
@@ -323,9 +336,9 @@ def new_run(
     payload = {"task": task, "settings": settings.model_dump(mode="json")}
     try:
         if refuse is None:
-            state.emit(("run.task", payload, caused_by))
+            state.emit((RunEventType.TASK, payload, caused_by))
         else:
-            state.stage(("run.task", payload, caused_by))
+            state.stage((RunEventType.TASK, payload, caused_by))
             finish(state, "failed", reason=refuse)
     except RunUnrecordable:
         pass  # state.outcome is the failed outcome, after a stand-in run.task
@@ -351,7 +364,7 @@ def rebuild(
     the ``run.task`` itself is malformed.
     """
     events = bus.events(run_id=run_id)
-    first = next((e for e in events if e.event_type == "run.task"), None)
+    first = next((e for e in events if e.event_type == RunEventType.TASK), None)
     if first is None:
         raise RunNotFound(f"no run {run_id!r} on this bus; `loopbus sql` can list run ids")
     settings, decider, problem = _read_task(first)
@@ -373,10 +386,9 @@ def rebuild(
         on_event=on_event,
     )
     for event in events if problem is None else events[events.index(first) + 1 :]:
-        kind, payload = event.event_type, event.payload
         if problem is not None:
-            if kind == "run.outcome" and malformed(kind, payload) is None:
-                state.outcome = _outcome(run_id, payload)
+            if (recorded := _recorded_outcome(run_id, event)) is not None:
+                state.outcome = recorded
                 break
             continue
         problem = _apply(state, decider, event)  # type: ignore[arg-type]
@@ -386,22 +398,29 @@ def rebuild(
     return state, decider
 
 
-def _outcome(run_id: str, payload: dict[str, Any]) -> Outcome:
-    return Outcome(
-        kind=payload["kind"],
-        run_id=run_id,
-        summary=payload.get("summary"),
-        reason=payload.get("reason"),
-    )
+def _outcome(run_id: str, event: OutcomeEvent) -> Outcome:
+    return Outcome(kind=event.kind, run_id=run_id, summary=event.summary, reason=event.reason)
+
+
+def _recorded_outcome(run_id: str, event: Any) -> Outcome | None:
+    """The outcome a well-formed ``run.outcome`` event records, else None."""
+    if event.event_type != RunEventType.OUTCOME:
+        return None
+    try:
+        return _outcome(run_id, read_payload(OutcomeEvent, event.payload))
+    except MalformedRunEvent:
+        return None
 
 
 def _read_task(first: Any) -> tuple[RunSettings | None, Decider | None, str | None]:
     """(settings, decider, problem) of a run's ``run.task`` event."""
     where = f"its run.task (event {first.id})"
-    if (problem := malformed("run.task", first.payload)) is not None:
-        return None, None, f"{where} is malformed: {problem}"
     try:
-        settings = RunSettings.model_validate(first.payload["settings"])
+        task = read_payload(Task, first.payload)
+    except MalformedRunEvent as exc:
+        return None, None, f"{where} is malformed: {exc.problem}"
+    try:
+        settings = RunSettings.model_validate(task.settings)
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = ".".join(str(p) for p in err["loc"]) or "settings"
@@ -415,37 +434,40 @@ def _read_task(first: Any) -> tuple[RunSettings | None, Decider | None, str | No
 
 def _apply(state: RunState, decider: Decider, event: Any) -> str | None:
     """Apply one recorded event to ``state``; what is malformed about it, or None."""
-    kind, payload = event.event_type, event.payload
+    kind = event.event_type
     where = f"its {kind} (event {event.id})"
-    if kind == "run.task" and event.id != state.task_event_id:
-        return f"{where} is a second run.task"
-    if (problem := malformed(kind, payload)) is not None:
-        return f"{where} is malformed: {problem}"
+    if kind == RunEventType.TASK and event.id != state.task_event_id:
+        return f"{where} is a second {RunEventType.TASK}"
+    typed = None  # another type (a tool's output): only observed
+    decision: BaseModel | None = None
+    if is_run_event(kind):
+        try:
+            typed = read_run_event(event)
+        except MalformedRunEvent as exc:
+            return f"{where} is malformed: {exc.problem}"
     try:
-        if kind == "run.decision":
-            decision = decider.load(payload["decision"])
-        elif kind == "run.tool_call":
-            decider.load(payload["args"])  # what recover_call will run
+        if isinstance(typed, Decision):
+            decision = decider.load(typed.decision)
+        elif isinstance(typed, ToolCall):
+            decider.load(typed.args)  # what recover_call will run
     except (DecisionParseError, ValidationError) as exc:
         return f"{where} holds an unknown decision: {clip(str(exc).splitlines()[0], 200)}"
     state.observe(event)
-    if kind == "run.model_call":
-        state.turn = payload["turn"]
-    elif kind == "run.decision":
-        state.pending, state.pending_id, state.parse_failures = decision, event.id, 0
-    elif kind == "run.error" and payload.get("kind") == "parse":
-        state.parse_failures += 1
-    elif kind == "run.tool_call":
-        state.pending = state.pending_id = None
-        state.pending_call = PendingCall(
-            event.id, payload["tool"], payload["args"], payload["idempotent"]
-        )
-    elif (
-        kind in ("run.tool_result", "run.error")
-        and state.pending_call is not None
-        and event.caused_by == state.pending_call.event_id
-    ):
-        state.pending_call = None
-    elif kind == "run.outcome" and state.outcome is None:
-        state.outcome = _outcome(state.run_id, payload)
+    pending = state.pending_call
+    match typed:
+        case ModelCall():
+            state.turn = typed.turn
+        case Decision():
+            state.pending, state.pending_id, state.parse_failures = decision, event.id, 0
+        case RunError(kind="parse"):
+            state.parse_failures += 1
+        case ToolCall():
+            state.pending = state.pending_id = None
+            state.pending_call = PendingCall(event.id, typed.tool, typed.args, typed.idempotent)
+        case ToolResult() | RunError() if (
+            pending is not None and event.caused_by == pending.event_id
+        ):
+            state.pending_call = None
+        case OutcomeEvent() if state.outcome is None:
+            state.outcome = _outcome(state.run_id, typed)
     return None
