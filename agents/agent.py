@@ -15,34 +15,98 @@ An agent is a name, one BAML decision function (from the user's ``baml_client``,
 
 The CLI and chains reference it as ``module:attr`` (``loopbus run loopbus_demo.agent:counter
 TASK``) or by an entry point name in the ``loopbus.agents`` group; a run records the reference
-(``run.task`` settings ``agent``), so resume and replay in a fresh process import it again.
-The return union's ``Done`` member (``action "done"``) ends the run and needs no tool.
+(``run.task`` settings ``agent``, or ``agent_ref`` when a chain runs it under another name), so
+resume and replay in a fresh process import it again. The return union's ``Done`` member
+(``action "done"``) ends the run and needs no tool.
+
+The built-in agents (:mod:`loopbus.agents.builtin`) are Agent objects too, their tools bound the
+same way; there is no registry: a run looks its tools up in its own agent's :class:`AgentSpec`
+(what :meth:`Agent.definition` resolves an Agent to, against its client).
 """
 
 from __future__ import annotations
 
 import inspect
 import typing
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from types import ModuleType
-from typing import Any
+from types import MappingProxyType, ModuleType
+from typing import TYPE_CHECKING, Any
 
 from loopbus.agents.errors import AgentError
 from loopbus.agents.run.policy import Policy
+
+if TYPE_CHECKING:
+    from loopbus.agents.tools.core import Tool
 
 Handler = Callable[[Any, Any], Any]
 
 
 @dataclass(frozen=True)
 class BoundTool:
-    """A tool bound to an agent: its decision class, handler and replay/resume facts."""
+    """A tool bound to an agent: its decision class, handler and replay/resume facts.
 
-    cls: type
+    ``cls`` is the class, or its name in the agent's client (resolved by :meth:`Agent.definition`,
+    so defining an agent does not import its client)."""
+
+    cls: type | str
     handler: Handler | None
     idempotent: bool = True
     description: str = ""
     reads: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class AgentSpec:
+    """An :class:`Agent` resolved against its BAML client: what a run of it uses.
+
+    ``name`` is the reference it was resolved from (``assistant``, ``module:attr``, an entry
+    point), recorded with its runs; ``function`` and ``variants`` are qualified for
+    :func:`loopbus.agents.run.decide.get_decider`; ``tools`` the action names of the return union,
+    in its order; ``toolset`` the tool of each member, by class (the run's only tool lookup).
+    """
+
+    name: str
+    description: str
+    function: str
+    tools: tuple[str, ...]
+    max_tokens: int = 256
+    policy: Policy = Policy()
+    #: Prompt variants: ``(function, min_tokens)``, the first whose ``min_tokens`` the run's
+    #: budget (``context_window * budget``) holds replaces ``function`` (recorded per run).
+    variants: tuple[tuple[str, int], ...] = ()
+    #: Default sandbox limits (``SandboxLimits``) of its RunPython tool; None: the defaults.
+    sandbox: Any = None
+    toolset: Mapping[type, Tool] = field(default_factory=lambda: MappingProxyType({}))
+
+    def function_for(self, context_window: int, budget: float) -> str:
+        """The BAML function a run with this much room uses (see ``variants``)."""
+        for function, min_tokens in self.variants:
+            if context_window * budget >= min_tokens:
+                return function
+        return self.function
+
+    def tool_for(self, decision: Any) -> Tool:
+        """The tool of a decision object (or class): by class, so a user's ``Done`` or
+        ``read_file`` never meets a built-in one."""
+        from loopbus.agents.tools.core import UnknownTool
+
+        cls = decision if isinstance(decision, type) else type(decision)
+        try:
+            return self.toolset[cls]
+        except KeyError:
+            raise UnknownTool(f"agent {self.name!r} has no tool for {cls.__name__}") from None
+
+    def tool(self, name: str) -> Tool:
+        """The tool named ``name`` (its ``action``); UnknownTool if the agent has none."""
+        from loopbus.agents.tools.core import UnknownTool
+
+        for tool in self.toolset.values():
+            if tool.name == name:
+                return tool
+        raise UnknownTool(
+            f"agent {self.name!r} has no tool {name!r}; its tools: {', '.join(self.tools)}"
+        )
 
 
 @dataclass
@@ -61,9 +125,9 @@ class Agent:
     max_tokens: int = 256
     policy: Policy = field(default_factory=Policy)
     sandbox: Any = None
-    #: Prompt variants ``(function, min_tokens)``: see :attr:`loopbus.agents.builtin.AgentDef.variants`.
+    #: Prompt variants ``(function, min_tokens)``: see :attr:`AgentSpec.variants`.
     variants: tuple[tuple[str, int], ...] = ()
-    tools: dict[type, BoundTool] = field(default_factory=dict)
+    tools: dict[type | str, BoundTool] = field(default_factory=dict)
 
     @property
     def client_name(self) -> str:
@@ -81,17 +145,19 @@ class Agent:
         self,
         handler: Handler | None = None,
         *,
-        cls: type | None = None,
+        cls: type | str | None = None,
         idempotent: bool = True,
         description: str = "",
         reads: Iterable[str] = (),
     ) -> Any:
         """Bind a handler ``(call, ctx) -> result`` to a decision class of this agent.
 
-        The class is ``cls`` or the annotation of the handler's first parameter. Use it bare
-        (``@agent.tool``) or with options (``@agent.tool(idempotent=False)``): ``idempotent``
-        tells resume whether a call interrupted by a crash may simply run again; ``reads`` the
-        event types (globs) it reads from ``ctx.bus`` (recordings include them).
+        The class is ``cls`` (a class, or its name in the agent's client) or the annotation of
+        the handler's first parameter. Use it bare (``@agent.tool``) or with options
+        (``@agent.tool(idempotent=False)``): ``idempotent`` tells resume whether a call
+        interrupted by a crash may simply run again; ``reads`` the event types (globs) it reads
+        from ``ctx.bus`` (recordings include them). Returns the handler, so one function can be
+        bound to several agents.
         """
 
         def bind(fn: Handler) -> Handler:
@@ -99,13 +165,17 @@ class Agent:
             if target is None:
                 params = list(inspect.signature(fn).parameters)
                 target = typing.get_type_hints(fn).get(params[0]) if params else None
-            if not isinstance(target, type):
+            if not isinstance(target, type | str):
                 raise AgentError(
                     f"tool {getattr(fn, '__name__', fn)!r} of agent {self.name!r}: annotate its "
                     "first parameter with the decision class (or pass cls=)"
                 )
-            self.tools[target] = BoundTool(
-                target, fn, idempotent, description or (fn.__doc__ or "").strip(), tuple(reads)
+            self.bind(
+                target,
+                fn,
+                idempotent=idempotent,
+                description=description or (fn.__doc__ or "").strip(),
+                reads=reads,
             )
             return fn
 
@@ -113,7 +183,7 @@ class Agent:
 
     def bind(
         self,
-        cls: type,
+        cls: type | str,
         handler: Handler | None,
         *,
         idempotent: bool = True,
@@ -123,51 +193,47 @@ class Agent:
         """Bind ``handler`` to ``cls`` without a decorator (None: the loop handles it, Done)."""
         self.tools[cls] = BoundTool(cls, handler, idempotent, description, tuple(reads))
 
-    def definition(self, reference: str | None = None) -> Any:
-        """The :class:`loopbus.agents.builtin.AgentDef` the loop runs, registering the bound tools.
+    def _bound(self, cls: type) -> BoundTool | None:
+        return self.tools.get(cls) or self.tools.get(cls.__name__)
 
-        ``reference`` (``module:attr`` or an entry-point name) becomes the recorded agent name,
-        so a fresh process finds the agent again; default: :attr:`name`.
+    def definition(self, reference: str | None = None) -> AgentSpec:
+        """This agent resolved against its client (:class:`AgentSpec`); AgentError when a member
+        of the return union has no tool (``Done`` needs none) or a variant returns other types.
+
+        ``reference`` (``module:attr``, an entry-point name) becomes the spec's name, recorded
+        with its runs, so a fresh process finds the agent again; default: :attr:`name`.
         """
-        from loopbus.agents.builtin import AgentDef
         from loopbus.agents.run.decide import get_decider
-        from loopbus.agents.tools.core import action_name, register_scoped_tool, tool_for
+        from loopbus.agents.tools.core import Tool, action_name
 
         decider = get_decider(self.qualified(self.function))
+        toolset: dict[type, Tool] = {}
         for cls in decider.classes:
-            bound = self.tools.get(cls)
+            name = action_name(cls)
+            bound = self._bound(cls)
             if bound is not None:
-                register_scoped_tool(
-                    cls,
-                    bound.handler,
-                    idempotent=bound.idempotent,
-                    description=bound.description,
-                    reads=bound.reads,
+                description = bound.description or (cls.__doc__ or "")
+                toolset[cls] = Tool(
+                    name, cls, bound.handler, bound.idempotent, description, bound.reads
                 )
-            elif action_name(cls) == "done":
-                register_scoped_tool(cls, None, idempotent=True, description="finish")
+            elif name == "done":
+                toolset[cls] = Tool(name, cls, None, True, "finish with a summary")
             else:
-                try:
-                    if (
-                        self.client_name != "loopbus.baml_client"
-                    ):  # only loopbus's classes have tools
-                        raise AgentError(cls.__name__)
-                    tool_for(cls)  # a built-in tool (loopbus.agents.tools.core)
-                except AgentError:
-                    raise AgentError(
-                        f"agent {self.name!r}: no tool for {cls.__name__} (the return type of "
-                        f"{self.function}); bind one with @agent.tool"
-                    ) from None
+                raise AgentError(
+                    f"agent {self.name!r}: no tool for {cls.__name__} (the return type of "
+                    f"{self.function}); bind one with @agent.tool"
+                )
         for variant, _ in self.variants:
             if set(get_decider(self.qualified(variant)).classes) != set(decider.classes):
                 raise AgentError(f"prompt variant {variant} of {self.function} returns other types")
-        return AgentDef(
+        return AgentSpec(
             reference or self.name,
             self.description,
             self.qualified(self.function),
-            tuple(action_name(c) for c in decider.classes),
+            tuple(t.name for t in toolset.values()),
             self.max_tokens,
             self.policy,
             tuple((self.qualified(v), n) for v, n in self.variants),
             self.sandbox,
+            MappingProxyType(toolset),
         )

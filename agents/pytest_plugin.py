@@ -61,7 +61,7 @@ def rerecord(recording: str | Path, *, model: str | None, workspace: str | Path 
     folder = workspace if workspace is not None else settings.workspace
     with tempfile.TemporaryDirectory() as tmp, SyncBus(Path(tmp) / "rerecord.db") as bus:
         run_agent(
-            settings.agent,
+            settings.agent_ref or settings.agent,
             old.task,
             runtime=runtime,
             bus=bus,
@@ -70,6 +70,7 @@ def rerecord(recording: str | Path, *, model: str | None, workspace: str | Path 
             budget=settings.budget,
             elide=settings.elide,
             run_id=old.run_id,
+            name=settings.agent,
         )
         text = export_run(bus, old.run_id)
     path.write_text(text, encoding="utf-8")

@@ -27,7 +27,7 @@ import os
 import statistics
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,23 +55,33 @@ class TaskResult:
     summary: str = ""
 
 
-def _register_arms() -> dict[str, str]:
-    """Register one agent per arm (same tools as `assistant`); arm -> agent name."""
-    from loopbus.agents.builtin import register_agent
+def _arm_agent(arm: str) -> Any:
+    """The `assistant` with this arm's prompt and policy (an Agent, same tools)."""
+    from loopbus.agents.builtin import assistant
     from loopbus.agents.run.policy import EXPLORE, Policy
 
-    names = {}
-    for arm, (function, policy_on) in ARMS.items():
-        name = "bench-" + arm.replace("+", "-")
-        register_agent(
-            name,
-            function,
-            f"assistant, bench arm {arm}",
-            max_tokens=160,
-            policy=EXPLORE if policy_on else Policy(),
-        )
-        names[arm] = name
-    return names
+    function, policy_on = ARMS[arm]
+    return replace(
+        assistant,
+        name="bench-" + arm.replace("+", "-"),
+        function=function,
+        description=f"assistant, bench arm {arm}",
+        max_tokens=160,
+        policy=EXPLORE if policy_on else Policy(),
+        variants=(),
+    )
+
+
+# One agent per arm, referenced as module:attr (runs record the reference).
+bench_baseline = _arm_agent("baseline")
+bench_turns = _arm_agent("turns")
+bench_policy = _arm_agent("policy")
+bench_turns_policy = _arm_agent("turns+policy")
+
+
+def arm_agents() -> dict[str, str]:
+    """arm -> the reference of its agent (``bench.bench_agents:bench_ARM``)."""
+    return {arm: f"{__name__}:bench_{arm.replace('+', '_')}" for arm in ARMS}
 
 
 def run_task(agent: str, task: Any, runtime: Any, bus: Any) -> TaskResult:
@@ -149,7 +159,7 @@ def main() -> None:
     # Another seed for development (choosing prompts); report on the held-out EVAL_SEED.
     seed = int(os.environ.get("LOOPBUS_BENCH_AGENT_SEED", str(EVAL_SEED)))
     arms = os.environ.get("LOOPBUS_BENCH_AGENT_ARMS", ",".join(ARMS)).split(",")
-    names = _register_arms()
+    names = arm_agents()
     verbose = bool(os.environ.get("LOOPBUS_BENCH_AGENT_VERBOSE"))
     with tempfile.TemporaryDirectory(prefix="loopbus-bench-agents-") as tmp:
         tasks = generate_suite(Path(tmp) / "suite", seed=seed, n=n)
@@ -167,7 +177,7 @@ def main() -> None:
                 f"{'wall/task':>9} {'listed':>6}  by kind"
             )
             for arm in arms:
-                bus_file = Path(tmp) / f"{names[arm]}-{number}.db"
+                bus_file = Path(tmp) / f"{arm.replace('+', '-')}-{number}.db"
                 results = run_arm(names[arm], tasks, runtime, bus_file)
                 s = summarize(results)
                 print(

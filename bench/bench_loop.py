@@ -58,25 +58,36 @@ class ScriptedRuntime:
 
 def craft_recording(turns: int = 50) -> str:
     """The XML recording of a ``turns``-turn assistant run over tests/fixtures/workspace."""
-    from loopbus.agents.builtin import register_agent
-    from loopbus.agents.run.loop import run_agent
+    from loopbus.agents.builtin import get_agent
+    from loopbus.agents.run import turn
+    from loopbus.agents.run.decide import get_decider
+    from loopbus.agents.run.loop import run
     from loopbus.agents.run.policy import Policy
     from loopbus.agents.run.replay import export_run
+    from loopbus.agents.run.state import RunSettings
     from loopbus.bus import SyncBus
 
     # The script repeats its 5 calls on purpose: the assistant's decoding policy would refuse
-    # a repeated call (agents/run/policy.py), so the crafted run uses the assistant without one.
-    register_agent("assistant-scripted", "Assistant", "assistant, no policy", policy=Policy())
+    # a repeated call (agents/run/policy.py), so the crafted run of the assistant records no
+    # policy (a replay follows the recorded settings).
+    spec, runtime = get_agent("assistant"), ScriptedRuntime(turns)
+    settings = RunSettings(
+        agent=spec.name,
+        function=spec.function,
+        max_turns=turns,
+        workspace=str(WORKSPACE),
+        model=runtime.spec,
+        context_window=runtime.context_window,
+        supports_schema=runtime.supports_schema,
+        max_tokens=spec.max_tokens,
+        policy=Policy(),
+    )
+    task = "What version is Pebble, and where is the TODO?"
     with tempfile.TemporaryDirectory() as tmp, SyncBus(Path(tmp) / "b.db") as bus:
-        outcome = run_agent(
-            "assistant-scripted",
-            "What version is Pebble, and where is the TODO?",
-            runtime=ScriptedRuntime(turns),
-            bus=bus,
-            workspace=WORKSPACE,
-            max_turns=turns,
-            run_id="crafted-50",
+        state = turn.new_run(
+            settings, task, runtime=runtime, bus=bus, run_id="crafted-50", caused_by=None
         )
+        outcome = run(state, runtime, get_decider(settings.function))
         assert outcome.kind == "done", outcome
         return export_run(bus, outcome.run_id)
 

@@ -11,7 +11,7 @@ Example (``agents/examples/review.toml``)::
                                       # installed in site-packages); default: the bus file's folder
 
     [agents.reviewer]
-    kind = "reviewer"                 # a registered agent (`loopbus agents`); default: table name
+    kind = "reviewer"                 # an agent (`loopbus agents`, or module:attr); default: table name
     subscribe = ["file.found"]        # fnmatch globs over event types
     task = "Review the file {payload[path]}."
     tools = ["check_file", "done"]    # optional: must be tools of that agent
@@ -39,8 +39,9 @@ answered without asking the model and recorded like a model decision (``finish_r
 (SmolLM2-135M) tend to answer ``done`` at once; this keeps the step that matters deterministic
 and leaves the model the rest of the run.
 
-Parsing and structural checks are pure (pydantic); :func:`check_registry` additionally checks
-agent kinds and tools against the loop's registries (it imports the agent loop).
+Parsing and structural checks are pure (pydantic); :func:`check_registry` additionally resolves
+each agent's ``kind`` (:func:`loopbus.agents.builtin.get_agent`) and checks its tools (it
+imports the agent loop). A run records the kind, so resume and replay find the agent again.
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ class ConfigError(AgentError):
 
 
 class UnknownAgent(ConfigError):
-    """A config names an agent kind that no module registered."""
+    """A config names an agent kind that no reference resolves to."""
 
 
 class UnknownTool(ConfigError):
@@ -303,6 +304,8 @@ class ChainConfig(BaseModel):
     model: str | None = None
     workspace: Path | None = None
     output: Path | None = None
+    # Modules imported before the kinds resolve (for their side effects, e.g. setting up a
+    # user's client); a `module:attr` kind imports its own module.
     imports: list[str] = Field(default_factory=list)
     agents: dict[str, AgentConfig]
 
@@ -496,49 +499,43 @@ def load_config(path: str | Path) -> ChainConfig:
 
 
 def check_registry(config: ChainConfig) -> None:
-    """Check every agent kind and tool against the loop's registries (imports the loop)."""
+    """Check every agent kind and tool against the agents the kinds name (imports the loop).
+
+    A ``kind`` is any reference :func:`loopbus.agents.builtin.get_agent` resolves: a built-in or
+    example agent's name, ``module:attr`` of a user's Agent, or an entry-point name.
+    """
     import importlib
 
-    from loopbus.agents.builtin import list_agents
-    from loopbus.agents.examples import chain_agents
-    from loopbus.agents.tools.core import get_tool, list_tools
+    from loopbus.agents import builtin
 
-    chain_agents.register()
     for module in config.imports:
         try:
             importlib.import_module(module)
         except ImportError as exc:
             raise ConfigError(f"chain {config.name!r}: cannot import {module!r}: {exc}") from None
-    known = {a.name: a for a in list_agents()}
-    all_tools = {t.name for t in list_tools()}
     for agent in config.agents.values():
         workspace = config.workspace_for(agent)
         if workspace is not None and not Path(workspace).is_dir():
             raise ConfigError(
                 f"agent {agent.name!r} in {config.path}: workspace {workspace} is not a directory"
             )
-        spec = known.get(agent.kind)
-        if (
-            spec is None and ":" in agent.kind
-        ):  # module:attr of a user's Agent (loopbus.agents.agent)
-            from loopbus.agents import builtin
-
-            try:
-                spec = builtin.get_agent(agent.kind)
-            except builtin.UnknownAgent as exc:
+        try:
+            spec = builtin.get_agent(agent.kind)
+        except builtin.UnknownAgent as exc:
+            if ":" in agent.kind:
                 raise UnknownAgent(f"agent {agent.name!r} in {config.path}: {exc}") from None
-        if spec is None:
+            known = ", ".join(a.name for a in builtin.list_agents())
             raise UnknownAgent(
                 f"agent {agent.name!r} in {config.path}: unknown kind {agent.kind!r}; "
-                f"registered agents: {', '.join(sorted(known))}"
-            )
+                f"available agents: {known} (or module:attr of an Agent)"
+            ) from None
         if agent.first_tool is not None:
             if agent.first_tool not in spec.tools or agent.first_tool == "done":
                 raise UnknownTool(
                     f"agent {agent.name!r} in {config.path}: first_tool {agent.first_tool!r} "
                     f"is not one of {agent.kind!r}'s tools ({', '.join(spec.tools)})"
                 )
-            fields = set(get_tool(agent.first_tool).cls.model_fields) - {"action"}
+            fields = set(spec.tool(agent.first_tool).cls.model_fields) - {"action"}
             if fields:
                 raise ConfigError(
                     f"agent {agent.name!r} in {config.path}: first_tool {agent.first_tool!r} "
@@ -547,7 +544,8 @@ def check_registry(config: ChainConfig) -> None:
                 )
         for tool in agent.tools or ():
             if tool not in spec.tools:
-                what = "is not one of" if tool in all_tools else "is an unknown tool; use one of"
+                known = {t for a in builtin.list_agents() for t in a.tools}
+                what = "is not one of" if tool in known else "is an unknown tool; use one of"
                 raise UnknownTool(
                     f"agent {agent.name!r} in {config.path}: tool {tool!r} {what} "
                     f"{agent.kind!r}'s tools ({', '.join(spec.tools)})"

@@ -298,8 +298,10 @@ class AgentWorker:
                 on_event=self._on_event,
                 output=self.output,
             )
+        # By its kind (the reference), recorded under the configured name: events and resume
+        # go by the name, and the run records the kind so a fresh process finds the agent.
         return loop.run_agent(
-            self.agent.name,
+            self.agent.kind,
             render_task(self.agent.task, event) if task is None else task,
             runtime=runtime,
             bus=self.bus,
@@ -312,6 +314,7 @@ class AgentWorker:
             on_event=self._on_event,
             output=self.output,
             refuse=refuse,
+            name=self.agent.name,
         )
 
     def _emit_payload(
@@ -420,7 +423,6 @@ def serve_agent(
 ) -> int:
     """Entry point of `loopbus agent`: validate, open the bus, load the model, serve."""
     import loopbus.bus as loopbus
-    from loopbus.agents.builtin import get_agent, register_agent
     from loopbus.agents.chains.config import check_registry
     from loopbus.models import load_runtime
 
@@ -433,10 +435,6 @@ def serve_agent(
     signal.signal(signal.SIGTERM, on_term)
     agent = config.agent(name)
     check_registry(config)
-    if agent.kind != agent.name:
-        # Events carry the configured name; resume looks the agent up by that name.
-        kind = get_agent(agent.kind)
-        register_agent(agent.name, kind.function, kind.description, max_tokens=kind.max_tokens)
     index, count = instance or (0, 1)  # alone, one process handles every event
 
     def log(line: str) -> None:

@@ -264,11 +264,9 @@ def agents_cmd(references: tuple[str, ...], as_json: bool) -> None:
       loopbus agents
       loopbus agents my_agents.counter:counter
     """
-    from loopbus.agents.builtin import get_agent, list_agents
+    from loopbus.agents.builtin import list_agents
 
-    for reference in references:
-        get_agent(reference)  # an unknown reference is an Error: ... (exit 2)
-    agents = list_agents()
+    agents = list_agents(references)  # an unknown reference is an Error: ... (exit 2)
     if as_json:
         click.echo(
             json.dumps(

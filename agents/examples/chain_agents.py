@@ -17,6 +17,11 @@ worker            Done | RunPython           solve a sub-goal; the summary is it
 writer            Done | AssembleResult      write ``result.md`` once every sub-goal is answered
 ================  =========================  =====================================================
 
+Each is an :class:`~loopbus.agents.agent.Agent` on loopbus's own ``baml_client``, its tools bound
+with ``@agent.tool`` (by class name, so importing this module does not load BAML); chain
+configs name them by ``kind`` (``kind = "reviewer"``), through :data:`AGENTS` (read by
+:func:`loopbus.agents.builtin.get_agent`), like a user's ``kind = "mypkg.agents:reviewer"``.
+
 Every publishing tool is idempotent per run: it first looks on the bus for what this run
 already published and publishes everything in one transaction, so a resumed run never
 duplicates its outputs. Tools use only their :class:`~loopbus.agents.tools.core.ToolContext`: ``ctx.bus``
@@ -27,16 +32,34 @@ writer declare what they read (``reads``), so ``loopbus export`` / ``replay`` wo
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
+from loopbus.agents.agent import Agent
+from loopbus.agents.run.policy import ACT_FIRST
 from loopbus.agents.tools.core import ToolContext, ToolError
+from loopbus.agents.tools.python import run_python
 
-__all__ = ["REPORT_READS", "RESULT_READS", "register", "render_report"]
+__all__ = [
+    "AGENTS",
+    "REPORT_READS",
+    "RESULT_READS",
+    "checker",
+    "digester",
+    "planner",
+    "render_report",
+    "reporter",
+    "reviewer",
+    "scanner",
+    "tally",
+    "worker",
+    "writer",
+]
 
 # Folders a review never looks into.
 _SKIP_DIRS = {".git", "__pycache__", ".venv", "node_modules", ".pytest_cache", ".ruff_cache"}
@@ -45,6 +68,58 @@ _TODO_RE = re.compile(r"\b(TODO|FIXME|XXX)\b[:\s]*(.*)")
 #: What :func:`render_report` / :func:`assemble_result` read from the bus (other runs' events).
 REPORT_READS = ("file.found", "finding", "review.done", "file.digest")
 RESULT_READS = ("subgoal", "subgoal.answered")
+
+
+def _agent(name: str, function: str, description: str, max_tokens: int, **kw: Any) -> Agent:
+    return Agent(name, "loopbus.baml_client", function, description, max_tokens, **kw)
+
+
+# The demo chains' agents act before they may answer (ACT_FIRST: with `done` left out of their
+# first turn, the only member left is their tool, so no `first_tool` is needed).
+scanner = _agent(
+    "scanner",
+    "Scanner",
+    "lists the workspace and publishes one file.found per file",
+    48,
+    policy=ACT_FIRST,
+)
+reviewer = _agent(
+    "reviewer",
+    "Reviewer",
+    "checks the file of a file.found event and publishes findings",
+    48,
+    policy=ACT_FIRST,
+)
+checker = _agent("checker", "Checker", "one-decision reviewer (publishes findings; crash test)", 32)
+digester = _agent("digester", "Digester", "one-decision: publishes file.digest (lines, sha256)", 32)
+reporter = _agent(
+    "reporter",
+    "Reporter",
+    "re-renders report.md from the findings on the bus",
+    48,
+    policy=ACT_FIRST,
+)
+tally = _agent("tally", "Tally", "one-decision reporter (re-renders report.md; crash test)", 32)
+planner = _agent("planner", "Planner", "turns a goal into subgoal events", 256)
+worker = _agent(
+    "worker", "Worker", "solves one sub-goal (RunPython sandbox); the summary is its answer", 256
+)
+writer = _agent(
+    "writer",
+    "Writer",
+    "writes result.md once every sub-goal of the plan is answered",
+    64,
+    policy=ACT_FIRST,
+)
+#: The example agents by name: what a chain config's short ``kind`` names.
+AGENTS: Mapping[str, Agent] = MappingProxyType(
+    {
+        a.name: a
+        for a in (scanner, reviewer, checker, digester, reporter, tally, planner, worker, writer)
+    }
+)
+# Not idempotent: a snippet may publish, and the sandbox session is stateful.
+worker.bind("RunPython", run_python, idempotent=False, description="run MicroPython code")
 
 
 def _bus(ctx: ToolContext) -> Any:
@@ -90,6 +165,7 @@ def _project_files(root: Path) -> list[str]:
 
 
 # -- scanner -----------------------------------------------------------------------------------
+@scanner.tool(cls="ScanFiles", description="publish file.found for every workspace file")
 def scan_files(call: Any, ctx: ToolContext) -> str:
     """Publish ``file.found {path, scan, index, total}`` for every file of the workspace."""
     trigger = ctx.trigger()
@@ -153,6 +229,8 @@ def file_findings(root: Path, rel: str, text: str) -> list[dict[str, Any]]:
     return findings
 
 
+@checker.tool(cls="CheckFile", description="publish findings for the task's file")
+@reviewer.tool(cls="CheckFile", description="publish findings for the task's file")
 def check_file(call: Any, ctx: ToolContext) -> str:
     """Publish ``finding`` events for the task's file (once per run)."""
     trigger = ctx.trigger()
@@ -172,6 +250,7 @@ def check_file(call: Any, ctx: ToolContext) -> str:
     return f"{rel}: {len(findings)} findings: " + "; ".join(f["message"] for f in findings[:5])
 
 
+@digester.tool(cls="DigestFile", description="publish file.digest for the task's file")
 def digest_file(call: Any, ctx: ToolContext) -> str:
     """Publish ``file.digest {path, lines, sha256}`` for the task's file (once per run)."""
     trigger = ctx.trigger()
@@ -230,6 +309,8 @@ def render_report(bus: Any, scan: int | None = None) -> tuple[str, int, int, int
     return "\n".join(lines) + "\n", reviewed, total, count
 
 
+@tally.tool(cls="WriteReport", description="re-render report.md", reads=REPORT_READS)
+@reporter.tool(cls="WriteReport", description="re-render report.md", reads=REPORT_READS)
 def write_report(call: Any, ctx: ToolContext) -> str:
     """Write ``report.md`` into the chain's output folder from every finding on the bus."""
     trigger = ctx.trigger()
@@ -241,6 +322,7 @@ def write_report(call: Any, ctx: ToolContext) -> str:
 
 
 # -- planner / writer --------------------------------------------------------------------------
+@planner.tool(cls="PlanSubgoals", description="publish subgoal events")
 def plan_subgoals(call: Any, ctx: ToolContext) -> str:
     """Publish ``subgoal {plan, index, total, text, goal}`` per sub-goal (once per run)."""
     trigger = ctx.trigger()
@@ -263,6 +345,11 @@ def plan_subgoals(call: Any, ctx: ToolContext) -> str:
     return f"published {len(goals)} sub-goals"
 
 
+@writer.tool(
+    cls="AssembleResult",
+    description="write result.md once every sub-goal is answered",
+    reads=RESULT_READS,
+)
 def assemble_result(call: Any, ctx: ToolContext) -> str:
     """Write result.md for the trigger's plan once every sub-goal has an answer."""
     bus = _bus(ctx)
@@ -292,73 +379,3 @@ def assemble_result(call: Any, ctx: ToolContext) -> str:
     target = _output(ctx) / "result.md"
     _atomic_write(target, "\n".join(lines))
     return f"wrote {target.name} with {len(subgoals)} answers"
-
-
-# -- registration ------------------------------------------------------------------------------
-AGENTS: tuple[tuple[str, str, str, int], ...] = (
-    ("scanner", "Scanner", "lists the workspace and publishes one file.found per file", 48),
-    ("reviewer", "Reviewer", "checks the file of a file.found event and publishes findings", 48),
-    ("checker", "Checker", "one-decision reviewer (publishes findings; crash test)", 32),
-    ("digester", "Digester", "one-decision: publishes file.digest (lines, sha256)", 32),
-    ("reporter", "Reporter", "re-renders report.md from the findings on the bus", 48),
-    ("tally", "Tally", "one-decision reporter (re-renders report.md; crash test)", 32),
-    ("planner", "Planner", "turns a goal into subgoal events", 256),
-    ("worker", "Worker", "solves one sub-goal (RunPython sandbox); the summary is its answer", 256),
-    ("writer", "Writer", "writes result.md once every sub-goal of the plan is answered", 64),
-)
-
-
-@functools.cache
-def register() -> None:
-    """Register the chain tools and agents with the loop's registries (idempotent)."""
-    from loopbus.agents.builtin import list_agents, register_agent
-    from loopbus.agents.tools.core import register_tool
-    from loopbus.baml_client import types
-
-    list_agents()  # built-in tools and agents first
-    register_tool(
-        types.ScanFiles,
-        scan_files,
-        idempotent=True,
-        replace=True,
-        description="publish file.found for every workspace file",
-    )
-    register_tool(
-        types.CheckFile,
-        check_file,
-        idempotent=True,
-        replace=True,
-        description="publish findings for the task's file",
-    )
-    register_tool(
-        types.DigestFile,
-        digest_file,
-        idempotent=True,
-        replace=True,
-        description="publish file.digest for the task's file",
-    )
-    register_tool(
-        types.WriteReport,
-        write_report,
-        idempotent=True,
-        replace=True,
-        description="re-render report.md from the bus",
-        reads=REPORT_READS,
-    )
-    register_tool(
-        types.PlanSubgoals,
-        plan_subgoals,
-        idempotent=True,
-        replace=True,
-        description="publish subgoal events",
-    )
-    register_tool(
-        types.AssembleResult,
-        assemble_result,
-        idempotent=True,
-        replace=True,
-        description="write result.md once every sub-goal is answered",
-        reads=RESULT_READS,
-    )
-    for name, function, description, max_tokens in AGENTS:
-        register_agent(name, function, description, max_tokens=max_tokens)

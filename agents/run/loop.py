@@ -113,8 +113,13 @@ def run_agent(
     on_event: Callable[[Any], None] | None = None,
     output: Path | None = None,
     refuse: str | None = None,
+    name: str | None = None,
 ) -> Outcome:
     """Run ``agent`` on ``task`` to its outcome (or resume ``run_id`` if it is already on the bus).
+
+    ``agent`` is a reference (:func:`loopbus.agents.builtin.get_agent`); ``name`` the name the
+    run is recorded under when it is not the reference (a chain agent configured under another
+    name than its ``kind``): the reference is then recorded too (settings ``agent_ref``).
 
     ``refuse``: record the run with its task and end it ``failed`` with this reason, without
     asking the model (a chain agent's trigger that it cannot handle).
@@ -128,7 +133,8 @@ def run_agent(
     spec = get_agent(agent)
     try:
         settings = RunSettings(
-            agent=spec.name,
+            agent=name or spec.name,
+            agent_ref=spec.name if name and name != spec.name else None,
             function=spec.function_for(runtime.context_window, budget),
             max_turns=max_turns,
             budget=budget,
@@ -174,8 +180,6 @@ def resume_run(
     A run with a malformed event (forged or corrupt) ends ``failed`` with a reason that says
     what is malformed, instead of raising.
     """
-    from loopbus.agents.builtin import get_agent
-
     state, decider = turn.rebuild(
         bus, run_id, runtime=runtime, workspace=workspace, on_event=on_event, output=output
     )
@@ -189,7 +193,7 @@ def resume_run(
             return state.outcome  # type: ignore[return-value]
         finally:
             state.ctx.close()
-    get_agent(state.settings.agent)  # its module registered the agent's tools
+    _ = state.ctx.spec  # resolves the run's agent: UnknownAgent before any turn
     return run(state, runtime, decider)
 
 

@@ -59,19 +59,10 @@ class Policy(BaseModel):
 #: call twice, and no answer before a file has been read (a listing alone rarely answers, and
 #: a 135M model otherwise answers straight after one).
 EXPLORE = Policy(paths=True, observe_first=True, no_repeat=True, observe_tools=("read_file",))
-#: The policy of agents whose job is one tool, then done (the demo chains' agents).
+#: The policy of agents whose job is one tool, then done (the demo chains' agents): with
+#: ``done`` left out of their first turn, the only member left is their tool, so no
+#: ``first_tool`` is needed. An agent declares its policy: ``Agent(policy=...)``.
 ACT_FIRST = Policy(observe_first=True, no_repeat=True)
-#: Each agent's policy unless it registers with its own (``register_agent(policy=...)``).
-#: The demo chains' agents act before they may answer: with ``done`` left out of their first
-#: turn, the only member left is their tool, so no ``first_tool`` is needed.
-AGENT_POLICIES: dict[str, Policy] = {
-    "assistant": EXPLORE,
-    "watcher": EXPLORE,
-    "scanner": ACT_FIRST,
-    "reviewer": ACT_FIRST,
-    "reporter": ACT_FIRST,
-    "writer": ACT_FIRST,
-}
 
 
 @dataclass

@@ -271,7 +271,7 @@ def check_function(recording: Recording) -> None:
     ):  # a user's client (loopbus.agents.agent): only the recorded agent's own function
         from loopbus.agents.builtin import get_agent
 
-        spec = get_agent(recording.settings.agent)
+        spec = get_agent(recording.settings.agent_ref or recording.settings.agent)
         if name != spec.function and name not in dict(spec.variants):
             raise AgentError(
                 f"malformed recording of run {recording.run_id!r}: {name!r} is not a function "

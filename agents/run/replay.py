@@ -359,16 +359,13 @@ def prepare(
 
     The tools read the bus through :class:`RecordedReads` and write into ``output``.
     """
-    from loopbus.agents.builtin import UnknownAgent, get_agent, list_agents
+    from loopbus.agents.builtin import get_agent
     from loopbus.agents.run import turn
     from loopbus.agents.run.decide import get_decider
 
     check_function(recording)
     settings = recording.settings
-    try:
-        get_agent(settings.agent)  # registers the agent's tools
-    except UnknownAgent:  # a configured chain agent name: its kind's module registered them
-        list_agents()
+    get_agent(settings.agent_ref or settings.agent)  # UnknownAgent before anything runs
     if workspace is not None:
         settings = settings.model_copy(update={"workspace": str(Path(workspace).resolve())})
     elif settings.workspace and not Path(settings.workspace).is_dir():

@@ -11,6 +11,7 @@ import fnmatch
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from loopbus.agents.errors import AgentError
 from loopbus.agents.run.events import RunEventType
 
 if TYPE_CHECKING:
@@ -30,9 +31,10 @@ def context_events(bus: Any, events: list[Any]) -> list[Any]:
         found[trigger.id] = trigger
     reads: set[str] = set()
     horizon = 0
+    spec = _run_agent(events[0].payload)
     for event in events:
         if event.event_type == RunEventType.TOOL_CALL:
-            declared = _declared_reads(events[0].payload, event.payload.get("tool"))
+            declared = _declared_reads(spec, event.payload.get("tool"))
             if declared:
                 reads.update(declared)
                 horizon = event.id
@@ -46,17 +48,25 @@ def context_events(bus: Any, events: list[Any]) -> list[Any]:
     return [found[i] for i in sorted(found)]
 
 
-def _declared_reads(task: Any, tool: Any) -> tuple[str, ...]:
-    from loopbus.agents.builtin import UnknownAgent, get_agent, list_agents
-    from loopbus.agents.tools.core import UnknownTool, get_tool
+def _run_agent(task: Any) -> Any:
+    """The run's agent (an AgentSpec) from its ``run.task`` settings (``agent_ref``, else
+    ``agent``); None when no reference resolves (a malformed or foreign recording)."""
+    from loopbus.agents.builtin import get_agent
 
     try:
-        get_agent(task["settings"]["agent"])  # its module registered the tools
-    except (UnknownAgent, KeyError, TypeError):
-        list_agents()
+        settings = task["settings"]
+        return get_agent(settings.get("agent_ref") or settings["agent"])
+    except (AgentError, KeyError, TypeError, AttributeError):
+        return None
+
+
+def _declared_reads(spec: Any, tool: Any) -> tuple[str, ...]:
+    """What the agent's tool named ``tool`` declares it reads (none for an unknown tool)."""
+    if spec is None:
+        return ()
     try:
-        return get_tool(str(tool)).reads
-    except UnknownTool:
+        return spec.tool(str(tool)).reads
+    except AgentError:
         return ()
 
 

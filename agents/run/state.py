@@ -92,6 +92,9 @@ class RunSettings(BaseModel):
 
     agent: str
     function: str
+    #: The reference the agent resolves from (loopbus.agents.builtin.get_agent) when it is not
+    #: ``agent``: a chain agent configured under another name than its ``kind``.
+    agent_ref: str | None = None
     max_turns: int = Field(12, ge=0)
     budget: float = Field(0.4, gt=0, le=1)
     elide: bool = False

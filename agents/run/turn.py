@@ -45,7 +45,7 @@ from loopbus.agents.run.state import (
     RunUnrecordable,
     clip,
 )
-from loopbus.agents.tools.core import BusReads, ToolContext, shape_result, tool_for
+from loopbus.agents.tools.core import BusReads, ToolContext, shape_result
 
 log = logging.getLogger("loopbus.agents")
 
@@ -234,7 +234,7 @@ def call_tool(state: RunState, decision: BaseModel) -> None:
 
     The call is committed before the handler runs; its result (or error) in a second commit.
     """
-    tool = tool_for(decision)
+    tool = state.ctx.tool_for(decision)  # the run's agent's tool
     args = decision.model_dump(mode="json")
     payload = {"turn": state.turn, "tool": tool.name, "args": args, "idempotent": tool.idempotent}
     event = state.emit((RunEventType.TOOL_CALL, payload, state.pending_id))[-1]
@@ -260,7 +260,7 @@ def _run_handler(state: RunState, decision: BaseModel) -> None:
     call = state.pending_call
     assert call is not None
     # By class: a user agent's tool may share its name with a built-in one (loopbus.agents.agent).
-    tool = tool_for(decision)
+    tool = state.ctx.tool_for(decision)  # the run's agent's tool
     base = {"turn": state.turn, "tool": tool.name}
     try:
         if tool.handler is None:
@@ -307,6 +307,7 @@ def _attach_context(
         output=output,
         publish_many=publish_many,
         llm=llm,
+        agent_ref=state.settings.agent_ref,
     )
 
 

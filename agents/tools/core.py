@@ -1,14 +1,13 @@
-"""The tool registry: a tool is a BAML-generated class plus a Python handler.
+"""Tools: a BAML-generated decision class plus a Python handler, bound to an agent.
 
-Built-in and user tools register the same way::
+A tool belongs to an :class:`loopbus.agents.agent.Agent` (``@agent.tool``); the built-in agents
+bind the built-in handlers below the same way (:mod:`loopbus.agents.builtin`). There is no
+process-wide registry: a run finds the tool of a decision through its own agent
+(:meth:`ToolContext.tool_for`, :meth:`loopbus.agents.agent.AgentSpec.tool_for`)::
 
-    from loopbus.baml_client import types
-    from loopbus.agents.tools.core import register_tool
-
+    @counter.tool
     def count_lines(call: types.CountLines, ctx: ToolContext) -> str:
         return str(len(ctx.read_text(call.path).splitlines()))
-
-    register_tool(types.CountLines, count_lines, idempotent=True)
 
 The tool's name is the class's literal ``action`` field (``"count_lines"``), which is also how
 the model picks it. Handlers return a string or any JSON value; exceptions they raise become
@@ -19,9 +18,10 @@ whether a call left without a recorded result may simply be executed again.
 Handlers that read the bus use ``ctx.bus`` (read-only), ``ctx.trigger()`` (the event that
 started the run) and publish through ``ctx.publish`` / ``ctx.publish_many`` (so the events are
 part of the run's recording); both refuse the loop's ``run`` / ``run.*`` types with a ToolError,
-so no tool (nor guest code in the sandbox) can forge a run event. ``reads`` declares the event types (globs) a handler reads beyond
-its trigger and its own run's events: ``loopbus export`` puts those events in the recording so
-that ``loopbus replay`` can serve the same reads without the original bus.
+so no tool (nor guest code in the sandbox) can forge a run event. ``reads`` declares the event
+types (globs) a handler reads beyond its trigger and its own run's events: ``loopbus export``
+puts those events in the recording so that ``loopbus replay`` can serve the same reads without
+the original bus.
 """
 
 from __future__ import annotations
@@ -32,12 +32,15 @@ import typing
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel
 
 from loopbus.agents.errors import AgentError
 from loopbus.agents.tools import workspace as ws
+
+if TYPE_CHECKING:
+    from loopbus.agents.agent import AgentSpec
 
 #: Default cap on one tool result, in characters (tokenizer-independent, so replay is exact).
 MAX_RESULT_CHARS = 4000
@@ -52,12 +55,13 @@ class ToolError(AgentError):
 
 
 class UnknownTool(AgentError):
-    """No tool is registered under this name or class."""
+    """The agent has no tool of this name or class."""
 
 
 @dataclass(frozen=True)
 class Tool:
-    """A registered tool. ``handler`` is None only for ``Done``, which the loop handles itself."""
+    """A tool of a resolved agent (:class:`loopbus.agents.agent.AgentSpec`). ``handler`` is None
+    only for ``Done``, which the loop handles itself."""
 
     name: str
     cls: type[BaseModel]
@@ -120,7 +124,9 @@ class ToolContext:
     ``output`` is the folder writing tools write to (a chain's ``output``; a scratch folder in a
     replay). ``llm(prompt)`` asks the run's model (recorded as ``run.llm_call``, so a replay
     answers from the recording). ``resources`` holds per-run objects (e.g. the sandbox
-    session), closed by :meth:`close` when the run ends.
+    session), closed by :meth:`close` when the run ends. ``agent`` is the run's recorded agent
+    name and ``agent_ref`` the reference its agent resolves from when that differs (a chain
+    agent configured under another name): :attr:`spec` is that agent, whose tools the run uses.
     """
 
     run_id: str
@@ -134,6 +140,7 @@ class ToolContext:
     output: Path | None = None
     publish_many: Callable[[list[tuple[str, Any]]], list[int]] | None = None
     llm: Callable[[str], str] | None = None
+    agent_ref: str | None = None
 
     def __post_init__(self) -> None:
         # Every tool publishes through these two (Publish, chain tools, the sandbox's
@@ -153,6 +160,17 @@ class ToolContext:
         if event is None:
             raise ToolError(f"the triggering event {self.caused_by} is no longer on the bus")
         return event
+
+    @functools.cached_property
+    def spec(self) -> AgentSpec:
+        """The run's agent (resolved once per run from ``agent_ref`` or ``agent``)."""
+        from loopbus.agents.builtin import get_agent
+
+        return get_agent(self.agent_ref or self.agent)
+
+    def tool_for(self, decision: BaseModel | type) -> Tool:
+        """The tool of a decision (object or class) among the run's agent's tools."""
+        return self.spec.tool_for(decision)
 
     @functools.cached_property
     def real_workspace(self) -> Path | None:
@@ -226,10 +244,6 @@ def _guarded_publish_many(
     return guarded
 
 
-_BY_NAME: dict[str, Tool] = {}
-_BY_CLASS: dict[type, Tool] = {}
-
-
 def action_name(cls: type[BaseModel]) -> str:
     """The literal value of a tool class's ``action`` field, else its snake_cased class name."""
     info = cls.model_fields.get("action")
@@ -239,84 +253,6 @@ def action_name(cls: type[BaseModel]) -> str:
             return args[0]
     name = cls.__name__
     return "".join("_" + c.lower() if c.isupper() else c for c in name).lstrip("_")
-
-
-def register_tool(
-    cls: type[BaseModel],
-    handler: Handler | None,
-    *,
-    idempotent: bool,
-    name: str | None = None,
-    description: str = "",
-    replace: bool = False,
-    reads: Iterable[str] = (),
-) -> Tool:
-    """Register ``cls`` (a class from ``loopbus.baml_client.types``) with its handler.
-
-    ``reads``: the event types (globs) the handler reads from ``ctx.bus`` besides its trigger
-    and its own run's events (recordings include them). Raises AgentError when the name is
-    taken by another class (pass ``replace=True`` to override).
-    """
-    tool = Tool(
-        name or action_name(cls),
-        cls,
-        handler,
-        idempotent,
-        description or cls.__doc__ or "",
-        tuple(reads),
-    )
-    existing = _BY_NAME.get(tool.name)
-    if existing is not None and existing.cls is not cls and not replace:
-        raise AgentError(f"tool {tool.name!r} is already registered for {existing.cls.__name__}")
-    if existing is not None:
-        _BY_CLASS.pop(existing.cls, None)
-    _BY_NAME[tool.name] = tool
-    _BY_CLASS[cls] = tool
-    return tool
-
-
-def register_scoped_tool(
-    cls: type[BaseModel],
-    handler: Handler | None,
-    *,
-    idempotent: bool,
-    description: str = "",
-    reads: Iterable[str] = (),
-) -> Tool:
-    """Register an :class:`loopbus.agents.agent.Agent`'s tool: found by its class (:func:`tool_for`)
-    always, and by name (:func:`get_tool`) only when no other class holds the name, so a
-    user's ``Done`` or ``read_file`` never displaces a built-in one."""
-    tool = Tool(
-        action_name(cls), cls, handler, idempotent, description or cls.__doc__ or "", tuple(reads)
-    )
-    _BY_CLASS[cls] = tool
-    existing = _BY_NAME.get(tool.name)
-    if existing is None or existing.cls is cls:
-        _BY_NAME[tool.name] = tool
-    return tool
-
-
-def get_tool(name: str) -> Tool:
-    """The tool registered under ``name``."""
-    try:
-        return _BY_NAME[name]
-    except KeyError:
-        known = ", ".join(sorted(_BY_NAME))
-        raise UnknownTool(f"unknown tool {name!r}; registered tools: {known}") from None
-
-
-def tool_for(decision: BaseModel | type) -> Tool:
-    """The tool for a decision object (or class), looked up by its type."""
-    cls = decision if isinstance(decision, type) else type(decision)
-    try:
-        return _BY_CLASS[cls]
-    except KeyError:
-        raise UnknownTool(f"no tool is registered for {cls.__name__}") from None
-
-
-def list_tools() -> list[Tool]:
-    """Every registered tool, by name."""
-    return [_BY_NAME[name] for name in sorted(_BY_NAME)]
 
 
 def truncate(text: str, limit: int = MAX_RESULT_CHARS) -> str:
@@ -340,7 +276,7 @@ def shape_result(value: Any, limit: int = MAX_RESULT_CHARS) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------
-# Built-in tools.
+# Built-in tools (bound to the built-in agents in loopbus.agents.builtin).
 
 
 def list_dir(call: Any, ctx: ToolContext) -> str:
@@ -367,36 +303,3 @@ def publish(call: Any, ctx: ToolContext) -> str:
         raise ToolError("this run has no bus to publish on")
     ctx.publish(call.event_type, dict(call.payload))  # refuses the loop's run.* types
     return f"published {call.event_type}"
-
-
-def register_builtins() -> None:
-    """Register ListDir, ReadFile, Publish, RunPython and Done (idempotent to call twice)."""
-    from loopbus.baml_client import types
-
-    register_tool(
-        types.ListDir,
-        list_dir,
-        idempotent=True,
-        replace=True,
-        description="list a workspace directory",
-    )
-    register_tool(
-        types.ReadFile,
-        read_file,
-        idempotent=True,
-        replace=True,
-        description="read a workspace file",
-    )
-    register_tool(
-        types.Publish,
-        publish,
-        idempotent=False,
-        replace=True,
-        description="publish an event for other agents",
-    )
-    register_tool(
-        types.Done, None, idempotent=True, replace=True, description="finish with a summary"
-    )
-    from loopbus.agents.tools.python import register_run_python
-
-    register_run_python()

@@ -4,10 +4,13 @@ One sandbox session per run (variables survive between turns, like a notebook), 
 run's ``ToolContext.resources`` and closed with the run. A snippet that traps (fuel, memory,
 wall clock) discards the session: the model gets an error event saying so and the next snippet
 starts fresh. Markdown fences around the code are stripped first (small models add them).
+Agents bind :func:`run_python` to ``RunPython`` (not idempotent: a snippet may publish, and the
+session is stateful), as the built-in ``coder`` does.
 
-Limits are per agent: :func:`set_sandbox_limits` (called by the agent process with the
-chain config's ``[agents.NAME.sandbox]`` table) applies to every run of that agent name in
-this process; agents without an entry get :class:`loopbus.agents.sandbox.core.SandboxLimits` defaults.
+Limits: :func:`set_sandbox_limits` (called by the agent process with the chain config's
+``[agents.NAME.sandbox]`` table, and by ``loopbus run --sandbox-*``) applies to every run of
+that agent name in this process; otherwise the agent's own default (``Agent(sandbox=...)``),
+else :class:`loopbus.agents.sandbox.core.SandboxLimits` defaults.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING, Any
 
-from loopbus.agents.tools.core import ToolContext, ToolError, register_tool
+from loopbus.agents.errors import AgentError
+from loopbus.agents.tools.core import ToolContext, ToolError
 
 if TYPE_CHECKING:
     from loopbus.agents.sandbox.types import SandboxLimits
@@ -25,7 +29,7 @@ _LIMITS_LOCK = threading.Lock()
 
 
 def set_sandbox_limits(agent: str, limits: SandboxLimits | None) -> None:
-    """Use ``limits`` for the sandbox of every later run of ``agent`` (None: the defaults).
+    """Use ``limits`` for the sandbox of every later run of ``agent`` (None: its default).
 
     A run keeps the limits its sandbox session was created with.
     """
@@ -37,9 +41,20 @@ def set_sandbox_limits(agent: str, limits: SandboxLimits | None) -> None:
 
 
 def sandbox_limits(agent: str) -> SandboxLimits | None:
-    """The limits registered for ``agent`` (None: the defaults)."""
+    """The limits set for ``agent`` with :func:`set_sandbox_limits` (None: none set)."""
     with _LIMITS_LOCK:
         return _LIMITS.get(agent)
+
+
+def limits_for(ctx: ToolContext) -> SandboxLimits | None:
+    """The sandbox limits of a run: those set for its agent name, else its agent's default."""
+    limits = sandbox_limits(ctx.agent)
+    if limits is not None:
+        return limits
+    try:
+        return ctx.spec.sandbox
+    except AgentError:  # a context made outside a run, for an agent no reference resolves
+        return None
 
 
 def run_python(call: Any, ctx: ToolContext) -> str:
@@ -49,7 +64,7 @@ def run_python(call: Any, ctx: ToolContext) -> str:
     sandbox = ctx.resources.get("sandbox")
     if sandbox is None:
         sandbox = Sandbox(
-            sandbox_limits(ctx.agent),
+            limits_for(ctx),
             workspace=ctx.workspace,
             publish=ctx.publish,
             llm=ctx.llm,
@@ -64,16 +79,3 @@ def run_python(call: Any, ctx: ToolContext) -> str:
     if not result.ok:
         raise ToolError(result.to_text(max_chars=2000))
     return result.to_text()
-
-
-def register_run_python() -> None:
-    """Register RunPython (not idempotent: a snippet may publish, and the session is stateful)."""
-    from loopbus.baml_client import types
-
-    register_tool(
-        types.RunPython,
-        run_python,
-        idempotent=False,
-        replace=True,
-        description="run MicroPython code in the sandbox",
-    )

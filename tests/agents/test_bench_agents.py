@@ -7,7 +7,7 @@ from typing import Any
 
 
 def test_every_arm_runs_and_is_scored(tiny_runtime: Any, tmp_path: Path) -> None:
-    from bench.bench_agents import ARMS, _register_arms, run_arm, summarize
+    from bench.bench_agents import ARMS, arm_agents, run_arm, summarize
     from loopbus.agents.distill.tasksuite import generate_suite
     from loopbus.agents.testing import CountingRuntime
 
@@ -15,10 +15,10 @@ def test_every_arm_runs_and_is_scored(tiny_runtime: Any, tmp_path: Path) -> None
     runtime = CountingRuntime(tiny_runtime, context_window=8192)
 
     tasks = generate_suite(tmp_path / "suite", seed=3, n=1)
-    names = _register_arms()
+    names = arm_agents()
     assert set(names) == set(ARMS)
     for arm, name in names.items():
-        results = run_arm(name, tasks, runtime, tmp_path / f"{name}.db")
+        results = run_arm(name, tasks, runtime, tmp_path / f"{arm.replace('+', '-')}.db")
         assert [r.task_id for r in results] == [t.id for t in tasks]
         for result, task in zip(results, tasks, strict=True):
             assert result.turns >= 1 and result.prefill_tokens > 0

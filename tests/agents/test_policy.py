@@ -10,7 +10,15 @@ from typing import Any
 import pytest
 
 from loopbus.agents.run.decide import get_decider
-from loopbus.agents.run.policy import EXPLORE, Policy, RunFacts, schema_sha, turn_schema, violation
+from loopbus.agents.run.policy import (
+    ACT_FIRST,
+    EXPLORE,
+    Policy,
+    RunFacts,
+    schema_sha,
+    turn_schema,
+    violation,
+)
 from loopbus.agents.testing import CountingRuntime
 
 
@@ -94,16 +102,16 @@ def test_violation_names_what_is_allowed(tmp_path: Path) -> None:
 
 def test_act_first_agents_can_only_act_on_their_first_turn() -> None:
     from loopbus.agents.builtin import get_agent
-    from loopbus.agents.run.policy import AGENT_POLICIES
 
-    base = get_decider("Reviewer").schema
+    base, reviewer = get_decider("Reviewer").schema, get_agent("reviewer").policy
+    assert reviewer == ACT_FIRST
     facts = RunFacts()
-    schema = turn_schema(base, AGENT_POLICIES["reviewer"], facts, None)
+    schema = turn_schema(base, reviewer, facts, None)
     assert set(_members(schema)) == {"check_file"}
     # After its tool ran, done is the only choice (no second check_file).
     call = {"turn": 1, "tool": "check_file", "args": {"action": "check_file"}}
     _feed(facts, ("run.tool_call", call, 3, None), ("run.tool_result", {"result": "ok"}, 4, 3))
-    assert set(_members(turn_schema(base, AGENT_POLICIES["reviewer"], facts, None))) == {"done"}
+    assert set(_members(turn_schema(base, reviewer, facts, None))) == {"done"}
     for agent, tool in [
         ("scanner", "scan_files"),
         ("reporter", "write_report"),

@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from dataclasses import replace as replace_field
 from pathlib import Path
 from typing import Any
 
 import pytest
 from click.testing import CliRunner
 
+from loopbus.agents import builtin
 from loopbus.agents.cli import main as loopbus
 from loopbus.agents.run.loop import run_agent
 from loopbus.agents.run.replay import Recording, export_run, replay
 from loopbus.agents.testing import assert_replays
-from loopbus.agents.tools.core import list_dir, register_tool
-from loopbus.baml_client import types
+from loopbus.agents.tools.core import list_dir
 
 RUNS = Path(__file__).resolve().parents[1] / "runs"
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "workspace"
@@ -50,13 +50,12 @@ def test_live_tiny_run_exports_and_replays(
 
 
 @pytest.fixture
-def changed_list_dir() -> Iterator[None]:
+def changed_list_dir(monkeypatch: pytest.MonkeyPatch) -> None:
     def different(call: Any, ctx: Any) -> str:
         return list_dir(call, ctx) + "\nextra.txt"
 
-    register_tool(types.ListDir, different, idempotent=True, replace=True)
-    yield
-    register_tool(types.ListDir, list_dir, idempotent=True, replace=True)
+    bound = builtin.assistant.tools["ListDir"]
+    monkeypatch.setitem(builtin.assistant.tools, "ListDir", replace_field(bound, handler=different))
 
 
 def test_changed_tool_fails_with_a_diff(changed_list_dir: None) -> None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from loopbus.agents.run.context import EventLog, LogEvent
 from loopbus.agents.run.decide import get_decider, log_turns
@@ -50,28 +53,31 @@ def test_turn_prompt_is_rendered_by_baml_and_extends_the_previous_turn() -> None
 
 
 def test_a_prompt_variant_is_chosen_by_room_and_recorded(
-    tiny_runtime: Any, bus: Any, tmp_path: Path
+    tiny_runtime: Any, bus: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from loopbus.agents.builtin import ASSISTANT_TURNS_MIN_TOKENS, get_agent, register_agent
+    from loopbus.agents.builtin import ASSISTANT_TURNS_MIN_TOKENS, get_agent
     from loopbus.agents.run.loop import run_agent
-    from loopbus.agents.run.policy import EXPLORE
     from loopbus.agents.run.replay import Recording, replay
 
     # The shipped assistant keeps the compact prompt (measured better with SmolLM2).
     assert get_agent("assistant").function_for(8192, 0.4) == "Assistant"
-    spec = register_agent(
-        "assistant-variants",
-        "Assistant",
-        "test agent",
-        policy=EXPLORE,
-        variants=(("AssistantTurns", ASSISTANT_TURNS_MIN_TOKENS),),
+    # An agent of the user's own: the assistant with the worked-examples variant.
+    (tmp_path / "variant_agents.py").write_text(
+        "import dataclasses\n"
+        "from loopbus.agents.builtin import ASSISTANT_TURNS_MIN_TOKENS, assistant\n"
+        "roomy = dataclasses.replace(\n"
+        "    assistant, variants=(('AssistantTurns', ASSISTANT_TURNS_MIN_TOKENS),)\n"
+        ")\n"
     )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "variant_agents", raising=False)
+    spec = get_agent("variant_agents:roomy")
     assert spec.function_for(2048, 0.4) == "Assistant"  # the tiny test model: no room
     assert spec.function_for(8192, 0.4) == "AssistantTurns"
     (tmp_path / "a.txt").write_text("alpha\n")
     roomy = CountingRuntime(tiny_runtime, context_window=ASSISTANT_TURNS_MIN_TOKENS * 3)
     outcome = run_agent(
-        "assistant-variants",
+        "variant_agents:roomy",
         "Read a.txt.",
         runtime=roomy,
         bus=bus,

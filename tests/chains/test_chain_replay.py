@@ -3,7 +3,7 @@ recording alone (`loopbus export` includes what they read), and a changed tool s
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from dataclasses import replace as replace_field
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +17,6 @@ from loopbus.agents.cli import main as loopbus
 from loopbus.agents.examples import chain_agents
 from loopbus.agents.run.replay import FORMAT_WITH_CONTEXT, Recording, export_run, replay
 from loopbus.agents.testing import assert_replays
-from loopbus.agents.tools.core import register_tool
-from loopbus.baml_client import types
 from loopbus.bus import SyncBus
 
 CHAIN = """
@@ -48,7 +46,6 @@ budget = 1.0
 @pytest.fixture
 def chain_bus(tmp_path: Path, tiny_model_path: Path, tiny_runtime: Any) -> Path:
     """A bus on which a real scanner -> reviewer -> reporter chain ran (tiny model)."""
-    chain_agents.register()
     ws = make_workspace(tmp_path / "ws", 3)
     config = load_config(
         write_chain(
@@ -119,15 +116,16 @@ def test_cli_replays_a_chain_run_from_the_bus(chain_bus: Path) -> None:
 
 
 @pytest.fixture
-def changed_check_file() -> Iterator[None]:
+def changed_check_file(monkeypatch: pytest.MonkeyPatch) -> None:
     def different(call: Any, ctx: Any) -> str:
         trigger = ctx.trigger()
         ctx.publish_many([("finding", {"path": trigger.payload["path"], "kind": "style"})])
         return chain_agents.check_file(call, ctx)
 
-    register_tool(types.CheckFile, different, idempotent=True, replace=True)
-    yield
-    register_tool(types.CheckFile, chain_agents.check_file, idempotent=True, replace=True)
+    bound = chain_agents.reviewer.tools["CheckFile"]
+    monkeypatch.setitem(
+        chain_agents.reviewer.tools, "CheckFile", replace_field(bound, handler=different)
+    )
 
 
 def test_changed_chain_tool_fails_with_a_diff(

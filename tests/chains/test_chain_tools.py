@@ -34,7 +34,6 @@ budget = 1.0
 def test_first_tool_is_the_first_decision_and_scanner_fans_out(
     tmp_path: Path, tiny_model_path: Path, bus_file: Path, tiny_runtime: Any
 ) -> None:
-    chain_agents.register()
     ws = make_workspace(tmp_path / "ws", 3)
     config = load_config(
         write_chain(
@@ -132,7 +131,6 @@ def tool_context(bus: SyncBus, run_id: str, agent: str, trigger: int, out: Path)
 
 
 def test_plan_fan_out_and_fan_in(tmp_path: Path, bus_file: Path) -> None:
-    chain_agents.register()
     out = tmp_path / "out"
     with SyncBus(bus_file) as bus:
         goal = bus.publish("goal", {"goal": "add things"})

@@ -42,7 +42,7 @@ def test_examples_load_and_pass_registry_checks() -> None:
 
 def test_unknown_agent_kind(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, '[agents.bob]\nsubscribe = ["x"]\n'))
-    with pytest.raises(UnknownAgent, match="unknown kind 'bob'.*registered agents:.*reviewer"):
+    with pytest.raises(UnknownAgent, match="unknown kind 'bob'.*available agents:.*reviewer"):
         check_registry(config)
 
 

@@ -14,7 +14,6 @@ from chain_helpers import loopbus, make_workspace, write_chain
 
 from loopbus.agents.chains.config import load_config
 from loopbus.agents.chains.worker import AgentWorker, FirstDecision
-from loopbus.agents.examples import chain_agents
 from loopbus.bus import SyncBus
 
 LIMIT = 1 << 20  # the bus's default payload limit (1 MiB)
@@ -48,7 +47,6 @@ class FirstAnswer(FirstDecision):
 
 
 def _config(tmp_path: Path, model: Path, text: str) -> Any:
-    chain_agents.register()
     ws = make_workspace(tmp_path / "ws", 2)
     cfg = write_chain(tmp_path / "chain.toml", text, model=model, workspace=ws, output=tmp_path)
     return load_config(cfg)

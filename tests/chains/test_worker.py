@@ -10,7 +10,6 @@ from chain_helpers import make_workspace, write_chain
 
 from loopbus.agents.chains.config import load_config
 from loopbus.agents.chains.worker import AgentWorker
-from loopbus.agents.examples import chain_agents
 from loopbus.bus import SyncBus
 
 CHECKER = """
@@ -56,7 +55,6 @@ class CountingRuntime:
 
 @pytest.fixture
 def chain(tmp_path: Path, tiny_model_path: Path) -> Any:
-    chain_agents.register()
     ws = make_workspace(tmp_path / "ws", 4)
     cfg = write_chain(
         tmp_path / "chain.toml",
