@@ -32,7 +32,7 @@ import types
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from loopbus.agents.errors import AgentError
 from loopbus.agents.run.events import RunEventType
@@ -204,7 +204,8 @@ def examples_from_bus(bus_path: str | Path, *, agent: str | None = None) -> list
     run_ids = usable_runs(path, agent=agent)
     by_run: dict[str, list[Any]] = {run_id: [] for run_id in run_ids}
     for event in events_of_runs(path, run_ids):
-        by_run[event.run_id].append(event)
+        if event.run_id is not None:  # always: they are selected by run id
+            by_run[event.run_id].append(event)
     return [example for run_id in run_ids for example in run_examples(run_id, by_run[run_id])]
 
 
@@ -479,6 +480,7 @@ def _train_with_mlx_lm(
 ) -> None:
     """mlx-lm's own LoRA training loop (for models the shared-prefix trainer does not cover)."""
     from mlx_lm.lora import CONFIG_DEFAULTS, train_model
+    from mlx_lm.tuner.callbacks import TrainingCallback
     from mlx_lm.tuner.datasets import create_dataset
 
     args = types.SimpleNamespace(
@@ -503,4 +505,7 @@ def _train_with_mlx_lm(
     )
     train_set = create_dataset(train_records, tokenizer, args)
     valid_set = create_dataset(valid_records, tokenizer, args) if valid_records else []
-    train_model(args, net, train_set, valid_set, training_callback=losses)
+    # mlx-lm calls only the two report methods, which _Losses has (it is not its subclass, so
+    # that mlx-lm is imported only here).
+    callback = cast(TrainingCallback, losses)
+    train_model(args, net, train_set, valid_set, training_callback=callback)
