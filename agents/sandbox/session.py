@@ -44,7 +44,9 @@ from loopbus.agents.sandbox.types import (
     SandboxLimits,
     SnippetResult,
     clean_traceback,
+    explain_trap,
     prepare,
+    stop_outcome,
 )
 
 # Slack on top of the guest's wall clock before the caller gives up on a worker that is
@@ -99,9 +101,7 @@ class _Worker:
         self.greeted = False
         self.inbox: queue.Queue[tuple[Any, ...]] = queue.Queue()
         self.outbox: queue.Queue[tuple[Any, ...]] = queue.Queue()
-        self.snippet: _Snippet = _Snippet(
-            Capture(limits.max_stdout_bytes), Capture(limits.max_stderr_bytes)
-        )
+        self.snippet = _Snippet(Capture(limits.max_stdout_bytes), Capture(limits.max_stderr_bytes))
         self.store: Any = None
         self._deadline_callback: Any = None
         self._path_open: Any = None  # WASI's own path_open, bound to this store
@@ -155,7 +155,7 @@ class _Worker:
             if self.stop_request is not None:
                 self.stopped = self.stop_request
             elif time.perf_counter() >= self.snippet.guest_deadline:
-                self.stopped = self._explain(self.runtime.wasmtime.TrapCode.INTERRUPT)
+                self.stopped = explain_trap(self.runtime.wasmtime.TrapCode.INTERRUPT, self.limits)
         return None if self.stopped is None else f"loopbus sandbox: {self.stopped[1]}"
 
     # -- worker thread -------------------------------------------------------------------
@@ -212,48 +212,11 @@ class _Worker:
 
     def _outcome(self, exc: BaseException) -> tuple[str, str]:
         """The (kind, text) of a guest stopped by ``exc``."""
-        import wasmtime as wt  # loaded already (the runtime has it); typed, unlike runtime.wasmtime
-
         if self.stopped is not None:
             return self.stopped  # our own deadline / stop check
         if self.stop_request is not None:
             return self.stop_request
-        if isinstance(exc, wt.ExitTrap):
-            return ("Exit", f"the interpreter exited with status {exc.code}.")
-        if isinstance(exc, wt.Trap):
-            return self._explain(exc.trap_code)
-        if isinstance(exc, wt.WasmtimeError):
-            first = (str(exc).splitlines() or [""])[0]
-            return ("Crash", f"wasmtime refused to run the interpreter: {first}")
-        # never let a worker die silently
-        return ("Crash", f"sandbox host error: {type(exc).__name__}: {exc}")
-
-    def _explain(self, code: Any) -> tuple[str, str]:
-        codes = self.runtime.wasmtime.TrapCode
-        lim = self.limits
-        if code == codes.OUT_OF_FUEL:
-            return "FuelExhausted", (
-                f"the snippet used up its fuel ({lim.fuel:,} wasm instructions) and was stopped. "
-                "Do less work per snippet (smaller inputs, fewer iterations) and check for endless loops."
-            )
-        if code == codes.INTERRUPT:
-            return "Timeout", (
-                f"the snippet ran longer than the {lim.wall_clock_s:g} s wall-clock limit and was stopped "
-                "(an endless loop?)."
-            )
-        if code == codes.STACK_OVERFLOW:
-            return (
-                "Crash",
-                "stack overflow: recursion too deep. Use a loop instead of deep recursion.",
-            )
-        name = getattr(code, "name", "unknown").lower().replace("_", " ")
-        # Not "out of memory": the MicroPython heap is fixed at start, so running out of it is
-        # a catchable MemoryError. A trap here is an interpreter fault (a wild pointer, an abort).
-        return "Crash", (
-            f"the interpreter crashed ({name}). Likely causes: a structure nested too deeply "
-            "(printing, json or recursion), or an interpreter fault under heavy memory churn; "
-            "simplify the data or do the work in smaller steps."
-        )
+        return stop_outcome(exc, self.limits)
 
     def _arm_deadline(self, deadline: float) -> None:
         # A real deadline, checked by _check at each tick; the next check is one tick away.
@@ -377,12 +340,11 @@ class _Worker:
         self.snippet.fuel_used = self.snippet.fuel_budget - self.store.get_fuel()
         self.outbox.put(("done", report))
         self._tick(False)
-        # "close", or the next snippet to run
         message: tuple[Any, ...] = ("close",) if self.stop_request else self.inbox.get()
         self._tick(True)
         if message[0] == "close":
             return b'{"op":"close"}'
-        self.snippet = message[1]
+        self.snippet: _Snippet = message[1]  # the next snippet
         self.store.set_fuel(self.limits.fuel)
         self._arm_deadline(self.snippet.guest_deadline)
         return json.dumps({"op": "run", "code": message[2]}).encode()

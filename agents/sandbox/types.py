@@ -1,5 +1,5 @@
 """Value types of the sandbox: limits, snippet results, trailing-expression rewrite, output
-capture and traceback cleaning."""
+capture, traceback cleaning and what a stopped guest reports."""
 
 from __future__ import annotations
 
@@ -191,3 +191,47 @@ def clean_traceback(text: str, max_lines: int = 24) -> str:
             + lines[-(max_lines - 4) :]
         )
     return "\n".join(lines) + "\n"
+
+
+def explain_trap(code: object, limits: SandboxLimits) -> tuple[str, str]:
+    """The (kind, text) reported for a guest stopped by a wasm trap with this trap code."""
+    from wasmtime import TrapCode  # loaded already: the guest runs in it
+
+    if code == TrapCode.OUT_OF_FUEL:
+        return "FuelExhausted", (
+            f"the snippet used up its fuel ({limits.fuel:,} wasm instructions) and was stopped. "
+            "Do less work per snippet (smaller inputs, fewer iterations) and check for endless loops."
+        )
+    if code == TrapCode.INTERRUPT:
+        return "Timeout", (
+            f"the snippet ran longer than the {limits.wall_clock_s:g} s wall-clock limit and was stopped "
+            "(an endless loop?)."
+        )
+    if code == TrapCode.STACK_OVERFLOW:
+        return (
+            "Crash",
+            "stack overflow: recursion too deep. Use a loop instead of deep recursion.",
+        )
+    name = getattr(code, "name", "unknown").lower().replace("_", " ")
+    # Not "out of memory": the MicroPython heap is fixed at start, so running out of it is
+    # a catchable MemoryError. A trap here is an interpreter fault (a wild pointer, an abort).
+    return "Crash", (
+        f"the interpreter crashed ({name}). Likely causes: a structure nested too deeply "
+        "(printing, json or recursion), or an interpreter fault under heavy memory churn; "
+        "simplify the data or do the work in smaller steps."
+    )
+
+
+def stop_outcome(exc: BaseException, limits: SandboxLimits) -> tuple[str, str]:
+    """The (kind, text) of a guest whose interpreter ended with ``exc`` (not a stop of ours)."""
+    import wasmtime as wt  # loaded already: the guest ran in it
+
+    if isinstance(exc, wt.ExitTrap):
+        return ("Exit", f"the interpreter exited with status {exc.code}.")
+    if isinstance(exc, wt.Trap):
+        return explain_trap(exc.trap_code, limits)
+    if isinstance(exc, wt.WasmtimeError):
+        first = (str(exc).splitlines() or [""])[0]
+        return ("Crash", f"wasmtime refused to run the interpreter: {first}")
+    # never let a worker die silently
+    return ("Crash", f"sandbox host error: {type(exc).__name__}: {exc}")
