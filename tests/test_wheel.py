@@ -162,9 +162,11 @@ def cwd(tmp_path: Path) -> Path:
 def test_the_wheel_holds_every_module_and_data_file_and_the_license(installed: Installed) -> None:
     with zipfile.ZipFile(installed.wheel) as wheel:
         names = set(wheel.namelist())
+    version = installed.wheel.name.split("-")[1]
     tops = {n.split("/")[0] for n in names}
-    assert tops == {"loopbus", "loopbus-0.1.0.dist-info"}, tops  # no top-level agents/, bus/ ...
-    dist_info = {n.split("/", 1)[1] for n in names if n.startswith("loopbus-0.1.0.dist-info/")}
+    info_dir = f"loopbus-{version}.dist-info"
+    assert tops == {"loopbus", info_dir}, tops  # no top-level agents/, bus/ ...
+    dist_info = {n.split("/", 1)[1] for n in names if n.startswith(f"{info_dir}/")}
     assert dist_info & {"LICENSE", "licenses/LICENSE"}, dist_info
     expected = {
         f"loopbus/{rel}"
@@ -343,7 +345,8 @@ def test_a_users_agent_from_the_readme(
 def test_a_library_user_gets_the_fast_blas(
     installed: Installed, cwd: Path, tiny_model_path: Path
 ) -> None:
-    """Plain ``python`` importing the installed library: OpenBLAS from the fresh venv, in process."""
+    """Plain ``python`` importing the installed library: OpenBLAS in process (no LD_PRELOAD);
+    with mlx imported first, a RuntimeWarning says how to get it."""
     code = (
         "import os, loopbus.agents.run.loop\n"
         "from loopbus.models import load_runtime\n"
@@ -360,4 +363,11 @@ def test_a_library_user_gets_the_fast_blas(
     assert lib != "None", env_probe.stderr
     loaded = _check(installed.python(code, cwd))
     assert loaded.strip() == repr([lib]), loaded
+    # mlx imported first: too late to bind it to OpenBLAS, and loopbus says so.
+    late = installed.python(
+        f"import mlx.core\nfrom loopbus.models import load_runtime\nload_runtime({str(tiny_model_path)!r})",
+        cwd,
+    )
+    _check(late)
+    assert "mlx was imported before loopbus could load OpenBLAS" in late.stderr, late.stderr
     installed.assert_site_packages_untouched()
