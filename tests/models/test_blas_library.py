@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -17,15 +18,18 @@ pytestmark = pytest.mark.skipif(
     reason="needs Linux and a usable OpenBLAS",
 )
 
-REPO = Path(__file__).resolve().parents[2]
-
 
 def _plain_python(code: str) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "LOOPBUS_BLAS_REEXEC")}
-    env["PYTHONPATH"] = str(REPO)
+    env.pop("PYTHONPATH", None)  # the installed package, not the checkout's folders
     env["PYTHONWARNINGS"] = "default"
     return subprocess.run(
-        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", code],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tempfile.gettempdir(),  # not the repository root, whose folders shadow nothing then
     )
 
 
