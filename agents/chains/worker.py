@@ -40,7 +40,6 @@ from typing import Any
 
 from loopbus.agents.chains.config import AgentConfig, ChainConfig, consumer_name, render_task
 from loopbus.agents.run.events import RunEventType
-from loopbus.agents.tools.python import set_sandbox_limits
 
 __all__ = ["AgentWorker", "FirstDecision", "parse_instance", "run_id_for"]
 
@@ -151,8 +150,6 @@ class AgentWorker:
     ) -> None:
         self.config = config
         self.agent: AgentConfig = config.agent(name)
-        # RunPython limits from the agent's [agents.NAME.sandbox] table (resumed runs too).
-        set_sandbox_limits(self.agent.name, self.agent.sandbox_limits())
         self.bus = bus
         self.runtime = runtime
         self.index = index
@@ -315,6 +312,8 @@ class AgentWorker:
             output=self.output,
             refuse=refuse,
             name=self.agent.name,
+            # [agents.NAME.sandbox]: recorded by the run, so its resumes keep them
+            sandbox=self.agent.sandbox_limits(),
         )
 
     def _emit_payload(

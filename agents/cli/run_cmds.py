@@ -195,13 +195,11 @@ def run(
 
     get_agent(agent)  # fail fast, before loading a model
     limits = {"fuel": sandbox_fuel, "memory_bytes": sandbox_memory, "wall_clock_s": sandbox_timeout}
+    sandbox = None
     if any(v is not None for v in limits.values()):
         from loopbus.agents.sandbox.types import SandboxLimits
-        from loopbus.agents.tools.python import set_sandbox_limits
 
-        set_sandbox_limits(
-            agent, SandboxLimits(**{k: v for k, v in limits.items() if v is not None})
-        )
+        sandbox = SandboxLimits(**{k: v for k, v in limits.items() if v is not None})
     with open_bus(bus_path(ctx)) as bus:  # a bad bus path fails before the model loads
         bus.check_writable()  # so does a read-only bus: the run's events could not land
         runtime = _load_with_progress(model_spec, context_window, quiet=as_json)
@@ -216,6 +214,7 @@ def run(
             elide=elide,
             run_id=run_id,
             on_event=_printer(as_json),
+            sandbox=sandbox,
         )
     if as_json:
         click.echo(safe_json_text(outcome.model_dump_json()))

@@ -104,7 +104,8 @@ class Task(RunEvent):
     """``run.task``: the run's first event (pinned in its context), caused_by its trigger.
 
     ``settings`` is :class:`loopbus.agents.run.state.RunSettings` as JSON: everything needed to
-    run it again. ``unrecorded`` (true) marks a stand-in for a task the bus refused.
+    run it again (``sandbox``, the run's RunPython limits, only when they are not the agent's
+    default). ``unrecorded`` (true) marks a stand-in for a task the bus refused.
     """
 
     type: ClassVar[RunEventType] = RunEventType.TASK

@@ -8,7 +8,8 @@ Public API (used by the CLI and by chains of agent processes)::
               max_turns: int = 12, budget: float = 0.4, elide: bool = False,
               run_id: str | None = None, caused_by: int | None = None,
               on_event: Callable[[Event], None] | None = None,
-              output: Path | None = None, refuse: str | None = None) -> Outcome
+              output: Path | None = None, refuse: str | None = None,
+              name: str | None = None, sandbox: SandboxLimits | None = None) -> Outcome
     resume_run(run_id, *, runtime, bus, workspace=None, on_event=None, output=None) -> Outcome
     unfinished_runs(bus, agent) -> list[str]
     Outcome(kind: "done" | "budget_exceeded" | "max_turns" | "failed", run_id, summary, reason)
@@ -24,6 +25,8 @@ Public API (used by the CLI and by chains of agent processes)::
 * A run event the bus refuses to store (over its payload limit, not valid UTF-8) ends the run
   ``failed`` with the reason; a run read back with a malformed event (forged, corrupt) ends
   ``failed`` saying what is malformed; ``refuse`` records a run that fails at once.
+* ``sandbox``: the run's RunPython sandbox limits (None: the agent's default). Limits other
+  than that default are recorded in the run's settings, so resume and replay use them too.
 * ``resume_run`` continues from the first step without a recorded result: recorded decisions are
   not asked of the model again; a ``run.tool_call`` without a result is re-run when the tool is
   idempotent, else reported to the model as "outcome unknown after crash"; a run that already
@@ -50,6 +53,7 @@ from loopbus.agents.run import turn
 from loopbus.agents.run.decide import Decider, get_decider
 from loopbus.agents.run.events import RunEventType
 from loopbus.agents.run.state import Outcome, RunSettings, RunState, RunUnrecordable
+from loopbus.agents.sandbox.types import SandboxLimits
 
 __all__ = ["Outcome", "resume_run", "run", "run_agent", "step", "unfinished_runs"]
 
@@ -114,6 +118,7 @@ def run_agent(
     output: Path | None = None,
     refuse: str | None = None,
     name: str | None = None,
+    sandbox: SandboxLimits | None = None,
 ) -> Outcome:
     """Run ``agent`` on ``task`` to its outcome (or resume ``run_id`` if it is already on the bus).
 
@@ -123,6 +128,10 @@ def run_agent(
 
     ``refuse``: record the run with its task and end it ``failed`` with this reason, without
     asking the model (a chain agent's trigger that it cannot handle).
+
+    ``sandbox``: this run's RunPython sandbox limits, None = the agent's default
+    (``Agent(sandbox=...)``). Recorded in the run's settings when they differ from that
+    default; a resumed run keeps the limits it recorded (``sandbox`` is then ignored).
     """
     from loopbus.agents.builtin import get_agent
 
@@ -131,6 +140,8 @@ def run_agent(
             run_id, runtime=runtime, bus=bus, workspace=workspace, on_event=on_event, output=output
         )
     spec = get_agent(agent)
+    if sandbox == (spec.sandbox or SandboxLimits()):
+        sandbox = None  # the default: not recorded (the run's settings stay as they were)
     try:
         settings = RunSettings(
             agent=name or spec.name,
@@ -145,6 +156,7 @@ def run_agent(
             supports_schema=runtime.supports_schema,
             max_tokens=spec.max_tokens,
             policy=spec.policy,
+            sandbox=sandbox,
         )
     except ValidationError as exc:
         raise AgentError(

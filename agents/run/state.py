@@ -52,14 +52,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidatorFunctionWrapHandler, field_validator
 
-from loopbus.agents.errors import AgentError
+from loopbus.agents.errors import AgentError, SandboxConfigError
 from loopbus.agents.run.context import EventLog, LogEvent
 from loopbus.agents.run.events import OUTCOME_KINDS as OUTCOME_KINDS  # re-exported
 from loopbus.agents.run.events import RUN_NAMESPACE, RunEventType
 from loopbus.agents.run.events import malformed as malformed  # re-exported
 from loopbus.agents.run.policy import Policy, RunFacts
+from loopbus.agents.sandbox.types import SandboxLimits
 
 OutcomeKind = Literal["done", "budget_exceeded", "max_turns", "failed"]
 CONTEXT_TYPES = frozenset(
@@ -95,8 +96,8 @@ class RunSettings(BaseModel):
     #: The reference the agent resolves from (loopbus.agents.builtin.get_agent) when it is not
     #: ``agent``: a chain agent configured under another name than its ``kind``.
     agent_ref: str | None = None
-    max_turns: int = Field(12, ge=0)
-    budget: float = Field(0.4, gt=0, le=1)
+    max_turns: int = Field(default=12, ge=0)
+    budget: float = Field(default=0.4, gt=0, le=1)
     elide: bool = False
     workspace: str | None = None
     model: str = ""
@@ -106,6 +107,20 @@ class RunSettings(BaseModel):
     max_parse_failures: int = 2
     max_result_chars: int = 4000
     policy: Policy = Field(default_factory=Policy)  # loopbus.agents.run.policy: the per-turn schema
+    #: The run's RunPython sandbox limits when they are not its agent's default (None: the
+    #: agent's ``Agent(sandbox=...)``); left out of the recorded settings when None, so
+    #: ordinary runs record what they always did.
+    sandbox: SandboxLimits | None = Field(default=None, exclude_if=lambda value: value is None)
+
+    @field_validator("sandbox", mode="wrap")
+    @classmethod
+    def _limits(cls, value: Any, handler: ValidatorFunctionWrapHandler) -> Any:
+        # SandboxLimits checks its ranges in __post_init__: a forged recording's limits must
+        # be a validation error (the run is malformed), not a crash.
+        try:
+            return handler(value)
+        except SandboxConfigError as exc:
+            raise ValueError(str(exc)) from None
 
 
 _second: tuple[int, str] = (-1, "")  # the last whole second seen and its formatted text

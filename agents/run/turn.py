@@ -308,6 +308,7 @@ def _attach_context(
         publish_many=publish_many,
         llm=llm,
         agent_ref=state.settings.agent_ref,
+        sandbox=state.settings.sandbox,
     )
 
 

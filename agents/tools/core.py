@@ -41,6 +41,7 @@ from loopbus.agents.tools import workspace as ws
 
 if TYPE_CHECKING:
     from loopbus.agents.agent import AgentSpec
+    from loopbus.agents.sandbox.types import SandboxLimits
 
 #: Default cap on one tool result, in characters (tokenizer-independent, so replay is exact).
 MAX_RESULT_CHARS = 4000
@@ -127,6 +128,7 @@ class ToolContext:
     session), closed by :meth:`close` when the run ends. ``agent`` is the run's recorded agent
     name and ``agent_ref`` the reference its agent resolves from when that differs (a chain
     agent configured under another name): :attr:`spec` is that agent, whose tools the run uses.
+    ``sandbox`` is the run's own RunPython sandbox limits (its settings), None: the agent's default.
     """
 
     run_id: str
@@ -141,6 +143,7 @@ class ToolContext:
     publish_many: Callable[[list[tuple[str, Any]]], list[int]] | None = None
     llm: Callable[[str], str] | None = None
     agent_ref: str | None = None
+    sandbox: SandboxLimits | None = None
 
     def __post_init__(self) -> None:
         # Every tool publishes through these two (Publish, chain tools, the sandbox's

@@ -7,15 +7,15 @@ starts fresh. Markdown fences around the code are stripped first (small models a
 Agents bind :func:`run_python` to ``RunPython`` (not idempotent: a snippet may publish, and the
 session is stateful), as the built-in ``coder`` does.
 
-Limits: :func:`set_sandbox_limits` (called by the agent process with the chain config's
-``[agents.NAME.sandbox]`` table, and by ``loopbus run --sandbox-*``) applies to every run of
-that agent name in this process; otherwise the agent's own default (``Agent(sandbox=...)``),
-else :class:`loopbus.agents.sandbox.core.SandboxLimits` defaults.
+Limits: the run's own (``run_agent(..., sandbox=...)``, recorded in its ``run.task`` settings so
+resume and replay use them too; a chain agent's ``[agents.NAME.sandbox]`` table, ``loopbus run
+--sandbox-*``), else the agent's default (``Agent(sandbox=...)``), else
+:class:`loopbus.agents.sandbox.core.SandboxLimits` defaults. Nothing is process-wide: two runs
+of one agent in a process may use different limits.
 """
 
 from __future__ import annotations
 
-import threading
 from typing import TYPE_CHECKING, Any
 
 from loopbus.agents.errors import AgentError
@@ -24,33 +24,11 @@ from loopbus.agents.tools.core import ToolContext, ToolError
 if TYPE_CHECKING:
     from loopbus.agents.sandbox.types import SandboxLimits
 
-_LIMITS: dict[str, SandboxLimits] = {}
-_LIMITS_LOCK = threading.Lock()
-
-
-def set_sandbox_limits(agent: str, limits: SandboxLimits | None) -> None:
-    """Use ``limits`` for the sandbox of every later run of ``agent`` (None: its default).
-
-    A run keeps the limits its sandbox session was created with.
-    """
-    with _LIMITS_LOCK:
-        if limits is None:
-            _LIMITS.pop(agent, None)
-        else:
-            _LIMITS[agent] = limits
-
-
-def sandbox_limits(agent: str) -> SandboxLimits | None:
-    """The limits set for ``agent`` with :func:`set_sandbox_limits` (None: none set)."""
-    with _LIMITS_LOCK:
-        return _LIMITS.get(agent)
-
 
 def limits_for(ctx: ToolContext) -> SandboxLimits | None:
-    """The sandbox limits of a run: those set for its agent name, else its agent's default."""
-    limits = sandbox_limits(ctx.agent)
-    if limits is not None:
-        return limits
+    """The sandbox limits of a run: its own (``ctx.sandbox``), else its agent's default."""
+    if ctx.sandbox is not None:
+        return ctx.sandbox
     try:
         return ctx.spec.sandbox
     except AgentError:  # a context made outside a run, for an agent no reference resolves

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -55,42 +56,59 @@ def test_sandbox_session_per_run(tiny_runtime: Any, bus: Any, workspace: Path) -
     assert state.ctx.resources == {}
 
 
-def test_configured_sandbox_limits_apply_to_the_agents_runs(tmp_path: Path) -> None:
+LOOP = "x = 0\nfor i in range(100000):\n    x += i\nprint(x)"
+
+
+def test_configured_sandbox_limits_apply_to_the_agents_runs(
+    tiny_runtime: Any, bus: Any, workspace: Path
+) -> None:
+    """A chain agent's [agents.NAME.sandbox] table is its runs' limits (recorded by each run);
+    another agent of the same kind in the same process keeps the defaults."""
+    from loopbus.agents.chains.worker import AgentWorker, FirstDecision
+
+    agents = {"subscribe": ["job"], "kind": "coder", "task": "crunch", "max_turns": 1}
     config = parse_config(
         {
+            "chain": {"workspace": str(workspace)},
             "agents": {
-                "cruncher": {
-                    "kind": "coder",
-                    "subscribe": ["job"],
-                    "sandbox": {"fuel": 2_000_000, "wall_clock_s": 5},
-                }
-            }
+                "cruncher": {**agents, "sandbox": {"fuel": 2_000_000, "wall_clock_s": 5}},
+                "plain": agents,
+            },
         }
     )
     limits = config.agent("cruncher").sandbox_limits()
     assert limits == SandboxLimits(fuel=2_000_000, wall_clock_s=5.0)
-    pytool.set_sandbox_limits("cruncher", limits)
-    tight = ToolContext(run_id="r-tight", agent="cruncher")
-    default = ToolContext(run_id="r-default", agent="someone-else")
-    loop = types.RunPython(
-        action="run_python", code="x = 0\nfor i in range(100000):\n    x += i\nprint(x)"
-    )
+    job = bus.get(bus.publish("job", {}))
+    results = {}
+    for name in ("cruncher", "plain", "cruncher"):
+        runtime = FirstDecision(tiny_runtime, {"action": "run_python", "code": LOOP})
+        AgentWorker(config, name, bus, runtime=runtime).handle(job)
+        run_id = f"{name}-e{job.id}"
+        results[name] = bus.events(run_id=run_id, types=["run.tool_result", "run.error"])[-1]
+        settings = bus.events(run_id=run_id, types=["run.task"])[0].payload["settings"]
+        assert settings.get("sandbox") == (asdict(limits) if name == "cruncher" else None)
+    trapped, fitted = results["cruncher"], results["plain"]
+    assert trapped.event_type == "run.error"
+    assert "2,000,000 wasm instructions" in trapped.payload["error"]
+    assert "sandbox was restarted" in trapped.payload["error"]
+    # The other agent keeps the defaults: the same loop fits easily.
+    assert (fitted.event_type, fitted.payload["result"]) == ("run.tool_result", "4999950000")
+
+
+def test_a_context_without_run_limits_uses_the_agents_default() -> None:
+    tight = ToolContext(run_id="r-tight", agent="coder", sandbox=SandboxLimits(fuel=2_000_000))
+    default = ToolContext(run_id="r-default", agent="coder")
+    loop = types.RunPython(action="run_python", code=LOOP)
     try:
-        assert pytool.sandbox_limits("cruncher") == limits
-        with pytest.raises(ToolError) as trapped:
+        with pytest.raises(ToolError, match="2,000,000 wasm instructions"):
             pytool.run_python(loop, tight)
-        assert "2,000,000 wasm instructions" in str(trapped.value)
-        assert "sandbox was restarted" in str(trapped.value)
         sandbox = tight.resources["sandbox"]
         assert isinstance(sandbox, Sandbox) and sandbox.limits.fuel == 2_000_000
-        # Other agents keep the defaults: the same loop fits easily.
         assert pytool.run_python(loop, default) == "4999950000"
         assert default.resources["sandbox"].limits == SandboxLimits()
     finally:
-        pytool.set_sandbox_limits("cruncher", None)
         tight.close()
         default.close()
-    assert pytool.sandbox_limits("cruncher") is None
 
 
 def test_sandbox_llm_calls_are_recorded_and_replayed(

@@ -186,7 +186,7 @@ def test_an_entry_point_names_the_agent(on_path: Path, tmp_path: Path, monkeypat
 def test_the_agents_sandbox_limits_are_its_default(on_path: Path) -> None:
     from loopbus.agents.sandbox.types import SandboxLimits
     from loopbus.agents.tools.core import ToolContext
-    from loopbus.agents.tools.python import limits_for, sandbox_limits, set_sandbox_limits
+    from loopbus.agents.tools.python import limits_for
 
     (on_path / "my_agents" / "limited.py").write_text(
         "import dataclasses\n"
@@ -196,14 +196,15 @@ def test_the_agents_sandbox_limits_are_its_default(on_path: Path) -> None:
     )
     reference = "my_agents.limited:limited"
     assert get_agent(reference).sandbox == SandboxLimits(fuel=123_456_789)
-    assert sandbox_limits(reference) is None  # resolving an agent sets nothing process-wide
     ctx = ToolContext("r", "limited-in-a-chain", agent_ref=reference)
     assert limits_for(ctx) == SandboxLimits(fuel=123_456_789)  # what its RunPython runs with
-    set_sandbox_limits("limited-in-a-chain", SandboxLimits(fuel=5_000_000))
-    try:  # limits set for the agent name (a chain's [agents.NAME.sandbox]) win
-        assert limits_for(ctx) == SandboxLimits(fuel=5_000_000)
-    finally:
-        set_sandbox_limits("limited-in-a-chain", None)
+    # A run's own limits (a chain's [agents.NAME.sandbox], `loopbus run --sandbox-*`) win, for
+    # that run only.
+    own = ToolContext(
+        "r2", "limited-in-a-chain", agent_ref=reference, sandbox=SandboxLimits(fuel=5_000_000)
+    )
+    assert limits_for(own) == SandboxLimits(fuel=5_000_000)
+    assert limits_for(ctx) == SandboxLimits(fuel=123_456_789)
 
 
 def test_loopbus_agents_describes_a_reference(on_path: Path) -> None:
