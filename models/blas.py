@@ -289,7 +289,7 @@ def load_in_process() -> bool:
 
             warnings.warn(
                 "mlx was imported before loopbus could load OpenBLAS: float32 matmuls use the "
-                "mlx[cpu] wheel's reference BLAS (prefill ~15x slower). Import models or agents "
+                "mlx[cpu] wheel's reference BLAS (prefill ~15x slower). Import loopbus "
                 "before mlx, or start Python with `python -m loopbus.models.blas exec python ...`.",
                 RuntimeWarning,
                 stacklevel=2,

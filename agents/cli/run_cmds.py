@@ -193,13 +193,17 @@ def run(
     from loopbus.agents.run.loop import run_agent
     from loopbus.bus import open as open_bus
 
-    get_agent(agent)  # fail fast, before loading a model
+    spec = get_agent(agent)  # fail fast, before loading a model
     limits = {"fuel": sandbox_fuel, "memory_bytes": sandbox_memory, "wall_clock_s": sandbox_timeout}
     sandbox = None
     if any(v is not None for v in limits.values()):
+        import dataclasses
+
         from loopbus.agents.sandbox.types import SandboxLimits
 
-        sandbox = SandboxLimits(**{k: v for k, v in limits.items() if v is not None})
+        # Each option overrides one limit of the agent's own default, not of the plain defaults.
+        base = spec.sandbox or SandboxLimits()
+        sandbox = dataclasses.replace(base, **{k: v for k, v in limits.items() if v is not None})
     with open_bus(bus_path(ctx)) as bus:  # a bad bus path fails before the model loads
         bus.check_writable()  # so does a read-only bus: the run's events could not land
         runtime = _load_with_progress(model_spec, context_window, quiet=as_json)

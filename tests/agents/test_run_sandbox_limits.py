@@ -103,3 +103,32 @@ def test_forged_recorded_limits_are_a_validation_error(limits: Any) -> None:
     # A malformed run.task (resume ends the run failed), never a crash of the reader.
     with pytest.raises(ValidationError, match="sandbox"):
         RunSettings.model_validate({"agent": "coder", "function": "Coder", "sandbox": limits})
+
+
+def test_run_sandbox_options_override_the_agents_own_default(
+    tmp_path: Path, tiny_model_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`loopbus run --sandbox-fuel` changes the fuel of the agent's own limits; the rest stay."""
+    from click.testing import CliRunner
+
+    from loopbus.agents.cli import main
+    from loopbus.bus import SyncBus
+
+    (tmp_path / "limited_coder.py").write_text(
+        "import dataclasses\n"
+        "from loopbus.agents.builtin import coder\n"
+        "from loopbus.agents.sandbox.types import MiB, SandboxLimits\n"
+        "limited = dataclasses.replace(\n"
+        "    coder, name='limited', sandbox=SandboxLimits(memory_bytes=32 * MiB, wall_clock_s=3.0)\n"
+        ")\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    bus_file = tmp_path / "bus.db"
+    args = ["--bus", str(bus_file), "run", "limited_coder:limited", "sum", "--run-id", "lim"]
+    args += ["--model", str(tiny_model_path), "--max-turns", "1", "--sandbox-fuel", "3000000"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code in (0, 1), result.output
+    with SyncBus(bus_file) as bus:
+        recorded = _settings(bus, "lim")["sandbox"]
+    expected = SandboxLimits(fuel=3_000_000, memory_bytes=32 * 1024 * 1024, wall_clock_s=3.0)
+    assert SandboxLimits(**recorded) == expected
