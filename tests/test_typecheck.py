@@ -52,7 +52,9 @@ def test_pyright_reports_no_error_in_the_package() -> None:
     try:
         report = json.loads(done.stdout)
     except ValueError:
-        pytest.fail(f"pyright gave no JSON report (exit {done.returncode}):\n{done.stdout}")
+        pytest.fail(
+            f"pyright gave no JSON report (exit {done.returncode}):\n{done.stdout}{done.stderr}"
+        )
     errors = [d for d in report["generalDiagnostics"] if d["severity"] == "error"]
     lines = [
         f"{os.path.relpath(d['file'], ROOT)}:{d['range']['start']['line'] + 1}:"
@@ -61,6 +63,6 @@ def test_pyright_reports_no_error_in_the_package() -> None:
     ]
     if lines:
         pytest.fail(f"pyright: {len(lines)} errors\n" + "\n".join(lines), pytrace=False)
-    assert done.returncode == 0, done.stdout
+    assert done.returncode == 0, done.stdout + done.stderr
     # The whole package was checked (through the symlink folder), not a part of it.
     assert report["summary"]["filesAnalyzed"] >= _package_files() > 100
