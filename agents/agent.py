@@ -127,7 +127,10 @@ class Agent:
     sandbox: Any = None
     #: Prompt variants ``(function, min_tokens)``: see :attr:`AgentSpec.variants`.
     variants: tuple[tuple[str, int], ...] = ()
-    tools: dict[type | str, BoundTool] = field(default_factory=dict)
+    # The factory names the key and value types: a bare dict would be dict[Unknown, Unknown].
+    tools: dict[type[Any] | str, BoundTool] = field(
+        default_factory=dict[type[Any] | str, BoundTool]
+    )
 
     @property
     def client_name(self) -> str:

@@ -37,9 +37,9 @@ def stamped(line: str, when: float | None = None) -> str:
 
 def is_terminal(stream: TextIO | None = None) -> bool:
     """Whether ``stream`` (default: stdout) is an interactive terminal (live views make sense)."""
-    stream = sys.stdout if stream is None else stream
+    out = sys.stdout if stream is None else stream
     try:
-        return stream.isatty()
+        return out.isatty()
     except (AttributeError, ValueError):  # a closed or odd stream is not a terminal
         return False
 

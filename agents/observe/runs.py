@@ -257,7 +257,7 @@ def seconds_between(start: str | None, end: str | None) -> float | None:
 def _ts(event: Any) -> str:
     payload = event.payload if isinstance(event.payload, dict) else {}
     ts = payload.get("ts")
-    return ts if parse_time(ts) is not None else event.created_at
+    return ts if isinstance(ts, str) and parse_time(ts) is not None else event.created_at
 
 
 # Payload fields come from the bus: any agent (or a hand-written publish) can put any JSON
@@ -359,7 +359,8 @@ def build_timeline(run_id: str, events: list[Any]) -> Timeline:
             else:
                 target.error = as_text(p.get("error") if isinstance(raw, dict) else raw) or "?"
             if owner is not None:
-                target.tool_s = seconds_between(call_ts.get(event.caused_by), _ts(event))
+                start = call_ts.get(event.caused_by) if event.caused_by is not None else None
+                target.tool_s = seconds_between(start, _ts(event))
         elif kind == RunEventType.LLM_CALL and turn is not None:
             turn.llm_calls += 1
         elif kind == RunEventType.OUTCOME:
@@ -378,7 +379,8 @@ def load_timelines(bus_path: Any, run_ids: list[str]) -> list[Timeline]:
 
     by_run: dict[str, list[Any]] = {run_id: [] for run_id in run_ids}
     for event in events_of_runs(bus_path, run_ids):
-        by_run[event.run_id].append(event)
+        if event.run_id is not None:  # always: they are selected by run id
+            by_run[event.run_id].append(event)
     return [build_timeline(run_id, by_run[run_id]) for run_id in run_ids]
 
 

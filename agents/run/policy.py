@@ -47,7 +47,7 @@ class Policy(BaseModel):
     observe_first: bool = False
     observe_tools: tuple[str, ...] = ()  # the tools whose result counts (empty: any)
     no_repeat: bool = False
-    tree_limit: int = Field(300, ge=1, le=5000)
+    tree_limit: int = Field(default=300, ge=1, le=5000)
 
     @property
     def active(self) -> bool:
