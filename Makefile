@@ -7,7 +7,7 @@ PYTEST_ARGS ?=
 # Run with OpenBLAS preloaded when one is usable (Linux CPU: ~10x faster float32 matmuls).
 FAST   := $(BIN)/python -m loopbus.models.blas exec
 
-.PHONY: install test demo bench lint generate clean adapter wheel
+.PHONY: install test demo bench lint typecheck generate clean adapter wheel
 
 install: $(STAMP)
 
@@ -57,8 +57,14 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# pyright over the package ([tool.pyright] in pyproject.toml: standard, the public API strict);
+# tests/typecheck.py resolves loopbus.* through symlinks in build/typecheck. tests/test_typecheck.py
+# runs the same check in `make test`.
+typecheck: install
+	$(BIN)/python tests/typecheck.py
+
 generate: install
 	cd . && $(BIN)/baml-cli generate
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache build/lib build/bdist.* dist
+	rm -rf $(VENV) .pytest_cache .ruff_cache build/lib build/bdist.* build/typecheck dist
