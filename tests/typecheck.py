@@ -70,6 +70,9 @@ def pyright_command(args: list[str]) -> list[str]:
         "pyright",
         "--pythonpath",
         sys.executable,
+        # This project's configuration, never a pyrightconfig.json found in a parent folder.
+        "--project",
+        str(ROOT / "pyproject.toml"),
         *options,
         *(str(f) for f in files),
     ]
