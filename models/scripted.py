@@ -27,6 +27,7 @@ from typing import Any, cast
 
 from loopbus.models.errors import ModelError
 from loopbus.models.runtime import Generation
+from loopbus.models.schema import violation
 
 
 def _text(decision: Any) -> str:
@@ -81,8 +82,6 @@ class ScriptedRuntime:
         self, messages: list[dict[str, Any]], *, schema: dict[str, Any] | None = None, **_: Any
     ) -> Generation:
         """The next scripted decision (checked against ``schema`` when it is JSON)."""
-        from loopbus.agents.run.policy import violation
-
         self.calls += 1
         self.prompts.append(messages)
         if not self.answers:

@@ -346,3 +346,20 @@ def test_no_import_cycles_between_loopbus_modules() -> None:
         "module-level import cycles (import inside the function that needs it):\n"
         + ("\n".join(" <-> ".join(c) for c in cycles))
     )
+
+
+def test_bus_and_models_never_import_agents() -> None:
+    """The layers: agents/ builds on bus/ and models/, never the other way round (lazy imports
+    inside functions included), so the bus and the model runtime stay usable on their own."""
+    offenders = []
+    for folder in ("bus", "models"):
+        for path in sorted((REPO / folder).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                names = []
+                if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                    names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+                elif isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                if any(n == "loopbus.agents" or n.startswith("loopbus.agents.") for n in names):
+                    offenders.append(f"{path.relative_to(REPO)}:{node.lineno}")
+    assert not offenders, offenders

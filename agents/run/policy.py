@@ -16,7 +16,7 @@ union each turn from what the run has seen (:class:`RunFacts`, fed every event o
 
 A member left with no allowed value is dropped; if nothing would remain the union is kept
 whole. :func:`turn_schema` returns the schema and its sha256 (recorded per model call, so a
-replay checks that it rebuilt the same schema), and :func:`violation` checks a decision
+replay checks that it rebuilt the same schema), and :func:`~loopbus.models.schema.violation` checks a decision
 against it (for runtimes without constrained decoding, and for replays).
 """
 
@@ -33,6 +33,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from loopbus.agents.run.events import RunEventType
+from loopbus.models.schema import member_action
+from loopbus.models.schema import violation as violation  # re-exported for the loop and replay
 
 #: The path field of each tool whose argument ``paths`` limits: files or folders.
 PATH_TOOLS = {"read_file": "files", "list_dir": "dirs"}
@@ -168,14 +170,6 @@ def call_key(tool: str, args: dict[str, Any]) -> str:
     return json.dumps([tool, args], sort_keys=True, ensure_ascii=False)
 
 
-def _action(member: dict[str, Any]) -> str | None:
-    prop = member.get("properties", {}).get("action", {})
-    if "const" in prop:
-        return prop["const"]
-    enum = prop.get("enum")
-    return enum[0] if isinstance(enum, list) and len(enum) == 1 else None
-
-
 def turn_schema(
     base: dict[str, Any], policy: Policy, facts: RunFacts, workspace: Path | None
 ) -> dict[str, Any]:
@@ -184,7 +178,7 @@ def turn_schema(
         return base
     members: list[dict[str, Any]] = []
     for member in base.get("anyOf", [base]):
-        action = _action(member)
+        action = member_action(member)
         props = member.get("properties", {})
         if action == "done":
             wanted = set(policy.observe_tools) or facts.succeeded
@@ -228,24 +222,3 @@ def schema_sha(schema: dict[str, Any]) -> str:
     """sha256 of a schema's canonical JSON (recorded with each model call)."""
     text = json.dumps(schema, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def violation(decision: dict[str, Any], schema: dict[str, Any]) -> str | None:
-    """Why ``decision`` (a parsed decision as JSON) is outside this turn's ``schema``, or None.
-
-    Checks what policies narrow: the action is a member, and enum'd fields hold allowed values.
-    """
-    members = schema.get("anyOf", [schema])
-    action = decision.get("action")
-    allowed_actions = [a for a in (_action(m) for m in members) if a is not None]
-    for member in members:
-        if _action(member) != action:
-            continue
-        for name, prop in member.get("properties", {}).items():
-            enum = prop.get("enum") if isinstance(prop, dict) else None
-            if name != "action" and isinstance(enum, list) and decision.get(name) not in enum:
-                shown = ", ".join(str(v) for v in enum[:12])
-                more = f" (and {len(enum) - 12} more)" if len(enum) > 12 else ""
-                return f"{action} {name} {decision.get(name)!r} is not one of: {shown}{more}"
-        return None
-    return f"{action!r} is not allowed now; choose one of: {', '.join(allowed_actions)}"
