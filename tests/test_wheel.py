@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tomllib
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -299,28 +300,15 @@ def test_a_shipped_chain_config_runs_and_writes_here(
     installed.assert_site_packages_untouched()
 
 
-def _readme_section() -> dict[str, list[str]]:
-    text = (REPO / "README.md").read_text(encoding="utf-8")
-    start = text.index("## Write your own agent")
-    section = text[start : text.index("\n## ", start + 1)]
-    blocks: dict[str, list[str]] = {}
-    for lang, body in re.findall(r"```(\w+)\n(.*?)```", section, flags=re.S):
-        blocks.setdefault(lang, []).append(body)
-    return blocks
-
-
 def test_a_users_agent_from_the_readme(
-    installed: Installed, tmp_path: Path, tiny_model_path: Path
+    installed: Installed,
+    tmp_path: Path,
+    tiny_model_path: Path,
+    readme_user_project: Callable[[Path], dict[str, list[str]]],
 ) -> None:
     """As tests/agents/test_user_agent.py, with the installed wheel and the venv's baml-cli."""
     project = tmp_path / "userproj"
-    blocks = _readme_section()
-    (project / "baml_src").mkdir(parents=True)
-    (project / "baml_src" / "counter.baml").write_text(blocks["baml"][0])
-    (project / "my_agents").mkdir()
-    (project / "my_agents" / "__init__.py").write_text("")
-    (project / "my_agents" / "counter.py").write_text(blocks["python"][0])
-    (project / "notes.txt").write_text("one\ntwo\nthree\n")
+    blocks = readme_user_project(project)
     (project / "test_counter.py").write_text(blocks["python"][1])
     generate, run_line = blocks["shell"][0].splitlines()[:2]
     assert generate.startswith("baml-cli generate")
