@@ -26,8 +26,10 @@ Decisions:
   ``cmeel-openblas`` needs ``libgfortran.so.5``; when the system has none, a directory of
   symlinks to the copy the ``mlx[cpu]`` wheel already ships (``mlx_cpu.libs``) is created in
   the loopbus cache (one per environment) and put on ``LD_LIBRARY_PATH``. Every candidate is checked once by
-  starting a child Python with it preloaded; the verdict is cached in
-  ``$LOOPBUS_CACHE/blas.json``.
+  starting a child Python with it preloaded that multiplies two small matrices through
+  ``cblas_sgemm`` (a build for a newer CPU loads fine, then dies with SIGILL on its first
+  matmul); the verdict is cached in ``$LOOPBUS_CACHE/blas.json``, per library and CPU. The
+  wheel is pinned to 0.3.29, a ZEN (AVX2) build; 0.3.31 is AVX-512 only.
 * **Which processes.** A running process cannot swap its BLAS, so :func:`blas_env` adds the
   preload to the environment of the processes loopbus starts (agent processes, the demo, the
   benchmark's children), with ``OPENBLAS_NUM_THREADS=1`` unless ``OPENBLAS_NUM_THREADS`` or
@@ -163,9 +165,47 @@ def _with_preload(env: Mapping[str, str], lib: Path, lib_dirs: list[str]) -> dic
     return out
 
 
+# The probe multiplies two small matrices through ``cblas_sgemm``: a library can load and
+# export the symbol, yet be built for a newer CPU (cmeel-openblas 0.3.31 is a SKYLAKEX build:
+# AVX-512 only) and die with SIGILL on its first matmul. Checking the product also rejects a
+# library whose sgemm is wrong.
+_PROBE = """
+import ctypes
+n = 64
+lib = ctypes.CDLL(None)
+Mat = ctypes.c_float * (n * n)
+a = Mat(*[float((i * 7) % 5 - 2) for i in range(n * n)])
+b = Mat(*[float((i * 3) % 7 - 3) for i in range(n * n)])
+c = Mat()
+# cblas_sgemm(RowMajor=101, NoTrans=111, NoTrans=111, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)
+lib.cblas_sgemm.argtypes = [ctypes.c_int] * 6 + [ctypes.c_float, Mat, ctypes.c_int, Mat,
+                                                   ctypes.c_int, ctypes.c_float, Mat, ctypes.c_int]
+lib.cblas_sgemm(101, 111, 111, n, n, n, 1.0, a, n, b, n, 0.0, c, n)
+for i, j in ((0, 0), (5, 17), (n - 1, n - 1)):
+    want = sum(a[i * n + k] * b[k * n + j] for k in range(n))
+    assert c[i * n + j] == want, (i, j, c[i * n + j], want)
+"""
+_PROBE_VERSION = "2"  # bump when _PROBE changes, so cached verdicts are redone
+
+
+def _cpu_tag() -> str:
+    """A short hash of this CPU's model and feature flags: a cache shared between machines
+    (a home directory on a network share) keeps one verdict per kind of CPU."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.machine()
+    lines = [ln for ln in info.splitlines() if ln.startswith(("model name", "flags"))]
+    return hashlib.sha256("\n".join(dict.fromkeys(lines)).encode()).hexdigest()[:12]
+
+
 def _works(lib: Path, lib_dirs: list[str]) -> bool:
-    """Whether a child Python starts cleanly with ``lib`` preloaded (verdict cached on disk)."""
-    stamp = f"{lib}:{lib.stat().st_mtime_ns}:{':'.join(lib_dirs)}"
+    """Whether a child Python can multiply two matrices with ``lib`` preloaded (verdict
+    cached on disk, per library, probe version and CPU)."""
+    stamp = (
+        f"{lib}:{lib.stat().st_mtime_ns}:{':'.join(lib_dirs)}"
+        f":probe{_PROBE_VERSION}:cpu-{_cpu_tag()}"
+    )
     cache_file = _cache_root() / "blas.json"
     try:
         verdicts = json.loads(cache_file.read_text())
@@ -174,10 +214,10 @@ def _works(lib: Path, lib_dirs: list[str]) -> bool:
     if stamp in verdicts:
         return bool(verdicts[stamp])
     env = _with_preload(os.environ, lib, lib_dirs)
-    probe = "import ctypes; ctypes.CDLL(None).cblas_sgemm"
+    env["OPENBLAS_NUM_THREADS"] = "1"
     try:
         proc = subprocess.run(
-            [sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60
+            [sys.executable, "-c", _PROBE], env=env, capture_output=True, text=True, timeout=60
         )
         ok = proc.returncode == 0 and "preloaded" not in proc.stderr
     except (OSError, subprocess.TimeoutExpired):

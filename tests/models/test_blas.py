@@ -89,3 +89,34 @@ def test_dtype_policy() -> None:
         assert blas.default_weight_dtype() == "bfloat16" and blas.compute_dtype() is None
     else:
         assert blas.default_weight_dtype() == "float32" and blas.compute_dtype() == "float32"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "__builtin_trap();",  # ud2: SIGILL, like an AVX-512 build on an AVX2 CPU
+        "for (int i = 0; i < m * n; i++) c[i] = 0.0f;",  # loads and returns, but multiplies wrong
+    ],
+    ids=["sigill", "wrong-product"],
+)
+def test_a_library_whose_sgemm_fails_is_not_preloaded(
+    cache: Path, monkeypatch: pytest.MonkeyPatch, body: str
+) -> None:
+    import shutil
+
+    if not sys.platform.startswith("linux") or shutil.which("gcc") is None:
+        pytest.skip("needs Linux and gcc to build a stand-in BLAS")
+    source = cache / "fakeblas.c"
+    source.write_text(
+        "void cblas_sgemm(int order, int ta, int tb, int m, int n, int k, float alpha,\n"
+        "                 const float *a, int lda, const float *b, int ldb, float beta,\n"
+        f"                 float *c, int ldc) {{ {body} }}\n"
+    )
+    lib = cache / "libopenblas.so.0"
+    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(lib), str(source)], check=True)
+    monkeypatch.setenv(blas.OPENBLAS_ENV, str(lib))
+    base = {"PATH": "/usr/bin", "LD_PRELOAD": ""}
+    assert blas.openblas_path() is None  # refused: processes run on the reference BLAS
+    assert blas.blas_env(base) == base
+    verdicts = json.loads((cache / "blas.json").read_text())
+    assert [ok for key, ok in verdicts.items() if key.startswith(str(lib))] == [False]
