@@ -283,7 +283,8 @@ def shape_result(value: Any, limit: int = MAX_RESULT_CHARS) -> Any:
 
 
 def list_dir(call: Any, ctx: ToolContext) -> str:
-    """Names in a workspace directory, directories with a trailing ``/``."""
+    """Names in a workspace directory, directories with a trailing ``/``, then a last line
+    that counts them: ``(3 files, 1 folder)``."""
     target = ctx.path(call.path)
     if not target.is_dir():
         raise ToolError(f"{call.path!r} is not a directory; use list_dir with '.' for the root")
@@ -292,7 +293,22 @@ def list_dir(call: Any, ctx: ToolContext) -> str:
         if entry.name.startswith("."):
             continue  # hidden files are noise for small models
         lines.append(entry.name + "/" if entry.is_dir() else entry.name)
-    return "\n".join(lines) if lines else "(empty directory)"
+    if not lines:
+        return "(empty directory)"
+    # The tool counts, so the model only copies a number: a 135M model cannot count a listing.
+    return "\n".join([*lines, entry_count(lines)])
+
+
+def entry_count(names: list[str]) -> str:
+    """The last line of a listing: ``(2 files)``, ``(1 folder)``, ``(3 files, 1 folder)``."""
+    folders = sum(name.endswith("/") for name in names)
+    files = len(names) - folders
+    parts = [
+        f"{n} {word}{'' if n == 1 else 's'}"
+        for n, word in ((files, "file"), (folders, "folder"))
+        if n
+    ]
+    return f"({', '.join(parts)})"
 
 
 def read_file(call: Any, ctx: ToolContext) -> str:

@@ -279,3 +279,48 @@ def test_resume_rebuilds_the_policy_facts(tiny_runtime: Any, bus: Any, tmp_path:
     results = bus.events(run_id=outcome.run_id, types="run.tool_result")
     assert state.facts.succeeded == {r.payload["tool"] for r in results}
     assert calls and state.settings.policy == EXPLORE  # the policy comes from run.task
+
+
+@pytest.mark.parametrize(
+    ("names", "line"),
+    [
+        (["a.txt"], "(1 file)"),
+        (["a.txt", "b.txt"], "(2 files)"),
+        (["sub/"], "(1 folder)"),
+        (["a.txt", "b/", "c/"], "(1 file, 2 folders)"),
+    ],
+)
+def test_a_listing_ends_with_its_count_which_is_no_path(
+    tmp_path: Path, names: list[str], line: str
+) -> None:
+    from loopbus.agents.tools.core import ToolContext, list_dir
+    from loopbus.baml_client import types
+
+    ws = tmp_path / "ws"
+    (ws / "docs").mkdir(parents=True)
+    for name in names:
+        target = ws / "docs" / name.rstrip("/")
+        target.mkdir() if name.endswith("/") else target.write_text("x")
+    (ws / "docs" / ".hidden").write_text("not counted")
+    call = types.ListDir(action="list_dir", path="docs")
+    result = list_dir(call, ToolContext("r", "assistant", ws))
+    assert result.splitlines() == [*names, line]  # the tool counts; a small model only copies
+    facts = RunFacts()
+    args = {"action": "list_dir", "path": "docs"}
+    _feed(
+        facts,
+        ("run.tool_call", {"turn": 1, "tool": "list_dir", "args": args}, 1, None),
+        ("run.tool_result", {"turn": 1, "tool": "list_dir", "result": result}, 2, 1),
+    )
+    files = {f"docs/{n}" for n in names if not n.endswith("/")}
+    assert facts.seen_files == files
+    assert facts.seen_dirs == {"docs", *(f"docs/{n.rstrip('/')}" for n in names if n.endswith("/"))}
+
+
+def test_an_empty_folder_says_so(tmp_path: Path) -> None:
+    from loopbus.agents.tools.core import ToolContext, list_dir
+    from loopbus.baml_client import types
+
+    (tmp_path / "empty").mkdir()
+    call = types.ListDir(action="list_dir", path="empty")
+    assert list_dir(call, ToolContext("r", "assistant", tmp_path)) == "(empty directory)"

@@ -62,8 +62,9 @@ def test_changed_tool_fails_with_a_diff(changed_list_dir: None) -> None:
     report = replay(Recording.from_xml(CRAFTED.read_text()), workspace=FIXTURE)
     assert not report.ok
     assert report.diff.startswith("replay diverged at event 5 of 200 (run.tool_result, turn 1):")
-    assert '+    "result": "README.md\\nnotes/\\nsrc/\\nextra.txt",' in report.diff
-    assert '-    "result": "README.md\\nnotes/\\nsrc/",' in report.diff
+    listing = "README.md\\nnotes/\\nsrc/\\n(1 file, 2 folders)"
+    assert f'+    "result": "{listing}\\nextra.txt",' in report.diff
+    assert f'-    "result": "{listing}",' in report.diff
     with pytest.raises(AssertionError, match="does not replay"):
         assert_replays(CRAFTED, workspace=FIXTURE)
 

@@ -30,8 +30,10 @@ def test_oracles_answer_their_tasks(tmp_path: Path) -> None:
         final = task.oracle[-1]
         assert final["action"] == "done" and task.check(final["summary"]), task
         # The answer is observed before done (never guessable from the question alone).
-        if task.kind == "count":  # the listing's length is the answer
-            assert str(len(results[-1].splitlines())) in task.expected, task
+        if task.kind == "count":  # the listing's names, and the count line it ends with
+            *names, count_line = results[-1].splitlines()
+            assert str(len(names)) in task.expected, task
+            assert count_line == f"({len(names)} files)", task
         else:
             assert any(any(e in r for e in task.expected) for r in results), task
         assert not task.check(task.question), task

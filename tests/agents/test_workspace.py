@@ -73,7 +73,14 @@ def test_builtin_handlers(root: Path) -> None:
 
     ctx = ToolContext("r", "assistant", root)
     listing = list_dir(types.ListDir(action="list_dir", path="."), ctx)
-    assert listing.splitlines() == ["a.txt", "alias.txt", "leak.txt", "sub/", "up/"]
+    assert listing.splitlines() == [
+        "a.txt",
+        "alias.txt",
+        "leak.txt",
+        "sub/",
+        "up/",
+        "(3 files, 2 folders)",
+    ]
     assert read_file(types.ReadFile(action="read_file", path="sub/b.txt"), ctx) == "inner"
     with pytest.raises(PathEscape):
         read_file(types.ReadFile(action="read_file", path="leak.txt"), ctx)
