@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from loopbus.agents.cli.common import bus_path, exit_codes_epilog, handle_errors
+from loopbus.agents.distill.tasksuite import SUITES  # stdlib only: cheap at CLI start
 
 
 @click.group()
@@ -16,6 +17,7 @@ def distill() -> None:
     \b
     Examples:
       loopbus --bus oracle.db distill oracle --seed 7 --n 200 --root distill-ws
+      loopbus --bus oracle.db distill oracle --agent watcher --seed 7 --n 40 --root distill-ws
       loopbus distill data distill-data --from oracle.db --from loopbus.db
       loopbus distill train distill-data --out my-adapter --iters 60
       loopbus run assistant "What is in README.md?" --model default+adapter:my-adapter
@@ -34,6 +36,12 @@ def distill() -> None:
 )
 @click.option("--agent", default="assistant", show_default=True, help="Agent that runs them.")
 @click.option(
+    "--suite",
+    type=click.Choice(SUITES),
+    default=None,
+    help="Whose task suite to run (default: the one named like --agent).",
+)
+@click.option(
     "--model",
     "model_spec",
     default="default",
@@ -43,16 +51,26 @@ def distill() -> None:
 @click.pass_context
 @handle_errors
 def oracle_cmd(
-    ctx: click.Context, seed: int, count: int, root: Path, agent: str, model_spec: str
+    ctx: click.Context,
+    seed: int,
+    count: int,
+    root: Path,
+    agent: str,
+    suite: str | None,
+    model_spec: str,
 ) -> None:
     """Run the agent loop on generated tasks with the gold decisions as its model.
 
-    Every run lands on the bus (--bus) with a `distill.verdict` event saying whether its answer
-    checked out; `distill data` then uses the correct ones. No model generates anything.
+    Each built-in agent that has a suite gets its own tasks: `assistant` answers file
+    questions, `watcher` publishes a value it finds as an event, `coder` computes one with
+    MicroPython. Every run lands on the bus (--bus) with a `distill.verdict` event saying
+    whether its answer checked out; `distill data` then uses the correct ones. No model
+    generates anything.
 
     \b
     Example:
       loopbus --bus oracle.db distill oracle --seed 7 --n 200
+      loopbus --bus oracle.db distill oracle --agent coder --seed 7 --n 40
     """
     from loopbus.agents.distill.pipeline import oracle_runs
     from loopbus.bus import SyncBus
@@ -60,7 +78,7 @@ def oracle_cmd(
 
     counter = load_runtime(model_spec)
     with SyncBus(bus_path(ctx)) as bus:
-        report = oracle_runs(bus, counter, root=root, seed=seed, n=count, agent=agent)
+        report = oracle_runs(bus, counter, root=root, seed=seed, n=count, agent=agent, suite=suite)
     click.echo(f"{report.runs} oracle runs, {report.correct} done and correct")
     for run_id in report.failed:
         click.echo(f"  not usable: {run_id}")

@@ -2,8 +2,8 @@
 
 Three steps, each a function (and a ``loopbus distill`` command):
 
-* :func:`oracle_runs` runs the real agent loop over a generated task suite
-  (:mod:`loopbus.agents.distill.tasksuite`) with :class:`loopbus.models.scripted.ScriptedRuntime` answering each turn
+* :func:`oracle_runs` runs the real agent loop over a generated task suite (the agent's own:
+  :func:`loopbus.agents.distill.tasksuite.generate_for`) with :class:`loopbus.models.scripted.ScriptedRuntime` answering each turn
   with the task's gold decision (a decision the turn's policy-narrowed schema refuses ends the
   run failed), and records a ``distill.verdict`` event per run (whether the answer checked out).
   The runs land on a bus like any other runs.
@@ -75,14 +75,24 @@ def oracle_runs(
     seed: int,
     n: int,
     agent: str = "assistant",
+    suite: str | None = None,
 ) -> OracleReport:
     """Run ``agent`` on ``n`` generated tasks (``seed``; workspaces under ``root``) with the
     tasks' gold decisions as the model, and record a verdict event for each run.
 
-    Refuses the evaluation seed (:data:`loopbus.agents.distill.tasksuite.EVAL_SEED`): training on the held-out
-    suite would make the benchmark meaningless.
+    ``suite``: whose task suite (:data:`~loopbus.agents.distill.tasksuite.SUITES`), by default
+    the one named like ``agent``; the verdict is that suite's (a watcher run must have
+    published the expected event, see :func:`~loopbus.agents.distill.tasksuite.judge`).
+    Refuses the evaluation seed (:data:`loopbus.agents.distill.tasksuite.EVAL_SEED`): training
+    on the held-out suite would make the benchmark meaningless.
     """
-    from loopbus.agents.distill.tasksuite import EVAL_SEED, generate_suite, oracle_json
+    from loopbus.agents.distill.tasksuite import (
+        EVAL_SEED,
+        SUITES,
+        generate_for,
+        judge,
+        oracle_json,
+    )
     from loopbus.agents.run.loop import run_agent
 
     if seed == EVAL_SEED:
@@ -91,8 +101,14 @@ def oracle_runs(
         )
     if n < 1:
         raise DistillError(f"--n must be at least 1 (got {n})")
+    suite = suite or agent
+    if suite not in SUITES:
+        raise DistillError(
+            f"no task suite for {suite!r} (suites: {', '.join(SUITES)}); "
+            "name one with --suite to run another agent on it"
+        )
     correct, failed = 0, []
-    for task in generate_suite(Path(root), seed=seed, n=n):
+    for task in generate_for(suite, Path(root), seed=seed, n=n):
         runtime = ScriptedRuntime(oracle_json(task), counter=counter, spec="oracle")
         run_id = f"oracle-{task.id}"
         outcome = run_agent(
@@ -104,7 +120,7 @@ def oracle_runs(
             max_turns=len(task.oracle) + 1,
             run_id=run_id,
         )
-        ok = outcome.kind == "done" and task.check(outcome.summary or "")
+        ok = judge(task, outcome, bus)
         correct += ok
         if not ok:
             failed.append(run_id)
@@ -113,8 +129,11 @@ def oracle_runs(
             "correct": ok,
             "task_id": task.id,
             "kind": task.kind,
+            "suite": suite,
             "expected": task.expected,
         }
+        if task.event_type:
+            payload["event_type"] = task.event_type
         bus.publish(VERDICT, payload, agent="distill", run_id=None)
     return OracleReport(runs=n, correct=correct, failed=failed)
 

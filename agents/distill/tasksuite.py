@@ -17,19 +17,28 @@ Task kinds, mixed so that about half need listing a folder and some need two rea
 * ``folder``: the answer is in the one relevant file of a named folder (list, read, answer);
 * ``count``: how many files a folder holds (list, answer);
 * ``pointer``: a file names the file that holds the answer (read, read, answer).
+
+The other built-in agents have suites of their own over the same kind of tasks
+(:func:`generate_for` picks one by agent name): :mod:`loopbus.agents.distill.watch_suite` (the
+``watcher`` publishes what it finds as an event; kinds ``watch-*``, over these workspaces) and
+:mod:`loopbus.agents.distill.code_suite` (the ``coder`` computes a value with MicroPython; kinds
+``code-*``). :func:`judge` grades a run of any of them from the bus.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 #: Seed of the held-out evaluation suite (bench/bench_agents.py); train on other seeds.
 EVAL_SEED = 1000
+#: The agents that have a task suite (:func:`generate_for`).
+SUITES = ("assistant", "watcher", "coder")
 
 KINDS = ("named", "hidden", "folder", "count", "pointer", "implied")
 
@@ -68,8 +77,11 @@ class Task:
     """One question over a generated workspace, with its accepted answers and gold trajectory.
 
     ``expected``: the answer is correct when the Done summary contains one of these,
-    case-insensitively. ``oracle``: the gold decisions in order, each the JSON object the model
-    must emit (``{"action": "list_dir", "path": "."}``, ..., ``{"action": "done", ...}``).
+    case-insensitively (as a whole word when ``whole_word``: "17" is not in "170"). ``oracle``:
+    the gold decisions in order, each the JSON object the model must emit (``{"action":
+    "list_dir", "path": "."}``, ..., ``{"action": "done", ...}``). ``agent``: the agent the task
+    is for. ``event_type``: set for ``watcher`` tasks, which are graded on what the run
+    published (an event of this type with an expected value in its payload), not its summary.
     """
 
     id: str
@@ -79,11 +91,67 @@ class Task:
     oracle: list[dict[str, Any]]
     kind: str = ""
     files: list[str] = field(default_factory=list)
+    agent: str = "assistant"
+    event_type: str = ""
+    whole_word: bool = False
 
     def check(self, summary: str) -> bool:
         """Whether a Done summary answers the question (contains an expected string)."""
-        text = summary.casefold()
-        return any(answer.casefold() in text for answer in self.expected)
+        return any(_holds(summary, answer, self.whole_word) for answer in self.expected)
+
+    def check_published(self, published: list[tuple[str, Any]]) -> bool:
+        """Whether one of the ``(event_type, payload)`` a run published is an event of
+        :attr:`event_type` with an expected value, as a whole word, in one of its fields."""
+        return any(
+            event_type == self.event_type
+            and isinstance(payload, dict)
+            and any(
+                _holds(str(value), answer, True)
+                for value in cast("dict[str, Any]", payload).values()
+                for answer in self.expected
+            )
+            for event_type, payload in published
+        )
+
+
+def _holds(text: str, answer: str, whole_word: bool) -> bool:
+    """``answer`` in ``text``, case-insensitively; as a whole word: "17" is not in "170"."""
+    text, answer = text.casefold(), answer.casefold()
+    if not whole_word:
+        return answer in text
+    return re.search(rf"(?<!\w){re.escape(answer)}(?!\w)", text) is not None
+
+
+def judge(task: Task, outcome: Any, bus: Any) -> bool:
+    """Whether a run (its :class:`~loopbus.agents.run.loop.Outcome`, its events on ``bus``)
+    answered ``task``: it ended ``done`` and, for a watcher task, published the expected event
+    (read back from the bus), else its summary holds the answer."""
+    if outcome.kind != "done":
+        return False
+    if task.event_type:
+        events = bus.events(run_id=outcome.run_id)
+        return task.check_published(
+            [(e.event_type, e.payload) for e in events if not e.event_type.startswith("run.")]
+        )
+    return task.check(outcome.summary or "")
+
+
+def generate_for(agent: str, root: Path, *, seed: int, n: int) -> list[Task]:
+    """``n`` tasks of ``agent``'s suite (one of :data:`SUITES`), from ``seed``, under ``root``.
+
+    Raises ValueError for an agent without a suite.
+    """
+    if agent == "assistant":
+        return generate_suite(root, seed=seed, n=n)
+    if agent == "watcher":
+        from loopbus.agents.distill.watch_suite import generate_watch_suite
+
+        return generate_watch_suite(root, seed=seed, n=n)
+    if agent == "coder":
+        from loopbus.agents.distill.code_suite import generate_code_suite
+
+        return generate_code_suite(root, seed=seed, n=n)
+    raise ValueError(f"no task suite for agent {agent!r}; suites: {', '.join(SUITES)}")
 
 
 def _value(rng: random.Random, key: str) -> str:
@@ -106,6 +174,9 @@ class _Builder:
         self.root = root
         self.rng = rng
         self.files: list[str] = []
+        # What the question asks for ("launch code", "version of Pebble"), set by the makers
+        # of one-value tasks (the watcher suite words its own question with it).
+        self.subject = ""
 
     def write(self, relative: str, text: str) -> None:
         path = self.root / relative
@@ -137,6 +208,7 @@ def _named(b: _Builder) -> tuple[str, list[str], list[dict[str, Any]]]:
     b.write(name, _body(rng, line.format(value=value)))
     b.write("README.md", f"# {rng.choice(_PROJECTS)}\nA small project.\n")
     b.distractors(stem, [".", rng.choice(_FOLDERS)])
+    b.subject = key
     question = f"Read {name} and tell me the {key}."
     oracle = [{"action": "read_file", "path": name}, _done(f"The {key} is {value}.")]
     return question, [value], oracle
@@ -154,6 +226,7 @@ def _implied(b: _Builder) -> tuple[str, list[str], list[dict[str, Any]]]:
     folder = rng.choice(_FOLDERS)
     b.write(f"{folder}/changelog.txt", f"Older releases: {rng.randint(0, 0)}.{rng.randint(1, 9)}\n")
     b.distractors("", [".", folder])
+    b.subject = f"version of {project}"
     question = f"What is the version of {project}?"
     oracle = [
         {"action": "read_file", "path": "README.md"},
@@ -171,6 +244,7 @@ def _hidden(b: _Builder) -> tuple[str, list[str], list[dict[str, Any]]]:
     b.write(f"{folder}/{name}", _body(rng, line.format(value=value)))
     b.write("README.md", f"# {rng.choice(_PROJECTS)}\nFiles are kept in {folder}/.\n")
     b.distractors(stem, [folder, rng.choice(_FOLDERS)])
+    b.subject = key
     question = f"Find {name} and tell me the {key}."
     oracle = [
         {"action": "list_dir", "path": "."},
@@ -189,6 +263,7 @@ def _folder(b: _Builder) -> tuple[str, list[str], list[dict[str, Any]]]:
     b.write(f"{folder}/{stem}.txt", _body(rng, line.format(value=value)))
     b.write("README.md", f"# {rng.choice(_PROJECTS)}\nA small project.\n")
     b.distractors(stem, [folder, "."])
+    b.subject = key
     question = f"One of the files in the {folder} folder has the {key}. What is the {key}?"
     oracle = [
         {"action": "list_dir", "path": folder},
@@ -226,6 +301,7 @@ def _pointer(b: _Builder) -> tuple[str, list[str], list[dict[str, Any]]]:
     b.write("index.txt", f"The {key} is kept in {target}.\n")
     b.write("README.md", f"# {rng.choice(_PROJECTS)}\nA small project.\n")
     b.distractors(stem, [folder, "."])
+    b.subject = key
     question = f"Read index.txt to find the file with the {key}. What is the {key}?"
     oracle = [
         {"action": "read_file", "path": "index.txt"},
@@ -258,16 +334,21 @@ def generate_suite(root: Path, *, seed: int, n: int) -> list[Task]:
     for index in range(n):
         kind = order[index % len(order)]
         task_id = f"s{seed}-{index:03d}-{kind}"
-        workspace = Path(root) / task_id
-        if workspace.exists():
-            _clear(workspace)
-        workspace.mkdir(parents=True, exist_ok=True)
+        workspace = fresh_workspace(Path(root) / task_id)
         builder = _Builder(workspace, random.Random(f"{seed}:{index}"))
         question, expected, oracle = _MAKERS[kind](builder)
         tasks.append(
             Task(task_id, workspace, question, expected, oracle, kind, sorted(builder.files))
         )
     return tasks
+
+
+def fresh_workspace(folder: Path) -> Path:
+    """``folder``, created empty (what an earlier generation wrote there is removed)."""
+    if folder.exists():
+        _clear(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def _clear(folder: Path) -> None:
