@@ -29,18 +29,24 @@ demo: install
 bench: install  # all benchmarks; one of them: make bench BENCH=agents
 	$(FAST) $(BIN)/python -m bench $(BENCH)
 
-# The shipped LoRA adapter for the built-in assistant (models/adapters/smollm2-agents/RECIPE.md):
-# gold runs of generated tasks (seed 7; the benchmark holds out seed 1000) -> chat JSONL -> LoRA.
+# The shipped LoRA adapter for the built-in agents (models/adapters/smollm2-agents/RECIPE.md):
+# gold runs of generated tasks of the assistant, the watcher and the coder (seed 7; the benchmark
+# holds out seed 1000) on one oracle bus -> chat JSONL of all of them -> one LoRA.
 ADAPTER       ?= models/adapters/smollm2-agents
 DISTILL_WORK  ?= $(or $(TMPDIR),/tmp)/loopbus-distill
 DISTILL_TASKS ?= 90
+DISTILL_WATCHER_TASKS ?= 40
+DISTILL_CODER_TASKS   ?= 40
 DISTILL_ITERS ?= 120
 LOOPBUS       := $(FAST) $(BIN)/python -m loopbus.agents.cli
+ORACLE        := $(LOOPBUS) --bus $(DISTILL_WORK)/oracle.db distill oracle --seed 7 \
+	--root $(DISTILL_WORK)/workspaces
 
 adapter: install
 	rm -rf $(DISTILL_WORK) && mkdir -p $(DISTILL_WORK)
-	$(LOOPBUS) --bus $(DISTILL_WORK)/oracle.db distill oracle --seed 7 --n $(DISTILL_TASKS) \
-		--root $(DISTILL_WORK)/workspaces
+	$(ORACLE) --agent assistant --n $(DISTILL_TASKS)
+	$(ORACLE) --agent watcher --n $(DISTILL_WATCHER_TASKS)
+	$(ORACLE) --agent coder --n $(DISTILL_CODER_TASKS)
 	$(LOOPBUS) distill data $(DISTILL_WORK)/data --from $(DISTILL_WORK)/oracle.db
 	$(LOOPBUS) distill train $(DISTILL_WORK)/data --out $(ADAPTER) --iters $(DISTILL_ITERS) \
 		--batch-size 2 --layers 4 --rank 16 --learning-rate 2e-4 --seed 0
