@@ -430,8 +430,14 @@ def train_adapter(
     losses = _Losses(progress)
     started = time.perf_counter()
     if distill_train.supported(net):
+        both = train_set + valid_set
         trainer = distill_train.SharedPrefixTrainer(
-            net, [e for _, e in train_set + valid_set], layers=opts.layers, lora=lora
+            net,
+            [e for _, e in both],
+            layers=opts.layers,
+            lora=lora,
+            # One prefix per system prompt (per agent), each computed once.
+            groups=[json.dumps(r["messages"][0], sort_keys=True) for r, _ in both],
         )
         distill_train.train(
             trainer,
@@ -445,7 +451,11 @@ def train_adapter(
             steps_per_report=opts.steps_per_report,
             report=losses.report,
         )
-        method = {"trainer": "shared-prefix", "shared_prefix_tokens": len(trainer.prefix)}
+        method = {
+            "trainer": "shared-prefix",
+            "shared_prefix_tokens": len(trainer.prefix),
+            "group_prefix_tokens": [len(p.tokens) for p in trainer.prefixes[1:]],
+        }
     else:
         _train_with_mlx_lm(
             net,

@@ -9,6 +9,9 @@ sequence (their prefix states do change with the adapter), and the output head o
 loss is taken (the decision's tokens). Same loss as mlx-lm's ``default_loss`` with
 ``mask_prompt`` (tests/agents/test_distill.py compares them; mlx-lm's mask also scores one
 padding position past each sequence's end, this one does not), several times less work on CPU.
+Examples of several agents (several system prompts) share little but the chat template's first
+tokens: given a group key per example (the pipeline uses the system message), each group's own
+prefix is computed once too, and batches are drawn within a group where they can be.
 
 It uses mlx-lm's own LoRA layers (``linear_to_lora_layers``) and writes an adapter directory
 that ``mlx_lm.tuner.utils.load_adapters`` (and so ``SPEC+adapter:DIR``) loads. Models whose
@@ -20,7 +23,8 @@ are not supported here; :func:`loopbus.agents.distill.pipeline.train_adapter` th
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -66,16 +70,39 @@ def common_prefix(examples: list[Encoded]) -> int:
     return max(length, 0)
 
 
+@dataclass
+class Prefix:
+    """A token prefix and the frozen blocks' states for it (constants for the whole training)."""
+
+    tokens: list[int]
+    kv: list[tuple[Any, Any]]
+    h: Any  # hidden states after the frozen blocks; None for an empty prefix
+
+    def fits(self, example: Encoded) -> bool:
+        """Whether ``example`` starts with this prefix, before its decision."""
+        tokens, offset = example
+        n = len(self.tokens)
+        return n < offset and tokens[:n] == self.tokens
+
+
 class SharedPrefixTrainer:
     """LoRA on the last ``layers`` blocks of ``model`` (converted in place), with the shared
-    prompt prefix computed once (see the module docstring)."""
+    prompt prefix computed once (see the module docstring).
+
+    ``groups``: a key per example (same order); the examples of one key share a longer prefix
+    (e.g. one agent's system prompt) than all of them do. :attr:`prefixes` ``[0]`` is the
+    prefix of all the examples, the others one per key.
+    """
 
     def __init__(
-        self, model: Any, examples: list[Encoded], *, layers: int, lora: dict[str, Any]
+        self,
+        model: Any,
+        examples: list[Encoded],
+        *,
+        layers: int,
+        lora: dict[str, Any],
+        groups: list[Hashable] | None = None,
     ) -> None:
-        import mlx.core as mx
-        from mlx_lm.models.base import create_attention_mask
-        from mlx_lm.models.cache import KVCache
         from mlx_lm.tuner.utils import linear_to_lora_layers
 
         self.model = model
@@ -84,25 +111,49 @@ class SharedPrefixTrainer:
         model.freeze()
         linear_to_lora_layers(model, layers, lora)
         self.prefix = examples[0][0][: common_prefix(examples)]
-        self.kv: list[tuple[Any, Any]] = []
-        self.prefix_h = None
-        if self.prefix:
-            # The frozen blocks' states for the prefix: constants for the whole training.
-            h = model.model.embed_tokens(mx.array([self.prefix]))
-            caches = [KVCache() for _ in range(self.split)]
-            mask = create_attention_mask(h, caches[0] if caches else None)
-            for block, cache in zip(blocks[: self.split], caches, strict=True):
-                h = block(h, mask, cache=cache)
-            self.kv = [cache.keys_and_values() for cache in caches]
-            self.prefix_h = h
-            mx.eval(self.prefix_h, self.kv)
+        self.prefixes = [self._states(self.prefix)]
+        members: dict[Hashable, list[Encoded]] = {}
+        for key, example in zip(groups or [], examples, strict=False):
+            members.setdefault(key, []).append(example)
+        if len(members) > 1:  # one key: its prefix is the prefix of all
+            for grouped in members.values():
+                tokens = grouped[0][0][: common_prefix(grouped)]
+                if len(tokens) > len(self.prefix):
+                    self.prefixes.append(self._states(tokens))
 
-    def batch(self, examples: list[Encoded]) -> tuple[Any, Any, Any, Any]:
-        """(suffix inputs, gather index, targets, mask) arrays for a list of examples."""
+    def _states(self, tokens: list[int]) -> Prefix:
+        import mlx.core as mx
+        from mlx_lm.models.base import create_attention_mask
+        from mlx_lm.models.cache import KVCache
+
+        if not tokens:
+            return Prefix([], [], None)
+        h = self.model.model.embed_tokens(mx.array([tokens]))
+        caches = [KVCache() for _ in range(self.split)]
+        mask = create_attention_mask(h, caches[0] if caches else None)
+        for block, cache in zip(self.model.model.layers[: self.split], caches, strict=True):
+            h = block(h, mask, cache=cache)
+        kv = [cache.keys_and_values() for cache in caches]
+        mx.eval(h, kv)
+        return Prefix(tokens, kv, h)
+
+    def group_of(self, examples: list[Encoded]) -> int:
+        """Index in :attr:`prefixes` of the longest prefix all ``examples`` start with."""
+        fitting = [
+            i for i, prefix in enumerate(self.prefixes) if all(prefix.fits(e) for e in examples)
+        ]
+        if not fitting:
+            raise ValueError("the examples do not start with the prefix the trainer was built on")
+        return max(fitting, key=lambda i: len(self.prefixes[i].tokens))
+
+    def batch(self, examples: list[Encoded]) -> tuple[Any, Any, Any, Any, int]:
+        """(suffix inputs, gather index, targets, mask) arrays for a list of examples, and the
+        index of the prefix they share (:meth:`group_of`)."""
         import mlx.core as mx
         import numpy as np
 
-        p = len(self.prefix)
+        group = self.group_of(examples)
+        p = len(self.prefixes[group].tokens)
         suffixes = [tokens[p:-1] for tokens, _ in examples]
         width = max(len(s) for s in suffixes)
         longest = max(len(tokens) - offset for tokens, offset in examples)
@@ -119,10 +170,13 @@ class SharedPrefixTrainer:
             index[row, count:] = offset - 1
             targets[row, :count] = tokens[offset:]
             valid[row, :count] = 1.0
-        return mx.array(inputs), mx.array(index), mx.array(targets), mx.array(valid)
+        return mx.array(inputs), mx.array(index), mx.array(targets), mx.array(valid), group
 
-    def loss(self, model: Any, inputs: Any, index: Any, targets: Any, valid: Any) -> Any:
-        """Mean cross-entropy of the decisions' tokens (and their count)."""
+    def loss(
+        self, model: Any, inputs: Any, index: Any, targets: Any, valid: Any, group: int = 0
+    ) -> Any:
+        """Mean cross-entropy of the decisions' tokens (and their count); ``group``: the
+        prefix the inputs follow (see :meth:`batch`)."""
         import mlx.core as mx
         import mlx.nn as nn
         from mlx_lm.models.base import create_attention_mask
@@ -131,8 +185,9 @@ class SharedPrefixTrainer:
         inner = model.model
         batch = inputs.shape[0]
         h = inner.embed_tokens(inputs)
+        prefix_of = self.prefixes[group]
         caches = []
-        for keys, values in self.kv:
+        for keys, values in prefix_of.kv:
             cache = KVCache()
             cache.keys = mx.broadcast_to(keys, (batch, *keys.shape[1:]))
             cache.values = mx.broadcast_to(values, (batch, *values.shape[1:]))
@@ -144,8 +199,8 @@ class SharedPrefixTrainer:
         ):
             h = block(h, mask, cache=cache)
         h = mx.stop_gradient(h)
-        if self.prefix_h is not None:
-            prefix = mx.broadcast_to(self.prefix_h, (batch, *self.prefix_h.shape[1:]))
+        if prefix_of.h is not None:
+            prefix = mx.broadcast_to(prefix_of.h, (batch, *prefix_of.h.shape[1:]))
             h = mx.concatenate([prefix, h], axis=1)
         mask = create_attention_mask(h, None)
         for block in inner.layers[self.split :]:
@@ -170,8 +225,9 @@ def train(
     steps_per_report: int,
     report: Callable[[str, int, float], None],
 ) -> None:
-    """Adam on the LoRA parameters for ``iters`` steps over length-sorted batches (shuffled
-    with ``seed``); ``report(kind, iteration, loss)`` gets train and validation losses."""
+    """Adam on the LoRA parameters for ``iters`` steps over batches sorted by prefix group, then
+    length (shuffled with ``seed``); ``report(kind, iteration, loss)`` gets train and validation
+    losses."""
     import mlx.core as mx
     import mlx.nn as nn
     import mlx.optimizers as optim
@@ -179,8 +235,12 @@ def train(
 
     model = trainer.model
     rng = np.random.default_rng(seed)
-    order = sorted(range(len(train_set)), key=lambda i: len(train_set[i][0]))
+    order = sorted(
+        range(len(train_set)),
+        key=lambda i: (trainer.group_of([train_set[i]]), len(train_set[i][0])),
+    )
     batches = [order[i : i + batch_size] for i in range(0, len(order) - batch_size + 1, batch_size)]
+    # Validation: the shortest examples of any group (a mixed batch uses the common prefix).
     valid_order = sorted(range(len(valid_set)), key=lambda i: len(valid_set[i][0]))
     valid_batches = [
         valid_order[i : i + batch_size]

@@ -234,3 +234,57 @@ def test_shared_prefix_loss_equals_mlx_lm_loss(tiny_model_path: Path) -> None:
     theirs, their_count = default_loss(model, padded, lengths)
     assert count.item() == their_count.item() == sum(len(t) - o for t, o in examples)
     assert abs(ours.item() - theirs.item()) < 1e-4, (ours.item(), theirs.item())
+
+
+def test_prefix_groups_keep_the_loss(tiny_model_path: Path) -> None:
+    """Examples of two agents (two system prompts): each group's prefix is computed once, a
+    batch of one group uses it, a mixed batch the common one; the loss is mlx-lm's either way."""
+    import mlx.core as mx
+    from mlx.utils import tree_flatten, tree_unflatten
+    from mlx_lm.tuner.trainer import default_loss
+
+    from loopbus.agents.distill.train import SharedPrefixTrainer, encode
+    from loopbus.models.mlx_backend import load_fresh
+
+    model, tokenizer, _ = load_fresh(tiny_model_path)
+    systems = ["You read files and answer. " * 8, "You watch folders and publish. " * 8]
+    records = [
+        {
+            "messages": [
+                {"role": "system", "content": system},
+                {"role": "user", "content": f"Look at {name}."},
+                {"role": "assistant", "content": f'{{"action":"read_file","path":"{name}"}}'},
+            ]
+        }
+        for system in systems
+        for name in ("a.txt", "notes/long-name.md")
+    ]
+    examples = [encode(tokenizer, r) for r in records]
+    trainer = SharedPrefixTrainer(
+        model,
+        examples,
+        layers=1,
+        lora={"rank": 4, "scale": 20.0, "dropout": 0.0},
+        groups=[r["messages"][0]["content"] for r in records],
+    )
+    common = len(trainer.prefix)
+    assert [len(p.tokens) > common + 30 for p in trainer.prefixes] == [False, True, True]
+    assert [trainer.group_of([e]) for e in examples] == [1, 1, 2, 2]
+    assert trainer.group_of(examples[1:3]) == 0
+    mx.random.seed(3)
+    lora_b = [
+        (name, mx.random.normal(p.shape) * 0.05)
+        for name, p in tree_flatten(model.trainable_parameters())
+        if name.endswith("lora_b")
+    ]
+    model.update(tree_unflatten(lora_b))
+    for chosen, group in ((examples[:2], 1), (examples[2:], 2), (examples[1:3], 0)):
+        *arrays, used = trainer.batch(chosen)
+        assert used == group
+        ours, count = trainer.loss(model, *arrays, used)
+        width = max(len(t) for t, _ in chosen)
+        padded = mx.array([t + [0] * (width - len(t)) for t, _ in chosen])
+        lengths = mx.array([[offset, len(t) - 1] for t, offset in chosen])
+        theirs, their_count = default_loss(model, padded, lengths)
+        assert count.item() == their_count.item()
+        assert abs(ours.item() - theirs.item()) < 1e-4, (group, ours.item(), theirs.item())

@@ -21,9 +21,11 @@ from loopbus.agents.distill.pipeline import (
     VERDICT,
     DistillError,
     ScriptedRuntime,
+    TrainOptions,
     examples_from_bus,
     oracle_runs,
     prompt_sha,
+    train_adapter,
     write_dataset,
 )
 from loopbus.agents.distill.tasksuite import (
@@ -217,7 +219,9 @@ def test_cli_runs_the_coder_suite(tmp_path: Path, tiny_model_path: Path) -> None
     )
 
 
-def test_examples_of_all_three_agents(tmp_path: Path, bus_file: Path, counter: Any) -> None:
+def test_examples_of_all_three_agents(
+    tmp_path: Path, bus_file: Path, counter: Any, tiny_model_path: Path
+) -> None:
     seen: dict[str, tuple[Task, list[list[dict[str, Any]]]]] = {}
     with SyncBus(bus_file) as bus:
         for agent in ("assistant", "watcher", "coder"):
@@ -252,3 +256,11 @@ def test_examples_of_all_three_agents(tmp_path: Path, bus_file: Path, counter: A
         name: {"prompt_sha256": prompt_sha(name)} for name in functions.values()
     }
     assert len({prompt_sha(name) for name in functions.values()}) == 3
+    # One adapter on all three (2 steps): each agent's prompt prefix is computed once.
+    options = TrainOptions(iters=2, batch_size=2, layers=1, rank=4, max_seq_length=1024)
+    info = train_adapter(
+        tmp_path / "data", tmp_path / "lora", model=str(tiny_model_path), options=options
+    )["loopbus_training"]
+    assert info["dataset"]["functions"] == manifest["functions"]
+    assert len(info["group_prefix_tokens"]) == 3
+    assert min(info["group_prefix_tokens"]) > 100 > info["shared_prefix_tokens"]
