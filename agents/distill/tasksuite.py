@@ -123,7 +123,7 @@ def _holds(text: str, answer: str, whole_word: bool) -> bool:
 
 
 def judge(task: Task, outcome: Any, bus: Any) -> bool:
-    """Whether a run (its :class:`~loopbus.agents.run.loop.Outcome`, its events on ``bus``)
+    """Whether a run (its :class:`~loopbus.agents.run.state.Outcome`, its events on ``bus``)
     answered ``task``: it ended ``done`` and, for a watcher task, published the expected event
     (read back from the bus), else its summary holds the answer."""
     if outcome.kind != "done":
