@@ -30,7 +30,7 @@ from typing import Any
 
 from loopbus.agents.agent import Agent, AgentSpec
 from loopbus.agents.errors import AgentError
-from loopbus.agents.run.policy import EXPLORE
+from loopbus.agents.run.policy import EXPLORE, WATCH
 from loopbus.agents.tools.core import list_dir, publish, read_file
 from loopbus.agents.tools.python import run_python
 
@@ -87,7 +87,7 @@ watcher = Agent(
     "Watcher",
     "reads workspace files and publishes what it finds as events for other agents",
     max_tokens=384,
-    policy=EXPLORE,
+    policy=WATCH,
 )
 answer = Agent(
     "answer",

@@ -6,7 +6,7 @@ would have answered as a typed event, e.g. "Read secret.txt and publish the laun
 `finding` event." The gold trajectory is the assistant's tool steps (``list_dir`` where the
 question needs exploring, ``read_file`` once or twice), then ``publish`` (the event type the
 question names, one payload field holding the value), then ``done`` with a one-line summary:
-every step is one the watcher's decoding policy (``EXPLORE``: existing paths only, no call
+every step is one the watcher's decoding policy (``WATCH``: existing paths only, no call
 twice, ``done`` only after a ``read_file``) allows. A run is correct when it ended ``done`` and
 published an event of that type with the value in its payload
 (:meth:`~loopbus.agents.distill.tasksuite.Task.check_published`, read back from the bus).

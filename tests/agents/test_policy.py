@@ -13,6 +13,7 @@ from loopbus.agents.run.decide import get_decider
 from loopbus.agents.run.policy import (
     ACT_FIRST,
     EXPLORE,
+    WATCH,
     Policy,
     RunFacts,
     schema_sha,
@@ -65,8 +66,10 @@ def test_schema_follows_the_runs_state(tmp_path: Path) -> None:
     )
     third = turn_schema(base, policy, facts, ws)
     assert set(_members(third)) == {"read_file", "list_dir", "done"}
-    # The assistant's policy wants a file read first: a listing is not enough.
-    assert set(_members(turn_schema(base, EXPLORE, facts, ws))) == {"read_file", "list_dir"}
+    # The watcher's policy wants a file read first: a listing is not enough. The assistant's
+    # may answer from a listing (it ends with its count).
+    assert set(_members(turn_schema(base, WATCH, facts, ws))) == {"read_file", "list_dir"}
+    assert set(_members(turn_schema(base, EXPLORE, facts, ws))) == set(_members(third))
     assert _members(third)["list_dir"]["properties"]["path"]["enum"] == [".", "docs/sub"]
     assert "docs/new.txt" in _members(third)["read_file"]["properties"]["path"]["enum"]
     # Once every path has been used, the member goes; Done is all that is left.
@@ -80,7 +83,7 @@ def test_schema_follows_the_runs_state(tmp_path: Path) -> None:
         again = {"turn": 4, "tool": "list_dir", "args": {"path": path}}
         _feed(facts, ("run.tool_call", again, 30 + 2 * n, None))
         _feed(facts, ("run.error", {"kind": "tool", "error": "x"}, 31 + 2 * n, 30 + 2 * n))
-    assert set(_members(turn_schema(base, EXPLORE, facts, ws))) == {"done"}
+    assert set(_members(turn_schema(base, WATCH, facts, ws))) == {"done"}
     assert set(_members(turn_schema(base, policy, facts, ws))) == {"done"}
     # Each state has its own schema (and sha256); the static union when the policy is off.
     assert len({schema_sha(s) for s in (first, second, third)}) == 3
