@@ -110,7 +110,8 @@ def oracle_runs(
     correct, failed = 0, []
     for task in generate_for(suite, Path(root), seed=seed, n=n):
         runtime = ScriptedRuntime(oracle_json(task), counter=counter, spec="oracle")
-        run_id = f"oracle-{task.id}"
+        # Another agent on a suite gets its own run ids: both may share one oracle bus.
+        run_id = f"oracle-{task.id}" if agent == suite else f"oracle-{agent}-{task.id}"
         outcome = run_agent(
             agent,
             task.question,

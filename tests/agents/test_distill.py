@@ -95,11 +95,28 @@ def test_oracle_runs_keep_only_done_and_correct(
     assert unfinished.kind == "failed" and "no decision left" in (unfinished.reason or "")
     assert report.runs == len(verdicts) == 6 and report.correct == len(correct) >= 2
     assert len(report.failed) == 6 - report.correct  # long tasks may exceed the tiny budget
-    # The count task's gold answer comes straight after a listing, which the assistant's
-    # decoding policy forbids: the model could never emit it, so it is no training data.
-    assert any(run_id.endswith("-count") for run_id in report.failed)
+    # The count task's gold answer comes straight after a listing (which ends with its count):
+    # the assistant's policy allows that, so it is training data.
+    assert [r for r in correct if r.endswith("-count")]
     usable = usable_runs(bus_file)
     assert usable == correct[1:]
+    # A gold decision the agent's policy refuses ends the run failed, so it is no training data:
+    # the watcher (done only after a file read) on the assistant's count task.
+    with SyncBus(bus_file) as bus:
+        watched = oracle_runs(
+            bus,
+            tiny_runtime,
+            root=tmp_path / "ws3",
+            seed=5,
+            n=6,
+            agent="watcher",
+            suite="assistant",
+        )
+    refused = [r for r in watched.failed if r.endswith("-count")]
+    assert refused and refused[0].startswith("oracle-watcher-")  # its own run ids, same bus
+    watcher_usable = usable_runs(bus_file, agent="watcher")
+    assert len(watcher_usable) == watched.correct and refused[0] not in watcher_usable
+    assert usable_runs(bus_file, agent="assistant") == correct[1:]
     with pytest.raises(DistillError, match="held-out evaluation seed"):
         with SyncBus(bus_file) as bus:
             oracle_runs(bus, tiny_runtime, root=tmp_path / "ws", seed=EVAL_SEED, n=1)
