@@ -357,6 +357,11 @@ def _cache_key(cache: Path) -> bytes | None:
                     fh.flush()
                     os.fsync(fh.fileno())
                 if os.path.lexists(path):
+                    # Another process may have linked its key since we read: keep a good one,
+                    # or the modules it signs would fail to verify (and be compiled again).
+                    theirs = _read_private(path, _KEY_BYTES, others=0o077)
+                    if theirs is not None and len(theirs) == _KEY_BYTES:
+                        return theirs
                     os.replace(tmp, path)  # a bad key file
                 else:
                     try:

@@ -90,6 +90,37 @@ def test_key_file_open_to_others_is_replaced(tmp_path: Path) -> None:
     assert oct((cache / _KEY_FILE).stat().st_mode & 0o777) == "0o600"
 
 
+def test_a_key_another_process_just_made_is_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two processes filling an empty cache: the one that finds no key file, then finds the
+    other's key linked in before it could link its own, uses that key instead of replacing
+    it (or the other's signed module would never verify)."""
+    from loopbus.agents.sandbox import runtime
+
+    cache = tmp_path / "wasm"
+    cache.mkdir(mode=0o700)
+    theirs = os.urandom(32)
+    real_read = runtime._read_private
+    calls = []
+
+    def racing_read(path: Path, max_bytes: int, others: int = 0o022) -> bytes | None:
+        calls.append(path)
+        if len(calls) == 1:  # our first look: no key yet; the other process links one now
+            made = cache / ".theirs"
+            made.write_bytes(theirs)
+            made.chmod(0o600)
+            os.link(made, cache / _KEY_FILE)
+            made.unlink()
+            return None
+        return real_read(path, max_bytes, others)
+
+    monkeypatch.setattr(runtime, "_read_private", racing_read)
+    assert _cache_key(cache) == theirs
+    assert (cache / _KEY_FILE).read_bytes() == theirs
+    assert sorted(p.name for p in cache.iterdir()) == [_KEY_FILE]  # no temporary file left
+
+
 def test_signed_file_checks(tmp_path: Path) -> None:
     cache = tmp_path / "wasm"
     key = _cache_key(cache)
