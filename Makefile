@@ -36,8 +36,8 @@ ADAPTER       ?= models/adapters/smollm2-agents
 DISTILL_WORK  ?= $(or $(TMPDIR),/tmp)/loopbus-distill
 DISTILL_TASKS ?= 90
 DISTILL_WATCHER_TASKS ?= 40
-DISTILL_CODER_TASKS   ?= 40
-DISTILL_ITERS ?= 240
+DISTILL_CODER_TASKS   ?= 120
+DISTILL_ITERS ?= 320
 LOOPBUS       := $(FAST) $(BIN)/python -m loopbus.agents.cli
 ORACLE        := $(LOOPBUS) --bus $(DISTILL_WORK)/oracle.db distill oracle --seed 7 \
 	--root $(DISTILL_WORK)/workspaces
