@@ -129,9 +129,11 @@ def judge(task: Task, outcome: Any, bus: Any) -> bool:
     if outcome.kind != "done":
         return False
     if task.event_type:
+        from loopbus.agents.run.events import is_run_event
+
         events = bus.events(run_id=outcome.run_id)
         return task.check_published(
-            [(e.event_type, e.payload) for e in events if not e.event_type.startswith("run.")]
+            [(e.event_type, e.payload) for e in events if not is_run_event(e.event_type)]
         )
     return task.check(outcome.summary or "")
 
